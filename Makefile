@@ -1,0 +1,44 @@
+# Berth's set-up and checks. `make setup` is idempotent: it installs the Debian packages Berth and
+# its tests need, creates .venv/ with berthd, berth and containerd-shim-berth-v2, and generates
+# berth/api from the Debian .proto files.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+# Runtime: the OCI runtimes. Build: containerd's protos. Tests and benchmarks: a registry, image
+# tools, busybox, and containerd itself (for the real `ctr` client and as the reference).
+APT_PACKAGES := runc crun \
+	golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev \
+	golang-github-gogo-googleapis-dev golang-github-containerd-cgroups-dev \
+	docker-registry skopeo umoci busybox-static containerd apache2-utils
+
+.PHONY: setup apt venv proto test lint run
+
+setup: apt venv proto
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt: installing $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+venv: $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+
+proto: venv
+	$(BIN)/python tools/genproto.py
+
+test:
+	$(BIN)/pytest -q
+
+lint:
+	$(BIN)/mypy berth
+	$(BIN)/ruff check berth tests bench tools
+
+run:
+	$(BIN)/berthd

@@ -1,0 +1,25 @@
+"""The content store: blobs addressed by their sha256 digest."""
+
+from berth.content.content import (
+    Info,
+    Ingester,
+    IngestManager,
+    Manager,
+    Provider,
+    ReaderAt,
+    Status,
+    Store,
+    Writer,
+)
+
+__all__ = [
+    "IngestManager",
+    "Info",
+    "Ingester",
+    "Manager",
+    "Provider",
+    "ReaderAt",
+    "Status",
+    "Store",
+    "Writer",
+]

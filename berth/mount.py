@@ -1,0 +1,173 @@
+"""Mounts as the snapshotters describe them, and mounting them on this host.
+
+A :class:`Mount` is what containerd's ``types.Mount`` carries: a type (``bind``, ``overlay``,
+...), a source and options in mount(8) form. Flag-like options (``ro``, ``rbind``, ``nosuid``...)
+become mount(2) flags; the rest (``lowerdir=...``) become the filesystem data string.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from berth import errdefs
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_SYNCHRONOUS = 0x10
+MS_REMOUNT = 0x20
+MS_DIRSYNC = 0x80
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MNT_DETACH = 0x2
+
+# option -> (clear?, flag)
+_FLAGS: dict[str, tuple[bool, int]] = {
+    "ro": (False, MS_RDONLY),
+    "rw": (True, MS_RDONLY),
+    "nosuid": (False, MS_NOSUID),
+    "suid": (True, MS_NOSUID),
+    "nodev": (False, MS_NODEV),
+    "dev": (True, MS_NODEV),
+    "noexec": (False, MS_NOEXEC),
+    "exec": (True, MS_NOEXEC),
+    "sync": (False, MS_SYNCHRONOUS),
+    "async": (True, MS_SYNCHRONOUS),
+    "dirsync": (False, MS_DIRSYNC),
+    "noatime": (False, MS_NOATIME),
+    "atime": (True, MS_NOATIME),
+    "nodiratime": (False, MS_NODIRATIME),
+    "diratime": (True, MS_NODIRATIME),
+    "relatime": (False, MS_RELATIME),
+    "norelatime": (True, MS_RELATIME),
+    "strictatime": (False, MS_STRICTATIME),
+    "bind": (False, MS_BIND),
+    "rbind": (False, MS_BIND | MS_REC),
+    "remount": (False, MS_REMOUNT),
+    "defaults": (False, 0),
+}
+_PROPAGATION = {
+    "private": MS_PRIVATE,
+    "rprivate": MS_PRIVATE | MS_REC,
+    "slave": MS_SLAVE,
+    "rslave": MS_SLAVE | MS_REC,
+    "shared": MS_SHARED,
+    "rshared": MS_SHARED | MS_REC,
+}
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+@dataclass(frozen=True)
+class Mount:
+    type: str
+    source: str
+    options: tuple[str, ...] = field(default_factory=tuple)
+    target: str = ""
+
+    def option(self, key: str) -> str | None:
+        """The value of a ``key=value`` option, or None."""
+        prefix = key + "="
+        for opt in self.options:
+            if opt.startswith(prefix):
+                return opt[len(prefix):]
+        return None
+
+    @property
+    def readonly(self) -> bool:
+        return "ro" in self.options
+
+
+def parse_options(options: Sequence[str]) -> tuple[int, int, str]:
+    """Split mount(8) options into (flags, propagation flags, data)."""
+    flags = 0
+    propagation = 0
+    data: list[str] = []
+    for opt in options:
+        if opt in _FLAGS:
+            clear, flag = _FLAGS[opt]
+            flags = flags & ~flag if clear else flags | flag
+        elif opt in _PROPAGATION:
+            propagation |= _PROPAGATION[opt]
+        else:
+            data.append(opt)
+    return flags, propagation, ",".join(data)
+
+
+def _syscall_mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    rc = _libc.mount(source.encode(), target.encode(), fstype.encode(), flags,
+                     data.encode() if data else None)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise errdefs.Internal(
+            f"mount {fstype} {source} on {target} failed: {os.strerror(err)} (errno {err})"
+        )
+
+
+def mount(m: Mount, target: str) -> None:
+    """Mount ``m`` on ``target`` (which must exist)."""
+    flags, propagation, data = parse_options(m.options)
+    fstype = m.type
+    if flags & MS_BIND:
+        fstype = "none"
+    _syscall_mount(m.source, target, fstype, flags & ~MS_REMOUNT if flags & MS_BIND else flags,
+                   data)
+    # A read-only bind needs a remount to take effect.
+    if flags & MS_BIND and flags & MS_RDONLY:
+        _syscall_mount("", target, "", flags | MS_REMOUNT, "")
+    if propagation:
+        _syscall_mount("", target, "", propagation, "")
+
+
+def mount_all(mounts: Sequence[Mount], target: str) -> None:
+    """Mount each of ``mounts`` on ``target``, in order."""
+    for m in mounts:
+        mount(m, target)
+
+
+def unmount(target: str, *, detach: bool = False) -> None:
+    """Unmount ``target``; retries while busy, and ignores a target that is not mounted."""
+    flags = MNT_DETACH if detach else 0
+    while True:
+        rc = _libc.umount2(target.encode(), flags)
+        if rc == 0:
+            continue  # stacked mounts: take them all off
+        err = ctypes.get_errno()
+        if err == errno.EINVAL:  # not (or no longer) a mount point
+            return
+        if err == errno.ENOENT:
+            return
+        raise errdefs.Internal(f"unmount {target} failed: {os.strerror(err)} (errno {err})")
+
+
+@contextlib.contextmanager
+def temp_mount(mounts: Sequence[Mount], *, prefix: str = "berth-mount-",
+               parent: str | None = None) -> Iterator[str]:
+    """Mount ``mounts`` on a new temporary directory for the duration of the block."""
+    target = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    try:
+        mount_all(mounts, target)
+        try:
+            yield target
+        finally:
+            unmount(target)
+    finally:
+        os.rmdir(target)

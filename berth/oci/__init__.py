@@ -1,0 +1,1 @@
+"""OCI image and runtime specification types used across Berth."""

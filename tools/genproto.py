@@ -1,0 +1,100 @@
+"""Generate berth/api from the .proto files that Debian's -dev packages ship.
+
+containerd's protos are written for gogo/protobuf: its options change only the Go code, never the
+wire format, so they are stripped here. The files are laid out again under ``berth/api/`` (their
+protobuf package names stay those of containerd, which is what the wire sees) and compiled with
+grpcio-tools. The output is git-ignored and rebuilt by ``make setup``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+GOCODE = Path("/usr/share/gocode/src/github.com")
+CONTAINERD = GOCODE / "containerd/containerd"
+PROTOS_DIR = Path(__file__).resolve().parent.parent / "protos"
+
+# source (absolute) -> destination path inside the staging tree
+def _sources() -> dict[Path, str]:
+    mapping: dict[Path, str] = {}
+    api = CONTAINERD / "api"
+    for proto in sorted(api.rglob("*.proto")):
+        mapping[proto] = "berth/api/" + str(proto.relative_to(api))
+    mapping[CONTAINERD / "runtime/v2/task/shim.proto"] = "berth/api/runtime/task/v2/shim.proto"
+    mapping[CONTAINERD / "runtime/v2/runc/options/oci.proto"] = (
+        "berth/api/runtime/runc/options/oci.proto"
+    )
+    mapping[GOCODE / "containerd/cgroups/stats/v1/metrics.proto"] = "berth/api/cgroups/v1/metrics.proto"
+    mapping[GOCODE / "containerd/cgroups/v2/stats/metrics.proto"] = "berth/api/cgroups/v2/metrics.proto"
+    mapping[GOCODE / "gogo/googleapis/google/rpc/status.proto"] = "berth/api/google/rpc/status.proto"
+    # Berth's own protos (ttrpc envelope, Berth extension services).
+    for proto in sorted(PROTOS_DIR.rglob("*.proto")):
+        mapping[proto] = "berth/api/" + str(proto.relative_to(PROTOS_DIR))
+    return mapping
+
+
+_IMPORT_REWRITES = {
+    "github.com/containerd/containerd/api/": "berth/api/",
+    "github.com/containerd/containerd/runtime/v2/task/": "berth/api/runtime/task/v2/",
+    "github.com/containerd/cgroups/stats/v1/": "berth/api/cgroups/v1/",
+    "github.com/containerd/cgroups/v2/stats/": "berth/api/cgroups/v2/",
+    "google/rpc/status.proto": "berth/api/google/rpc/status.proto",
+}
+
+_DROP_IMPORT = re.compile(
+    r'^\s*import\s+(weak\s+)?"(gogoproto/gogo\.proto|github\.com/gogo/protobuf/gogoproto/gogo\.proto|'
+    r'github\.com/containerd/containerd/protobuf/plugin/fieldpath\.proto)";\s*$',
+    re.M,
+)
+_FILE_OPTION = re.compile(r"^\s*option\s+\((gogoproto|containerd\.plugin)\.[^;]*;\s*$", re.M)
+_FIELD_OPTIONS = re.compile(r"\s*\[\s*\((gogoproto|containerd\.plugin)\.[^\]]*\]")
+
+
+def _rewrite(text: str) -> str:
+    text = _DROP_IMPORT.sub("", text)
+    text = _FILE_OPTION.sub("", text)
+    text = _FIELD_OPTIONS.sub("", text)
+    for old, new in _IMPORT_REWRITES.items():
+        text = text.replace(f'"{old}', f'"{new}')
+    return text
+
+
+def main() -> int:
+    import grpc_tools
+
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = Path(tmp)
+        files = []
+        for src, dest in _sources().items():
+            if not src.exists():
+                print(f"genproto: missing {src}: run `make setup` (Debian -dev packages)", file=sys.stderr)
+                return 1
+            target = stage / dest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(_rewrite(src.read_text()))
+            files.append(dest)
+        api_out = out / "berth/api"
+        if api_out.exists():
+            shutil.rmtree(api_out)
+        cmd = [
+            sys.executable, "-m", "grpc_tools.protoc",
+            f"-I{stage}", f"-I{well_known}",
+            f"--python_out={out}", f"--grpc_python_out={out}", f"--pyi_out={out}",
+            *files,
+        ]
+        subprocess.run(cmd, check=True)
+    for d in [api_out, *[p for p in api_out.rglob("*") if p.is_dir()]]:
+        (d / "__init__.py").touch()
+    print(f"genproto: generated {len(files)} protos into {api_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
