@@ -39,6 +39,10 @@ class Conflict(BerthError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class OutOfRange(BerthError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
 class Unavailable(BerthError):
     """Retry later: the resource is busy (for example, a ref being written by someone else)."""
 
@@ -71,6 +75,7 @@ _BY_CODE: dict[grpc.StatusCode, type[BerthError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
     grpc.StatusCode.UNIMPLEMENTED: NotImplementedByBerth,
     grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.CANCELLED: Canceled,

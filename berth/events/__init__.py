@@ -1,0 +1,5 @@
+"""The event exchange: publish, forward, subscribe with filters."""
+
+from berth.events.exchange import Envelope, Exchange, Publisher
+
+__all__ = ["Envelope", "Exchange", "Publisher"]

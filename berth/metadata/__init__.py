@@ -1,0 +1,1 @@
+"""The metadata layer: namespaced records over the shared content store and snapshotters."""

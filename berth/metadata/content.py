@@ -1,0 +1,216 @@
+"""The content store as a namespace sees it.
+
+Blobs are stored once on disk (the local store) and shared: a namespace sees a blob when it holds
+a record of it here, with its own labels. Ingests are kept in the local store under
+``<namespace>/<ref>`` so each namespace has its own refs. Blobs and ingests written under a lease
+are added to it. A blob whose last namespace record goes is removed from disk by the garbage
+collector, never here, so a concurrent writer elsewhere cannot lose it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from berth import errdefs, filters, labels, namespaces
+from berth.api.events import content_pb2
+from berth.content.content import Info, ReaderAt, Status, Store, Writer
+from berth.digest import validate_digest
+from berth.events import Publisher
+from berth.leases import Resource
+from berth.metadata.db import DB, dumps, loads, now_ns
+from berth.metadata.leases import add_to_current_lease
+
+
+def _row_to_info(row: sqlite3.Row) -> Info:
+    return Info(row["digest"], row["size"], row["created_at"], row["updated_at"],
+                loads(row["labels"]))
+
+
+def _adapt(info: Info, path: Sequence[str]) -> tuple[str, bool]:
+    if not path:
+        return "", False
+    if path[0] == "digest":
+        return info.digest, True
+    if path[0] == "size":
+        return str(info.size), True
+    if path[0] == "labels":
+        return filters.adapt_labels(info.labels, path[1:])
+    return "", False
+
+
+class NamespacedWriter(Writer):
+    def __init__(self, store: NamespacedContentStore, ns: str, ref: str, inner: Writer) -> None:
+        self._store = store
+        self._ns = ns
+        self._ref = ref
+        self._inner = inner
+
+    def write(self, data: bytes) -> int:
+        return self._inner.write(data)
+
+    def status(self) -> Status:
+        st = self._inner.status()
+        st.ref = self._ref
+        return st
+
+    def digest(self) -> str:
+        return self._inner.digest()
+
+    def truncate(self, size: int) -> None:
+        self._inner.truncate(size)
+
+    def commit(self, size: int, expected: str,
+               lbls: Mapping[str, str] | None = None) -> str:
+        """Commit and record the blob in this namespace with ``lbls``."""
+        labels.validate(lbls or {})
+        with self._store.db.gc_lock.shared():
+            try:
+                digest = self._inner.commit(size, expected)
+            except errdefs.AlreadyExists:
+                # Someone (maybe another namespace) stored the same bytes first: the blob on
+                # disk is what we verified we wanted, so record it here.
+                digest = expected or self._inner.digest()
+            self._store._record(self._ns, digest, lbls or {}, must_be_new=True)
+        return digest
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class NamespacedContentStore(Store):
+    def __init__(self, db: DB, local: Store, publisher: Publisher,
+                 on_delete: Callable[[bool], None] = lambda sync: None) -> None:
+        self.db = db
+        self.local = local
+        self._publisher = publisher
+        self._on_delete = on_delete
+
+    # -- records -----------------------------------------------------------------------------
+
+    def _record(self, ns: str, digest: str, lbls: Mapping[str, str], *,
+                must_be_new: bool) -> None:
+        size = self.local.info(digest).size
+        now = now_ns()
+        with self.db.tx() as c:
+            self.db.ensure_namespace(c, ns)
+            exists = c.execute("SELECT 1 FROM content WHERE namespace = ? AND digest = ?",
+                               (ns, digest)).fetchone()
+            if exists is None:
+                c.execute(
+                    "INSERT INTO content (namespace, digest, size, labels, created_at,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (ns, digest, size, dumps(lbls), now, now),
+                )
+            add_to_current_lease(c, ns, Resource(digest, "content"))
+        if exists is not None and must_be_new:
+            raise errdefs.AlreadyExists(f"content {digest} already exists")
+
+    def _row(self, digest: str) -> sqlite3.Row:
+        validate_digest(digest)
+        ns = namespaces.current()
+        with self.db.tx() as c:
+            row = c.execute("SELECT * FROM content WHERE namespace = ? AND digest = ?",
+                            (ns, digest)).fetchone()
+        if row is None:
+            raise errdefs.NotFound(f"content {digest} not found in namespace {ns!r}")
+        return row
+
+    # -- Provider ----------------------------------------------------------------------------
+
+    def info(self, digest: str) -> Info:
+        return _row_to_info(self._row(digest))
+
+    def reader(self, digest: str) -> ReaderAt:
+        self._row(digest)
+        return self.local.reader(digest)
+
+    # -- Ingester ----------------------------------------------------------------------------
+
+    def writer(self, ref: str, *, total: int = 0, expected: str = "") -> NamespacedWriter:
+        if not ref:
+            raise errdefs.InvalidArgument("ref must not be empty: name the upload")
+        ns = namespaces.current()
+        if expected:
+            validate_digest(expected)
+            try:
+                self.local.info(expected)
+            except errdefs.NotFound:
+                pass
+            else:
+                # Shared content: the blob is on disk already; make it visible here.
+                self._record(ns, expected, {}, must_be_new=False)
+                raise errdefs.AlreadyExists(f"content {expected} already exists")
+        with self.db.tx() as c:
+            self.db.ensure_namespace(c, ns)
+            add_to_current_lease(c, ns, Resource(ref, "ingests"))
+        inner = self.local.writer(f"{ns}/{ref}", total=total, expected=expected)
+        return NamespacedWriter(self, ns, ref, inner)
+
+    # -- Manager -----------------------------------------------------------------------------
+
+    def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
+        ns = namespaces.current()
+        with self.db.tx() as c:
+            current = _row_to_info(self._row(info.digest))
+            new_labels, _ = labels.apply_update(current.labels, info.labels, fieldpaths)
+            now = now_ns()
+            c.execute("UPDATE content SET labels = ?, updated_at = ? WHERE namespace = ? AND "
+                      "digest = ?", (dumps(new_labels), now, ns, info.digest))
+        if any(k.startswith(labels.GC_REF_CONTENT) or k.startswith(labels.GC_REF_SNAPSHOT)
+               for k in {**current.labels, **new_labels}):
+            self._on_delete(False)  # references changed: something may be collectable
+        return Info(current.digest, current.size, current.created_at, now, new_labels)
+
+    def walk(self, filter_strings: Sequence[str] = ()) -> Iterator[Info]:
+        ns = namespaces.current()
+        flt = filters.parse(filter_strings)
+        with self.db.tx() as c:
+            rows = c.execute("SELECT * FROM content WHERE namespace = ? ORDER BY digest",
+                             (ns,)).fetchall()
+        for row in rows:
+            info = _row_to_info(row)
+            if flt.match(lambda p, info=info: _adapt(info, p)):
+                yield info
+
+    def delete(self, digest: str) -> None:
+        validate_digest(digest)
+        ns = namespaces.current()
+        with self.db.tx() as c:
+            cur = c.execute("DELETE FROM content WHERE namespace = ? AND digest = ?",
+                            (ns, digest))
+            if cur.rowcount == 0:
+                raise errdefs.NotFound(f"content {digest} not found in namespace {ns!r}")
+        self._publisher.publish("/content/delete", content_pb2.ContentDelete(digest=digest))
+        self._on_delete(False)
+
+    # -- IngestManager -----------------------------------------------------------------------
+
+    def status(self, ref: str) -> Status:
+        ns = namespaces.current()
+        st = self.local.status(f"{ns}/{ref}")
+        st.ref = ref
+        return st
+
+    def list_statuses(self, filter_strings: Sequence[str] = ()) -> list[Status]:
+        prefix = namespaces.current() + "/"
+        flt = filters.parse(filter_strings)
+        out = []
+        for st in self.local.list_statuses():
+            if not st.ref.startswith(prefix):
+                continue
+            st.ref = st.ref[len(prefix):]
+
+            def adapt(path: Sequence[str], st: Status = st) -> tuple[str, bool]:
+                if path and path[0] == "ref":
+                    return st.ref, True
+                if path and path[0] == "expected":
+                    return st.expected, bool(st.expected)
+                return "", False
+
+            if flt.match(adapt):
+                out.append(st)
+        return out
+
+    def abort(self, ref: str) -> None:
+        self.local.abort(f"{namespaces.current()}/{ref}")

@@ -1,0 +1,1 @@
+"""gRPC servicers: each method is a thin adapter from containerd's API to a local object."""
