@@ -1,0 +1,175 @@
+"""Shared fixtures for Berth's tests.
+
+* `registry`: a real `docker-registry` on 127.0.0.1 (session scope, no auth).
+* `busybox_image`, `multilayer_image`: real OCI images pushed to it once per session
+  (`images.ImageInfo`: the reference plus what a correct unpack must produce).
+* `ctr`: the `Ctr` class, a wrapper around the real `/usr/bin/ctr`: `ctr(address)("images", "ls")`.
+* `reference_containerd`: a private real containerd (module scope), the yardstick.
+* marker `needs_root`: the test is skipped unless it runs as root.
+
+Helper modules (`registry`, `images`, `reference_containerd`, later `daemon`) sit next to this
+file and are imported as top-level modules (pytest puts this directory on sys.path).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import images
+import pytest
+from images import ImageInfo
+from reference_containerd import ReferenceContainerd
+from registry import Registry, loopback_env
+
+CTR_BINARY = "/usr/bin/ctr"
+
+
+# -- root --------------------------------------------------------------------------------------
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def require_root() -> None:
+    """Skip the calling test (or fixture) unless we are root."""
+    if not is_root():
+        pytest.skip("needs root")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs_root: the test needs root; skipped otherwise")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("needs_root") is not None and not is_root():
+        pytest.skip("needs root")
+
+
+# -- the real ctr client -----------------------------------------------------------------------
+
+
+class Ctr:
+    """Runs the real `ctr` against one daemon socket: `Ctr(address)("images", "pull", ref)`.
+
+    Every call is `ctr --address ADDRESS --namespace NS ARGS...` with a proxy-free environment.
+    It returns the `subprocess.CompletedProcess` (text by default). With `check=True` (the
+    default) a non-zero exit, or a timeout, raises AssertionError showing the command, the exit
+    code, stdout and stderr.
+    """
+
+    def __init__(
+        self,
+        address: str | os.PathLike[str],
+        namespace: str = "default",
+        *,
+        binary: str = CTR_BINARY,
+        timeout: float = 120.0,
+    ) -> None:
+        self.address = str(address)
+        self.namespace = namespace
+        self.binary = binary
+        self.timeout = timeout
+
+    def command(self, *args: str, namespace: str | None = None) -> list[str]:
+        """The argv a call with these arguments runs."""
+        return [
+            self.binary,
+            "--address", self.address,
+            "--namespace", namespace or self.namespace,
+            *args,
+        ]  # fmt: skip
+
+    def __call__(
+        self,
+        *args: str,
+        check: bool = True,
+        namespace: str | None = None,
+        input: str | bytes | None = None,
+        timeout: float | None = None,
+        text: bool = True,
+    ) -> subprocess.CompletedProcess[Any]:
+        cmd = self.command(*args, namespace=namespace)
+        try:
+            proc = subprocess.run(
+                cmd,
+                input=input,
+                capture_output=True,
+                text=text,
+                timeout=timeout or self.timeout,
+                env=loopback_env(),
+                check=False,
+            )
+        except subprocess.TimeoutExpired as err:
+            raise AssertionError(
+                f"timed out after {err.timeout} s: {shlex.join(cmd)}\n"
+                f"--- stdout ---\n{err.stdout!r}\n--- stderr ---\n{err.stderr!r}"
+            ) from None
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"command failed with exit code {proc.returncode}: {shlex.join(cmd)}\n"
+                f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+            )
+        return proc
+
+    def in_namespace(self, namespace: str) -> Ctr:
+        """The same client, bound to another namespace."""
+        return Ctr(self.address, namespace, binary=self.binary, timeout=self.timeout)
+
+
+@pytest.fixture(scope="session")
+def ctr() -> type[Ctr]:
+    """The `Ctr` class: build a client for a daemon socket with `ctr(address, namespace)`."""
+    return Ctr
+
+
+# -- registry and images -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[Registry]:
+    """A started loopback registry without auth, shared by the session; stopped at the end."""
+    with Registry() as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def image_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's built OCI layouts are cached (each image is built once)."""
+    return tmp_path_factory.mktemp("oci-layouts")
+
+
+@pytest.fixture(scope="session")
+def busybox_image(registry: Registry, image_cache: Path) -> ImageInfo:
+    """`127.0.0.1:PORT/library/busybox:latest`: one layer, static busybox, cmd /bin/sh."""
+    require_root()
+    return images.busybox(registry, image_cache)
+
+
+@pytest.fixture(scope="session")
+def multilayer_image(registry: Registry, image_cache: Path) -> ImageInfo:
+    """`127.0.0.1:PORT/library/multilayer:latest`: 3 layers with hardlink, symlink, whiteouts."""
+    require_root()
+    return images.multilayer(registry, image_cache)
+
+
+# -- the reference daemon ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference_containerd() -> Iterator[ReferenceContainerd]:
+    """A private real containerd for this module, with its own root, state and socket."""
+    require_root()
+    with ReferenceContainerd() as daemon:
+        yield daemon
+
+
+# -- berthd ------------------------------------------------------------------------------------
+# >>> BERTHD FIXTURE: wired in here. <<<
+# The `berthd` fixture is written in tests/daemon.py (by its owner, not here) and imported in this
+# block, e.g. `from daemon import berthd` with a noqa for F401. Keep this the one place.
