@@ -28,6 +28,9 @@ class NativeSnapshotter(LocalSnapshotter):
 
     def _populate(self, directory: str, snapshot: Snapshot) -> None:
         if snapshot.kind != Kind.ACTIVE or not snapshot.parent_ids:
+            # An empty tree (a view of a parent mounts the parent's and leaves this one
+            # unused). Its root gets overlay's fs mode rather than mkdtemp's 0700, which
+            # containerd leaves in place, so that a layer without a "./" entry is traversable.
             os.chmod(directory, 0o755)
             return
         parent = self._dir(snapshot.parent_ids[0])
