@@ -4,14 +4,14 @@ A *filter* is a list of strings. The object matches if **any** string matches; a
 **all** of its comma-separated selectors match. An empty list, or an empty string in the list,
 matches everything.
 
-Grammar of one string (whitespace may precede any token)::
+Grammar of one string (spaces may precede a field, an operator or a value; not a "," or ".")::
 
     selectors := selector ("," selector)*
     selector  := fieldpath [operator value]
     fieldpath := field ("." field)*
     field     := dquoted | [A-Za-z0-9_-]+
     operator  := "==" | "!=" | "~="
-    value     := quoted | [^\\s,]+          (any printable run without spaces or commas)
+    value     := quoted | [^\\s,]+          (printable; not starting with . = ! ~ / | ")
     quoted    := dquoted | "/" ... "/" | "|" ... "|"   (the last two only after "~=")
     dquoted   := '"' ... '"'
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -237,3 +238,35 @@ def test_stray_files_in_blobs_are_not_walked(store: LocalStore, root: Path) -> N
     digest = put(store, "ref", b"real")
     (root / "blobs" / "sha256" / "README").write_text("not a blob")
     assert [i.digest for i in store.walk()] == [digest]
+
+
+def test_failed_write_keeps_hash_in_step_with_data(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = store.writer("ref")
+    real_write = os.write
+    calls: list[int] = []
+
+    def short_then_full_disk(fd: int, data: bytes | memoryview) -> int:
+        calls.append(fd)
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:3]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", short_then_full_disk)
+    with pytest.raises(OSError):
+        w.write(b"abcdef")
+    monkeypatch.undo()
+    assert (w.status().offset, w.digest()) == (3, digest_of(b"abc"))
+    w.write(b"def")
+    assert w.commit(6, digest_of(b"abcdef")) == digest_of(b"abcdef")
+
+
+def test_commit_refuses_data_changed_behind_the_writer(store: LocalStore, root: Path) -> None:
+    w = store.writer("ref")
+    w.write(b"mine")
+    with open(ingest_dir(root, "ref") / "data", "ab") as f:
+        f.write(b"theirs")
+    with pytest.raises(errdefs.FailedPrecondition, match="changed"):
+        w.commit(0, "")
+    assert list(store.walk()) == []

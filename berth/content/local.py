@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _HEX = re.compile(r"[0-9a-f]{64}")
-_LOCK_ATTEMPTS = 8  # a ref's directory can vanish between open and flock only while it is aborted
+_LOCK_ATTEMPTS = 8  # a retry happens only when the holder removes the ingest as we open it
 
 
 def _hex_of(digest: str) -> str:
@@ -358,15 +358,19 @@ class _LocalWriter(Writer):
 
     def write(self, data: bytes) -> int:
         fd = self._open_fd()
-        # Normally one write(2); the loop only covers a short write.
-        written = os.write(fd, data)
-        if written < len(data):
-            view = memoryview(data)
-            while written < len(data):
-                written += os.write(fd, view[written:])
-        self._hasher.update(data)
-        self._offset += written
-        self._meta.updated_at = time.time_ns()
+        written = 0
+        try:
+            written = os.write(fd, data)  # normally the only syscall
+            if written < len(data):
+                view = memoryview(data)
+                while written < len(data):
+                    written += os.write(fd, view[written:])
+        finally:
+            # Account for exactly what reached the file, even when a later write(2) failed: the
+            # hash must always describe the data file, or a retry could commit wrong bytes.
+            self._hasher.update(data if written == len(data) else memoryview(data)[:written])
+            self._offset += written
+            self._meta.updated_at = time.time_ns()
         return written
 
     def status(self) -> Status:
@@ -404,6 +408,11 @@ class _LocalWriter(Writer):
             if expected and expected != digest:
                 raise errdefs.FailedPrecondition(
                     f"unexpected commit digest {digest}, expected {expected}"
+                )
+            if os.fstat(fd).st_size != self._offset:
+                raise errdefs.FailedPrecondition(
+                    f"ingest {self._meta.ref} was changed by someone else: its data is not what "
+                    "this writer wrote"
                 )
             self._store._install(self._data_path, fd, digest)
         except (errdefs.FailedPrecondition, errdefs.AlreadyExists):
