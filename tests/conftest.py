@@ -22,6 +22,7 @@ from typing import Any
 
 import images
 import pytest
+from daemon import Berthd
 from images import ImageInfo
 from reference_containerd import ReferenceContainerd
 from registry import Registry, loopback_env
@@ -170,6 +171,19 @@ def reference_containerd() -> Iterator[ReferenceContainerd]:
 
 
 # -- berthd ------------------------------------------------------------------------------------
-# >>> BERTHD FIXTURE: wired in here. <<<
-# The `berthd` fixture is written in tests/daemon.py (by its owner, not here) and imported in this
-# block, e.g. `from daemon import berthd` with a noqa for F401. Keep this the one place.
+
+
+@pytest.fixture
+def berthd(tmp_path: Path) -> Iterator[Berthd]:
+    """A berthd of this test's own (root, state, socket under tmp_path), stopped afterwards."""
+    require_root()
+    with Berthd(tmp_path / "berthd") as daemon:
+        yield daemon
+
+
+@pytest.fixture(scope="module")
+def module_berthd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Berthd]:
+    """One berthd shared by a test module."""
+    require_root()
+    with Berthd(tmp_path_factory.mktemp("berthd")) as daemon:
+        yield daemon

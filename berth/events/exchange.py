@@ -11,6 +11,7 @@ Filters use containerd's syntax over the fields ``topic``, ``namespace`` and ``e
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -90,7 +91,7 @@ class Exchange:
         with self._lock:
             subscribers = list(self._subscribers)
         for sub in subscribers:
-            if not sub.filter.match(lambda path, env=env: _adapt(env, path)):
+            if not sub.filter.match(functools.partial(_adapt, env)):
                 continue
             try:
                 sub.queue.put_nowait(env)
@@ -136,7 +137,7 @@ def _adapt(env: Envelope, path: Sequence[str]) -> tuple[str, bool]:
             if isinstance(msg, Message) and part in msg.DESCRIPTOR.fields_by_name:
                 msg = getattr(msg, part)
             elif hasattr(msg, "get"):  # a labels map
-                value = msg.get(part)  # type: ignore[attr-defined]
+                value = msg.get(part)
                 if value is None:
                     return "", False
                 msg = value

@@ -9,6 +9,7 @@ collector, never here, so a concurrent writer elsewhere cannot lose it.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -35,7 +36,7 @@ def _adapt(info: Info, path: Sequence[str]) -> tuple[str, bool]:
     if path[0] == "size":
         return str(info.size), True
     if path[0] == "labels":
-        return filters.adapt_labels(info.labels, path[1:])
+        return filters.adapt_labels(info.labels, path)
     return "", False
 
 
@@ -110,8 +111,9 @@ class NamespacedContentStore(Store):
         validate_digest(digest)
         ns = namespaces.current()
         with self.db.tx() as c:
-            row = c.execute("SELECT * FROM content WHERE namespace = ? AND digest = ?",
-                            (ns, digest)).fetchone()
+            row: sqlite3.Row | None = c.execute(
+                "SELECT * FROM content WHERE namespace = ? AND digest = ?", (ns, digest)
+            ).fetchone()
         if row is None:
             raise errdefs.NotFound(f"content {digest} not found in namespace {ns!r}")
         return row
@@ -170,7 +172,7 @@ class NamespacedContentStore(Store):
                              (ns,)).fetchall()
         for row in rows:
             info = _row_to_info(row)
-            if flt.match(lambda p, info=info: _adapt(info, p)):
+            if flt.match(functools.partial(_adapt, info)):
                 yield info
 
     def delete(self, digest: str) -> None:

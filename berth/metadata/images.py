@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable, Sequence
 
@@ -49,7 +50,7 @@ def _adapt(image: Image, path: Sequence[str]) -> tuple[str, bool]:
             return image.target.media_type, True
         return "", False
     if head == "labels":
-        return filters.adapt_labels(image.labels, path[1:])
+        return filters.adapt_labels(image.labels, path)
     return "", False
 
 
@@ -79,7 +80,7 @@ class ImageStore:
             rows = c.execute("SELECT * FROM images WHERE namespace = ? ORDER BY name",
                              (ns,)).fetchall()
         images = [_row_to_image(r) for r in rows]
-        return [i for i in images if flt.match(lambda p, i=i: _adapt(i, p))]
+        return [i for i in images if flt.match(functools.partial(_adapt, i))]
 
     def create(self, image: Image) -> Image:
         _validate(image)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import uuid
 from collections.abc import Sequence
@@ -68,7 +69,7 @@ class LeaseManager:
                 if path[0] == "id":
                     return lease.id, True
                 if path[0] == "labels":
-                    return filters.adapt_labels(lease.labels, path[1:])
+                    return filters.adapt_labels(lease.labels, path)
                 return "", False
 
             if flt.match(adapt):
@@ -98,7 +99,7 @@ class LeaseManager:
                 "AND id = ?", (ns, lease_id, resource.type, resource.id),
             )
 
-    def list_resources(self, lease_id: str) -> list[Resource]:
+    def list_resources(self, lease_id: str) -> builtins.list[Resource]:
         ns = namespaces.current()
         with self._db.tx() as c:
             self._require(c, ns, lease_id)

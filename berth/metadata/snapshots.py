@@ -10,6 +10,7 @@ swept by the garbage collector.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -43,7 +44,7 @@ def _adapt(info: Info, path: Sequence[str]) -> tuple[str, bool]:
     if path[0] == "kind":
         return _KIND_NAMES.get(info.kind, "unknown"), True
     if path[0] == "labels":
-        return filters.adapt_labels(info.labels, path[1:])
+        return filters.adapt_labels(info.labels, path)
     return "", False
 
 
@@ -166,7 +167,7 @@ class NamespacedSnapshotter(Snapshotter):
             self._undo(backend_key)
             raise
         self._publisher.publish("/snapshot/prepare", snapshot_pb2.SnapshotPrepare(
-            key=key, parent=parent, snapshotter=self.name))
+            key=key, parent=parent))
         return mounts
 
     def commit(self, name: str, key: str, labels: dict[str, str] | None = None) -> None:
@@ -206,7 +207,7 @@ class NamespacedSnapshotter(Snapshotter):
             self._undo(backend_key)
             raise
         self._publisher.publish("/snapshot/commit", snapshot_pb2.SnapshotCommit(
-            key=key, name=name, snapshotter=self.name))
+            key=key, name=name))
 
     def remove(self, key: str) -> None:
         ns = namespaces.current()
@@ -223,7 +224,7 @@ class NamespacedSnapshotter(Snapshotter):
                       (ns, self.name, key))
         self._undo(row["backend_key"])
         self._publisher.publish("/snapshot/remove", snapshot_pb2.SnapshotRemove(
-            key=key, snapshotter=self.name))
+            key=key))
 
     def _undo(self, backend_key: str) -> None:
         """Remove a backend snapshot that has no row; if that fails, the collector will."""
@@ -242,7 +243,7 @@ class NamespacedSnapshotter(Snapshotter):
                              "ORDER BY key", (ns, self.name)).fetchall()
         for row in rows:
             info = _row_to_info(row)
-            if flt.match(lambda p, info=info: _adapt(info, p)):
+            if flt.match(functools.partial(_adapt, info)):
                 yield info
 
     def cleanup(self) -> None:

@@ -127,7 +127,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
         return self._response(writer, req.action, total)
 
     @staticmethod
-    def _response(writer: NamespacedWriter, action: int,
+    def _response(writer: NamespacedWriter, action: pb.WriteAction,
                   total: int) -> pb.WriteContentResponse:
         st = writer.status()
         return pb.WriteContentResponse(

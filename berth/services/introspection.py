@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Sequence
@@ -69,7 +70,7 @@ class IntrospectionService(introspection_pb2_grpc.IntrospectionServicer):
         flt = filters.parse(request.filters)
         return pb.PluginsResponse(plugins=[
             _plugin(p) for p in self.registry.plugins()
-            if flt.match(lambda path, p=p: _adapt(p, path))])
+            if flt.match(functools.partial(_adapt, p))])
 
     def Server(self, request: empty_pb2.Empty,
                context: grpc.ServicerContext) -> pb.ServerResponse:

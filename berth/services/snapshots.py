@@ -18,7 +18,7 @@ LIST_BATCH = 100
 
 
 def _info(i: Info) -> pb.Info:
-    return pb.Info(name=i.name, parent=i.parent, kind=int(i.kind), labels=i.labels,
+    return pb.Info(name=i.name, parent=i.parent, kind=pb.Kind.Name(int(i.kind)), labels=i.labels,
                    created_at=timestamp(i.created_at), updated_at=timestamp(i.updated_at))
 
 

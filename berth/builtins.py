@@ -1,0 +1,191 @@
+"""The plugins berthd is built from, and how each is made. The implementations live in their own
+packages; this module only wires them (as containerd's ``builtins`` does)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from berth.plugin import registry as p
+from berth.plugin.registry import InitContext, Registration, Registry
+from berth.services.server import Edge
+
+
+class GRPCService:
+    """A servicer and the generated function that adds it to a server."""
+
+    def __init__(self, servicer: Any, add: Callable[[Any, grpc.Server], None],
+                 name: str) -> None:
+        self.servicer = servicer
+        self._add = add
+        self.name = name
+
+    def register(self, server: grpc.Server) -> None:
+        self._add(Edge(self.servicer, self.name), server)
+
+
+def _exchange(ctx: InitContext) -> Any:
+    from berth.events import Exchange
+
+    return Exchange()
+
+
+def _content(ctx: InitContext) -> Any:
+    from berth.content.local import LocalStore
+
+    ctx.exports["root"] = ctx.root
+    return LocalStore(ctx.root)
+
+
+def _overlayfs(ctx: InitContext) -> Any:
+    from berth.snapshots import overlay
+
+    root = str(ctx.config.get("root_path", ctx.root))
+    os.makedirs(root, exist_ok=True)
+    overlay.supported(root)
+    ctx.exports["root"] = root
+    return overlay.OverlaySnapshotter(root)
+
+
+def _native(ctx: InitContext) -> Any:
+    from berth.snapshots.native import NativeSnapshotter
+
+    root = str(ctx.config.get("root_path", ctx.root))
+    ctx.exports["root"] = root
+    return NativeSnapshotter(root)
+
+
+def _metadata(ctx: InitContext) -> Any:
+    from berth.metadata.store import Metadata
+
+    return Metadata(ctx.root, ctx.get(p.CONTENT), ctx.get_all(p.SNAPSHOTTER), ctx.get(p.EVENT))
+
+
+def _gc(ctx: InitContext) -> Any:
+    from berth.gc import Scheduler
+
+    md = ctx.get(p.METADATA)
+    scheduler = Scheduler(md.collector, delay=float(ctx.config.get("deletion_delay", 0.5)))
+    md.set_scheduler(scheduler.trigger)
+    scheduler.start()
+    return scheduler
+
+
+def _walking(ctx: InitContext) -> Any:
+    from berth.diff.walking import WalkingDiff
+
+    return WalkingDiff(ctx.get(p.METADATA).content)
+
+
+def _grpc(name: str, make: Callable[[InitContext], GRPCService]) -> Registration:
+    return Registration(p.GRPC, name, make, requires=(p.METADATA, p.EVENT, p.DIFFER, p.GC))
+
+
+def _content_service(ctx: InitContext) -> GRPCService:
+    from berth.api.services.content.v1 import content_pb2_grpc
+    from berth.services.content import ContentService
+
+    return GRPCService(ContentService(ctx.get(p.METADATA).content),
+                       content_pb2_grpc.add_ContentServicer_to_server,
+                       "containerd.services.content.v1.Content")
+
+
+def _images_service(ctx: InitContext) -> GRPCService:
+    from berth.api.services.images.v1 import images_pb2_grpc
+    from berth.services.images import ImagesService
+
+    return GRPCService(ImagesService(ctx.get(p.METADATA).images),
+                       images_pb2_grpc.add_ImagesServicer_to_server,
+                       "containerd.services.images.v1.Images")
+
+
+def _snapshots_service(ctx: InitContext) -> GRPCService:
+    from berth.api.services.snapshots.v1 import snapshots_pb2_grpc
+    from berth.services.snapshots import SnapshotsService
+
+    return GRPCService(SnapshotsService(ctx.get(p.METADATA).snapshotters),
+                       snapshots_pb2_grpc.add_SnapshotsServicer_to_server,
+                       "containerd.services.snapshots.v1.Snapshots")
+
+
+def _diff_service(ctx: InitContext) -> GRPCService:
+    from berth.api.services.diff.v1 import diff_pb2_grpc
+    from berth.services.diff import DiffService
+
+    return GRPCService(DiffService(ctx.get(p.DIFFER)), diff_pb2_grpc.add_DiffServicer_to_server,
+                       "containerd.services.diff.v1.Diff")
+
+
+def _leases_service(ctx: InitContext) -> GRPCService:
+    from berth.api.services.leases.v1 import leases_pb2_grpc
+    from berth.services.leases import LeasesService
+
+    md = ctx.get(p.METADATA)
+    return GRPCService(LeasesService(md.leases, md.collect),
+                       leases_pb2_grpc.add_LeasesServicer_to_server,
+                       "containerd.services.leases.v1.Leases")
+
+
+def _namespaces_service(ctx: InitContext) -> GRPCService:
+    from berth.api.services.namespaces.v1 import namespace_pb2_grpc
+    from berth.services.namespaces import NamespacesService
+
+    return GRPCService(NamespacesService(ctx.get(p.METADATA).namespaces, ctx.get(p.EVENT)),
+                       namespace_pb2_grpc.add_NamespacesServicer_to_server,
+                       "containerd.services.namespaces.v1.Namespaces")
+
+
+def _events_service(ctx: InitContext) -> GRPCService:
+    from berth.api.services.events.v1 import events_pb2_grpc
+    from berth.services.events import EventsService
+
+    return GRPCService(EventsService(ctx.get(p.EVENT)),
+                       events_pb2_grpc.add_EventsServicer_to_server,
+                       "containerd.services.events.v1.Events")
+
+
+def _version_service(ctx: InitContext) -> GRPCService:
+    from berth.api.services.version.v1 import version_pb2_grpc
+    from berth.services.version import VersionService
+
+    return GRPCService(VersionService(), version_pb2_grpc.add_VersionServicer_to_server,
+                       "containerd.services.version.v1.Version")
+
+
+def _introspection_service(ctx: InitContext) -> GRPCService:
+    from berth.api.services.introspection.v1 import introspection_pb2_grpc
+    from berth.services.introspection import IntrospectionService, server_uuid
+
+    return GRPCService(IntrospectionService(ctx.registry, server_uuid(ctx.root)),
+                       introspection_pb2_grpc.add_IntrospectionServicer_to_server,
+                       "containerd.services.introspection.v1.Introspection")
+
+
+def registry() -> Registry:
+    """A registry with every built-in plugin registered."""
+    reg = Registry()
+    linux = ("linux/amd64",) if os.uname().machine == "x86_64" else ()
+    for r in (
+        Registration(p.EVENT, "exchange", _exchange),
+        Registration(p.CONTENT, "content", _content),
+        Registration(p.SNAPSHOTTER, "overlayfs", _overlayfs, platforms=linux),
+        Registration(p.SNAPSHOTTER, "native", _native, platforms=linux),
+        Registration(p.METADATA, "sqlite", _metadata,
+                     requires=(p.CONTENT, p.SNAPSHOTTER, p.EVENT)),
+        Registration(p.GC, "scheduler", _gc, requires=(p.METADATA,)),
+        Registration(p.DIFFER, "walking", _walking, requires=(p.METADATA,), platforms=linux),
+        _grpc("content", _content_service),
+        _grpc("images", _images_service),
+        _grpc("snapshots", _snapshots_service),
+        _grpc("diff", _diff_service),
+        _grpc("leases", _leases_service),
+        _grpc("namespaces", _namespaces_service),
+        _grpc("events", _events_service),
+        _grpc("version", _version_service),
+        _grpc("introspection", _introspection_service),
+    ):
+        reg.register(r)
+    return reg

@@ -1,0 +1,1 @@
+"""Entry points: berthd, berth, containerd-shim-berth-v2."""
