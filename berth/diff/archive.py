@@ -1,0 +1,476 @@
+"""Applying an OCI layer tar onto a directory, and the diff writer's entry point.
+
+:func:`apply_tar` follows containerd's ``archive.Apply`` (the OCI "applying changesets" rules),
+with these decisions, each tested against a hostile layer in ``tests/test_diff_hostile.py``:
+
+Containment (nothing outside ``root`` is ever created, changed or linked)
+    * Every member name is cleaned lexically. A leading ``/`` is dropped (contained). A ``..``
+      that climbs above the root is **refused** (containerd clamps it; we are stricter because
+      no honest tool writes one). ``./`` and the root itself are skipped, as in containerd.
+    * The parent directory of each member is resolved like ``fs.RootPath``: symlinks already in
+      the tree are followed, but an absolute target restarts at ``root`` and ``..`` stops at
+      ``root``; more than 255 links (a loop) is **refused**. The last component is never
+      followed: an existing non-directory there is unlinked first (a directory is removed
+      recursively unless the member is a directory too, which merges), and files are created
+      with ``O_CREAT|O_EXCL|O_NOFOLLOW`` so a planted symlink cannot redirect a write.
+    * Ownership, modes, xattrs and times go through the new file's descriptor, or through
+      ``l*`` calls that do not follow symlinks; a symlink's mode is never set (Linux has no
+      lchmod). Deferred directory times are applied only if the path still names the same
+      directory inode.
+    * A hard link target is cleaned and resolved the same way (contained, or refused if it
+      climbs out) and linked without following a final symlink: a link to a symlink makes
+      another name for the symlink itself, as containerd does. A missing target or a directory
+      target is refused. A hard link member adds a name only; the inode keeps its metadata (the
+      header's copy of it is not re-applied, as GNU tar does).
+    * A whiteout ``.wh.NAME`` is resolved like any member: it removes (or, for overlay,
+      replaces with a 0/0 character device) ``NAME`` inside the resolved parent. ``.wh.``,
+      ``.wh..`` and ``.wh...`` are refused, as in containerd. AUFS metadata (other
+      ``.wh..wh.*`` names) is skipped.
+
+Metadata
+    Owners are numeric (lchown), applied before the mode so setuid/setgid bits survive, and
+    before xattrs since a chown drops ``security.capability``. ``trusted.*`` (and
+    ``user.overlay.*``) xattrs from a layer are skipped as containerd skips ``trusted.*``: they
+    would let a layer forge overlay whiteouts, opaque or redirect markers. An xattr the file
+    system does not support (or a ``user.*`` xattr on a symlink, which Linux forbids) is skipped
+    with a warning. The access time is the later of atime and mtime; times outside the Unix
+    range become the epoch (containerd's ``boundTime``).
+
+Opaque directories
+    With overlay whiteouts the directory gets ``trusted.overlay.opaque=y``. Without, every entry
+    under it that this layer did not create is removed; unlike containerd, a directory that
+    this layer created implicitly (as the parent of a member) counts as created, so its
+    members survive.
+
+Errors are ``errdefs.InvalidArgument`` naming the member when the layer is at fault, and
+``errdefs.Internal`` for host failures (full disk, I/O error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from berth import errdefs
+from berth.diff.diff import Readable
+from berth.diff.rootpath import clean_name, resolve_in_root
+from berth.diff.tarformat import (
+    BLOCKDEV,
+    CHAR,
+    DIRECTORY,
+    END,
+    FIFO,
+    HARDLINK,
+    REGULAR,
+    SYMLINK,
+    TarEntry,
+    TarParser,
+)
+from berth.diff.writediff import write_diff
+
+__all__ = ["OVERLAY_OPAQUE_XATTR", "apply_tar", "write_diff"]
+
+log = logging.getLogger(__name__)
+
+WHITEOUT_PREFIX = ".wh."
+WHITEOUT_META_PREFIX = ".wh..wh."
+WHITEOUT_OPAQUE = ".wh..wh..opq"
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+
+READ_CHUNK = 1 << 20
+
+_O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_TIME_NS = 1 << 63
+_SKIPPED_XATTRS = ("trusted.", "user.overlay.")
+_UNSUPPORTED = (errno.ENOTSUP, errno.EOPNOTSUPP)
+# errnos that mean "this member cannot exist here", as opposed to a failing host.
+_LAYER_ERRNOS = frozenset((
+    errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT,
+    errno.EPERM, errno.EINVAL, errno.EMLINK, errno.EXDEV, errno.ENOTEMPTY, errno.ERANGE,
+    errno.E2BIG,
+))
+_T = TypeVar("_T")
+_DEVICE_TYPES = {CHAR: stat.S_IFCHR, BLOCKDEV: stat.S_IFBLK, FIFO: stat.S_IFIFO}
+
+
+def apply_tar(stream: Readable, root: str, *, overlay_whiteouts: bool,
+              parents: Sequence[str] = (), opaque_xattr: str = OVERLAY_OPAQUE_XATTR,
+              skip_devices: bool = False) -> int:
+    """Apply the uncompressed layer tar read from ``stream`` onto the directory ``root``.
+
+    ``overlay_whiteouts`` selects the overlay form: whiteouts become 0/0 character devices and
+    opaque markers the ``opaque_xattr`` xattr (``root`` is then an overlay upperdir). ``parents``
+    are the directories beneath it, top first (the overlay's lowerdirs): a parent directory that
+    must be created takes its owner, mode, times and xattrs from the first of them that has it.
+    ``skip_devices`` drops character and block devices (for user namespaces, where mknod fails).
+
+    The stream is read to its end: bytes after the end-of-archive marker are read and ignored,
+    so that a digest computed over ``stream`` covers every byte. Returns the number of bytes read.
+    On error the directory holds whatever was applied so far.
+    """
+    root = os.path.abspath(root)
+    if root == "/":
+        raise errdefs.InvalidArgument("refusing to apply a layer onto /")
+    if not os.path.isdir(root) or os.path.islink(root):
+        raise errdefs.InvalidArgument(f"cannot apply a layer onto {root}: not a directory")
+    applier = _Applier(root, overlay_whiteouts, tuple(parents), opaque_xattr, skip_devices)
+    parser = TarParser()
+    feed = parser.feed
+    write = os.write
+    read = stream.read
+    fd = -1
+    left = 0
+    entry: TarEntry | None = None
+    try:
+        while True:
+            chunk = read(READ_CHUNK)
+            if not chunk:
+                break
+            for event in feed(chunk):
+                if event.__class__ is memoryview:
+                    assert isinstance(event, memoryview)
+                    left -= len(event)
+                    if fd >= 0:
+                        while event:
+                            event = event[write(fd, event):]
+                        if not left:
+                            assert entry is not None
+                            applier.finish_file(fd, entry)
+                            fd = -1
+                elif isinstance(event, TarEntry):
+                    entry = event
+                    fd = applier.entry(entry)
+                    left = entry.size
+                    if fd >= 0 and not left:
+                        applier.finish_file(fd, entry)
+                        fd = -1
+                else:
+                    assert event is END
+        parser.close()
+        if not parser.finished:
+            raise errdefs.InvalidArgument("invalid layer tar: no end of archive")
+        applier.finish()
+    except OSError as exc:
+        raise _entry_error(entry.name if entry else "", exc) from exc
+    except (ValueError, OverflowError) as exc:  # NUL in an xattr name, uid beyond 2^32...
+        name = entry.name if entry else ""
+        raise errdefs.InvalidArgument(f"layer entry {name!r}: {exc}") from exc
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return parser.offset + parser.trailing
+
+
+def _entry_error(name: str, exc: OSError) -> errdefs.BerthError:
+    reason = exc.strerror or str(exc)
+    if exc.errno in _LAYER_ERRNOS:
+        return errdefs.InvalidArgument(f"layer entry {name!r}: {reason}")
+    return errdefs.Internal(f"applying layer entry {name!r}: {reason} (errno {exc.errno})")
+
+
+def _times(entry: TarEntry) -> tuple[int, int]:
+    mtime = entry.mtime_ns
+    atime = entry.atime_ns if entry.atime_ns is not None and entry.atime_ns > mtime else mtime
+    if not 0 <= mtime < _MAX_TIME_NS:
+        mtime = 0
+    if not 0 <= atime < _MAX_TIME_NS:
+        atime = 0
+    return atime, mtime
+
+
+class _Applier:
+    """The state of one apply: what exists, what this layer unpacked, deferred dir times.
+
+    Invariant: ``_dirs`` and ``_parents`` only hold paths whose every component is a real
+    directory inside the root. Anything that removes a directory or a symlink clears both.
+    """
+
+    def __init__(self, root: str, overlay: bool, lowers: tuple[str, ...], opaque_xattr: str,
+                 skip_devices: bool) -> None:
+        self.root = root
+        self.overlay = overlay
+        self.lowers = lowers
+        self.opaque_xattr = opaque_xattr
+        self.skip_devices = skip_devices
+        self._dirs: set[str] = {root}
+        self._parents: dict[str, str] = {"": root}
+        # For opaque markers without overlay: what this layer put there, and their ancestors.
+        self._unpacked: set[str] = set()
+        self._kept: set[str] = set()
+        self._dir_times: list[tuple[str, int, int, int, int]] = []
+
+    # -- entries -------------------------------------------------------------------------------
+
+    def entry(self, entry: TarEntry) -> int:
+        """Apply one member; returns an open descriptor when its content follows, else -1."""
+        rel = clean_name(entry.name)
+        if not rel:
+            log.debug("layer entry %r ignored: it names the root", entry.name)
+            return -1
+        parent_rel, _, base = rel.rpartition("/")
+        if rel.startswith(WHITEOUT_META_PREFIX) and rel != WHITEOUT_OPAQUE:
+            log.debug("layer entry %r ignored: AUFS metadata", entry.name)
+            return -1
+        parent = self._parent(parent_rel, entry.name)
+        if base.startswith(WHITEOUT_PREFIX):
+            self._whiteout(entry, parent, base)
+            return -1
+        path = parent + "/" + base
+        kind = entry.type
+        fd = -1
+        if kind == REGULAR:
+            fd = self._create(path, lambda: os.open(path, _O_CREATE, 0o600))
+        elif kind == DIRECTORY:
+            self._directory(entry, path)
+        elif kind == SYMLINK:
+            self._symlink(entry, path)
+        elif kind == HARDLINK:
+            target = self._link_target(entry)
+            self._create(path, lambda: os.link(target, path, follow_symlinks=False))
+        elif kind in _DEVICE_TYPES:
+            if self.skip_devices and kind != FIFO:
+                log.warning("layer entry %r ignored: devices cannot be created here", entry.name)
+                return -1
+            self._device(entry, path)
+        else:  # the parser only lets known kinds through
+            raise errdefs.InvalidArgument(f"layer entry {entry.name!r}: unhandled type {kind!r}")
+        if not self.overlay:
+            self._mark_unpacked(path)
+        return fd
+
+    def finish_file(self, fd: int, entry: TarEntry) -> None:
+        """Set a regular file's metadata through its descriptor, then close it."""
+        try:
+            os.fchown(fd, entry.uid, entry.gid)
+            if entry.xattrs:
+                self._set_xattrs(fd, entry, is_symlink=False)
+            os.fchmod(fd, entry.mode)
+            os.utime(fd, ns=_times(entry))
+        finally:
+            os.close(fd)
+
+    def finish(self) -> None:
+        """Directory times, last, so that creating their content did not change them."""
+        for path, dev, ino, atime, mtime in self._dir_times:
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # removed by a later whiteout or replaced: nothing to time
+            if st.st_ino == ino and st.st_dev == dev and stat.S_ISDIR(st.st_mode):
+                os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+
+    def _directory(self, entry: TarEntry, path: str) -> None:
+        try:
+            st: os.stat_result | None = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            if st is not None:
+                self._remove(path, st)
+            os.mkdir(path, 0o700)
+        fd = os.open(path, _O_DIR)
+        try:
+            os.fchown(fd, entry.uid, entry.gid)
+            if entry.xattrs:
+                self._set_xattrs(fd, entry, is_symlink=False)
+            os.fchmod(fd, entry.mode)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        self._dirs.add(path)
+        self._dir_times.append((path, st.st_dev, st.st_ino, *_times(entry)))
+
+    def _symlink(self, entry: TarEntry, path: str) -> None:
+        target = entry.linkname
+        if "\0" in target:
+            raise errdefs.InvalidArgument(f"layer entry {entry.name!r}: symlink target has NUL")
+        self._create(path, lambda: os.symlink(target, path))
+        os.chown(path, entry.uid, entry.gid, follow_symlinks=False)
+        if entry.xattrs:
+            self._set_xattrs(path, entry, is_symlink=True)
+        os.utime(path, ns=_times(entry), follow_symlinks=False)
+
+    def _device(self, entry: TarEntry, path: str) -> None:
+        device = os.makedev(entry.devmajor, entry.devminor) if entry.type != FIFO else 0
+        self._create(path, lambda: os.mknod(path, _DEVICE_TYPES[entry.type] | 0o600, device))
+        os.chown(path, entry.uid, entry.gid, follow_symlinks=False)
+        if entry.xattrs:
+            self._set_xattrs(path, entry, is_symlink=False)
+        # glibc implements the no-follow chmod for non-symlinks; the node was just made.
+        os.chmod(path, entry.mode, follow_symlinks=False)
+        os.utime(path, ns=_times(entry), follow_symlinks=False)
+
+    def _link_target(self, entry: TarEntry) -> str:
+        rel = clean_name(entry.linkname, what=f"layer entry {entry.name!r}: hard link target")
+        if not rel:
+            raise errdefs.InvalidArgument(
+                f"layer entry {entry.name!r}: hard link to the root directory")
+        link_parent, _, link_base = rel.rpartition("/")
+        parent = self._parents.get(link_parent)
+        if parent is None:
+            parent = resolve_in_root(self.root, link_parent, name=entry.name)
+        target = parent + "/" + link_base
+        try:
+            st = os.lstat(target)
+        except (FileNotFoundError, NotADirectoryError):
+            raise errdefs.InvalidArgument(
+                f"layer entry {entry.name!r}: hard link target {entry.linkname!r} does not exist"
+            ) from None
+        if stat.S_ISDIR(st.st_mode):
+            raise errdefs.InvalidArgument(
+                f"layer entry {entry.name!r}: hard link target {entry.linkname!r} is a directory")
+        return target
+
+    def _create(self, path: str, make: Callable[[], _T]) -> _T:
+        """Create with ``make``; if something is in the way, remove it and try once more."""
+        try:
+            return make()
+        except FileExistsError:
+            self._remove(path, os.lstat(path))
+            return make()
+
+    # -- whiteouts -----------------------------------------------------------------------------
+
+    def _whiteout(self, entry: TarEntry, parent: str, base: str) -> None:
+        if base == WHITEOUT_OPAQUE:
+            if self.overlay:
+                os.setxattr(parent, self.opaque_xattr, b"y", follow_symlinks=False)
+            else:
+                self._remove_unpacked_except(parent)
+            return
+        if base.startswith(WHITEOUT_META_PREFIX):
+            log.debug("layer entry %r ignored: AUFS metadata", entry.name)
+            return
+        name = base[len(WHITEOUT_PREFIX):]
+        if name in ("", ".", ".."):
+            raise errdefs.InvalidArgument(f"layer entry {entry.name!r}: invalid whiteout name")
+        victim = parent + "/" + name
+        # Nothing there is fine: the lower layers may still have it.
+        with contextlib.suppress(FileNotFoundError):
+            self._remove(victim, os.lstat(victim))
+        if self.overlay:
+            os.mknod(victim, stat.S_IFCHR, os.makedev(0, 0))
+            os.chown(victim, entry.uid, entry.gid, follow_symlinks=False)
+
+    def _remove_unpacked_except(self, directory: str) -> None:
+        with os.scandir(directory) as it:
+            children = list(it)
+        for child in children:
+            if child.path in self._unpacked or child.path in self._kept:
+                if child.is_dir(follow_symlinks=False):
+                    self._remove_unpacked_except(child.path)
+            else:
+                self._remove(child.path, child.stat(follow_symlinks=False))
+
+    def _mark_unpacked(self, path: str) -> None:
+        self._unpacked.add(path)
+        parent = path.rpartition("/")[0]
+        while parent != self.root and parent not in self._kept:
+            self._kept.add(parent)
+            parent = parent.rpartition("/")[0]
+
+    def _remove(self, path: str, st: os.stat_result) -> None:
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path)  # works on descriptors, never follows a symlink
+        else:
+            os.unlink(path)
+        if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            self._dirs = {self.root}
+            self._parents = {"": self.root}
+
+    # -- parents -------------------------------------------------------------------------------
+
+    def _parent(self, parent_rel: str, name: str) -> str:
+        """The real directory a member goes in, created (with its ancestors) if missing."""
+        parent = self._parents.get(parent_rel)
+        if parent is not None:
+            return parent
+        parent = resolve_in_root(self.root, parent_rel, name=name)
+        if parent not in self._dirs:
+            current = self.root
+            for part in parent[len(self.root) + 1:].split("/"):
+                current = current + "/" + part
+                if current in self._dirs:
+                    continue
+                try:
+                    st = os.lstat(current)
+                except FileNotFoundError:
+                    self._make_parent(current)
+                else:
+                    if not stat.S_ISDIR(st.st_mode):
+                        raise errdefs.InvalidArgument(
+                            f"layer entry {name!r}: {current[len(self.root):]!r} in the root is "
+                            "not a directory")
+                self._dirs.add(current)
+        self._parents[parent_rel] = parent
+        return parent
+
+    def _make_parent(self, path: str) -> None:
+        os.mkdir(path, 0o755)
+        fd = os.open(path, _O_DIR)
+        try:
+            os.fchmod(fd, 0o755)
+            rel = path[len(self.root) + 1:]
+            for lower in self.lowers:
+                source = resolve_in_root(lower, rel)
+                try:
+                    st = os.lstat(source)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    _copy_dir_info(source, st, fd)
+                break  # the first layer that has the path decides, even if it is not a dir
+        finally:
+            os.close(fd)
+        if not self.overlay:
+            self._mark_unpacked(path)
+
+    # -- xattrs --------------------------------------------------------------------------------
+
+    def _set_xattrs(self, target: int | str, entry: TarEntry, *, is_symlink: bool) -> None:
+        for key, value in entry.xattrs.items():
+            if key.startswith(_SKIPPED_XATTRS):
+                log.warning("layer entry %r: xattr %s ignored (not accepted from layers)",
+                            entry.name, key)
+                continue
+            try:
+                if isinstance(target, int):
+                    os.setxattr(target, key, value)
+                else:
+                    os.setxattr(target, key, value, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno in _UNSUPPORTED or (
+                        is_symlink and exc.errno == errno.EPERM and key.startswith("user.")):
+                    log.warning("layer entry %r: xattr %s ignored: %s", entry.name, key,
+                                exc.strerror)
+                    continue
+                raise
+
+
+def _copy_dir_info(source: str, st: os.stat_result, fd: int) -> None:
+    """Give a directory made in an upperdir the metadata of its lower copy (overlay copy-up)."""
+    os.fchown(fd, st.st_uid, st.st_gid)
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    try:
+        keys = os.listxattr(source, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
+        keys = []
+    for key in keys:
+        if key.startswith("trusted."):
+            continue  # overlay's own markers stay in their layer
+        try:
+            os.setxattr(fd, key, os.getxattr(source, key, follow_symlinks=False),
+                        os.XATTR_CREATE)
+        except OSError as exc:
+            if exc.errno not in (*_UNSUPPORTED, errno.EEXIST, errno.ENODATA):
+                raise
+    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
