@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -87,10 +88,8 @@ class Daemon:
         if self.registry is not None:
             self.registry.close()
             self.registry = None
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.address)
-        except FileNotFoundError:
-            pass
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

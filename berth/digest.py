@@ -12,9 +12,9 @@ _ANY = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 
 def validate_digest(digest: str) -> str:
     """Return ``digest`` if it is a well-formed sha256 digest, else raise InvalidArgument."""
-    if _SHA256.match(digest):
+    if _SHA256.fullmatch(digest):
         return digest
-    if _ANY.match(digest):
+    if _ANY.fullmatch(digest):
         raise errdefs.InvalidArgument(
             f"digest {digest!r} uses an unsupported algorithm: only sha256 is supported"
         )

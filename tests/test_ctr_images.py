@@ -126,7 +126,7 @@ def _manifest_digest(c: Ctr, ref: str) -> str:
     raise AssertionError(f"{ref} not listed")
 
 
-def test_content_active_and_rm(c: Ctr) -> None:
+def test_content_active_and_rm(c: Ctr, tmp_path: Path) -> None:
     data = os.urandom(3 << 20)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     proc = subprocess.Popen(
@@ -146,9 +146,14 @@ def test_content_active_and_rm(c: Ctr) -> None:
     finally:
         proc.kill()
         proc.wait()
-    # resume: a new ingest under the same ref completes the blob
-    c("content", "ingest", "--expected-size", str(len(data)), "--expected-digest", digest,
-      "half-done", input=data, text=False)
+    # resume: a new ingest under the same ref skips what was written and completes the blob
+    # (ctr seeks its input to the offset berthd reports, so give it a file)
+    src = tmp_path / "blob"
+    src.write_bytes(data)
+    with src.open("rb") as f:
+        subprocess.run(c.command("content", "ingest", "--expected-size", str(len(data)),
+                                 "--expected-digest", digest, "half-done"),
+                       stdin=f, check=True, capture_output=True)
     assert digest in c("content", "ls", "-q").stdout.split()
     assert "half-done" not in c("content", "active").stdout
     c("content", "rm", digest)
@@ -183,7 +188,7 @@ def test_snapshot_commands(c: Ctr, tmp_path: Path) -> None:
     assert "overlay" in child_mounts and "lowerdir=" in child_mounts
     c("snapshots", "view", "base-view", "base")
     info = json.loads(c("snapshots", "info", "child").stdout)
-    assert info["Parent"] == "base" and info["Kind"] == 2 or info.get("Kind") in ("active", 2)
+    assert info["Parent"] == "base" and info["Kind"] == "Active"
     usage = c("snapshots", "usage").stdout
     assert "base" in usage
     tree = c("snapshots", "tree").stdout

@@ -225,9 +225,6 @@ def test_content_reference_label_forms(daemon: Daemon, key: str) -> None:
     assert daemon.disk() == {parent, child}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "collector._refs follows every label that starts with containerd.io/gc.ref.content; "
-    "containerd follows only the bare key or one continued by '.' or '/'"))
 def test_content_reference_label_needs_a_separator(daemon: Daemon) -> None:
     child = put(daemon, b"child")
     parent = put(daemon, b"parent", {f"{REF_CONTENT}ious": child, ROOT: "yes"})
@@ -237,9 +234,7 @@ def test_content_reference_label_needs_a_separator(daemon: Daemon) -> None:
 
 @pytest.mark.parametrize("key", [
     REF_SNAPSHOT,
-    pytest.param(f"{REF_SNAPSHOT}/1", marks=pytest.mark.xfail(strict=True, reason=(
-        "collector._refs ends the snapshotter name at '.', containerd at '/': "
-        "'...snapshot.overlayfs/1' names snapshotter 'overlayfs/1' here and keeps nothing"))),
+    f"{REF_SNAPSHOT}/1",
 ])
 def test_snapshot_reference_label_forms(daemon: Daemon, key: str) -> None:
     snap = committed(daemon, "referenced")
@@ -353,9 +348,6 @@ def test_flat_lease_protects_only_its_direct_resources(daemon: Daemon) -> None:
     assert daemon.snapshot_names() == set()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Collector._sweep_db seeds `marked` with the flat-lease nodes, so when a root reaches "
-    "the same node the walk skips it and never marks what it references"))
 def test_flat_lease_does_not_hide_references_reached_from_roots(daemon: Daemon) -> None:
     daemon.meta.leases.create("flat", {FLAT: ""})
     with leases.use("flat"):
@@ -367,9 +359,6 @@ def test_flat_lease_does_not_hide_references_reached_from_roots(daemon: Daemon) 
     assert daemon.disk() == blobs_of(image)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Collector._sweep_db marks a flat lease's snapshot alone; containerd follows a flat "
-    "snapshot's parents (not its labels), else the parent row is swept from under the child"))
 def test_flat_lease_keeps_a_snapshots_parents(daemon: Daemon) -> None:
     base = committed(daemon, "base")
     daemon.meta.leases.create("flat", {FLAT: ""})

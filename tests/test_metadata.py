@@ -135,10 +135,6 @@ def events_of(sub: Subscription) -> list[Envelope]:
 
 # --- the conformance suites ------------------------------------------------------------------
 
-_BAD_DIGESTS = next(m for m in vars(ContentStoreSuite.test_malformed_digest)["pytestmark"]
-                    if m.name == "parametrize").args[1]
-_TRAILING_NEWLINE = "sha256:" + "a" * 64 + "\n"
-assert _TRAILING_NEWLINE in _BAD_DIGESTS
 
 
 class TestMetadataContentConformance(ContentStoreSuite):
@@ -165,21 +161,6 @@ class TestMetadataContentConformance(ContentStoreSuite):
     def test_one_writer_per_ref_across_threads(self, store: Store) -> None:
         super().test_one_writer_per_ref_across_threads(store)
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "NamespacedContentStore.walk is a generator, so a bad filter raises only on the first "
-        "next(), not when walk() is called, as the suite (and LocalStore) expect"))
-    def test_walk_filters(self, store: Store) -> None:
-        super().test_walk_filters(store)
-
-    @pytest.mark.parametrize("bad", [
-        pytest.param(bad, marks=pytest.mark.xfail(strict=True, reason=(
-            "berth.digest.validate_digest uses re.match with '$', which also matches before a "
-            "trailing newline: info()/delete() answer NotFound instead of InvalidArgument")))
-        if bad == _TRAILING_NEWLINE else bad
-        for bad in _BAD_DIGESTS
-    ])
-    def test_malformed_digest(self, store: Store, bad: str) -> None:
-        super().test_malformed_digest(store, bad)
 
 
 class TestMetadataSnapshotterConformance(SnapshotterConformance):
@@ -380,10 +361,7 @@ def test_images_create_get_list(meta: Metadata) -> None:
     Image("x", Descriptor(MANIFEST, "sha256:abc", 1)),
     Image("x", Descriptor(MANIFEST, digest_of(b"m"), -1)),
     Image("x", Descriptor(MANIFEST, digest_of(b"m"), 1), {"": "empty key"}),
-    pytest.param(Image("x", Descriptor(MANIFEST, digest_of(b"m") + "\n", 1)),
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "berth.digest.validate_digest: '$' also matches before a trailing "
-                     "newline, so a target digest ending in \\n is accepted"))),
+    Image("x", Descriptor(MANIFEST, digest_of(b"m") + "\n", 1)),
 ], ids=["name", "media-type", "digest", "size", "label", "digest-newline"])
 def test_image_create_rejects_invalid(meta: Metadata, bad: Image) -> None:
     with pytest.raises(errdefs.InvalidArgument):
@@ -431,9 +409,6 @@ def test_image_update_annotations(meta: Metadata) -> None:
     assert got.labels == {"l": "1"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ImageStore.update passes only 'target' and 'annotations' through labels.apply_update, so "
-    "'annotations.<key>' is InvalidArgument; containerd updates that one annotation"))
 def test_image_update_one_annotation(meta: Metadata) -> None:
     target = Descriptor(MANIFEST, digest_of(b"m"), 1, {"a": "1", "b": "2"})
     meta.images.create(Image("img", target))
@@ -659,9 +634,6 @@ def test_write_under_lease_adds_ingest_and_blob(meta: Metadata) -> None:
     assert meta.leases.list_resources("second") == [Resource(digest, "content")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "NamespacedWriter.commit leaves the ingest in the lease; containerd's commit removes it "
-    "(removeIngestLease) when it adds the blob"))
 def test_commit_under_lease_trades_ingest_for_blob(meta: Metadata) -> None:
     meta.leases.create("pull")
     with leases.use("pull"):
@@ -681,9 +653,6 @@ def test_snapshots_under_lease(daemon: Daemon) -> None:
     assert {r.type for r in meta.leases.list_resources("unpack")} == {"snapshots/overlayfs"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "NamespacedSnapshotter.commit keeps the active key in the lease; containerd's commit "
-    "removes it (removeSnapshotLease), so the lease names only live snapshots"))
 def test_commit_under_lease_trades_active_key_for_name(daemon: Daemon) -> None:
     daemon.meta.leases.create("unpack")
     with leases.use("unpack"):

@@ -13,8 +13,8 @@ from berth.content.content import (
 )
 
 __all__ = [
-    "IngestManager",
     "Info",
+    "IngestManager",
     "Ingester",
     "Manager",
     "Provider",

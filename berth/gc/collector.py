@@ -64,9 +64,11 @@ def _expired(lbls: Mapping[str, str], now: datetime.datetime) -> bool:
 def _refs(ns: str, lbls: Mapping[str, str]) -> Iterable[Node]:
     for key, value in lbls.items():
         if key.startswith(labels.GC_REF_CONTENT):
-            yield (ns, "content", value)
+            rest = key[len(labels.GC_REF_CONTENT):]
+            if not rest or rest[0] in "./":
+                yield (ns, "content", value)
         elif key.startswith(labels.GC_REF_SNAPSHOT):
-            name = key[len(labels.GC_REF_SNAPSHOT):].split(".", 1)[0]
+            name = key[len(labels.GC_REF_SNAPSHOT):].split("/", 1)[0]
             if name:
                 yield (ns, f"snapshots/{name}", value)
 
@@ -138,7 +140,7 @@ class Collector:
             for source in self._extra_roots:
                 roots.extend(source())
 
-            marked: set[Node] = set(flat)
+            marked: set[Node] = set()
             stack = list(roots)
             while stack:
                 node = stack.pop()
@@ -153,6 +155,15 @@ class Collector:
                     if parent:
                         stack.append((ns, kind, parent))
                     stack.extend(_refs(ns, lbls))
+            # A flat lease keeps its resources but not what they reference; a snapshot still
+            # needs its parents to exist, so those are kept too.
+            for node in flat:
+                while node not in marked:
+                    marked.add(node)
+                    parent = snapshots[node][0] if node in snapshots else ""
+                    if not parent:
+                        break
+                    node = (node[0], node[1], parent)
 
             for node in content_labels:
                 if node not in marked:

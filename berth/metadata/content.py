@@ -9,35 +9,23 @@ collector, never here, so a concurrent writer elsewhere cannot lose it.
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from berth import errdefs, filters, labels, namespaces
 from berth.api.events import content_pb2
 from berth.content.content import Info, ReaderAt, Status, Store, Writer
+from berth.content.local import info_adaptor, status_adaptor
 from berth.digest import validate_digest
 from berth.events import Publisher
 from berth.leases import Resource
 from berth.metadata.db import DB, dumps, loads, now_ns
-from berth.metadata.leases import add_to_current_lease
+from berth.metadata.leases import add_to_current_lease, remove_from_current_lease
 
 
 def _row_to_info(row: sqlite3.Row) -> Info:
     return Info(row["digest"], row["size"], row["created_at"], row["updated_at"],
                 loads(row["labels"]))
-
-
-def _adapt(info: Info, path: Sequence[str]) -> tuple[str, bool]:
-    if not path:
-        return "", False
-    if path[0] == "digest":
-        return info.digest, True
-    if path[0] == "size":
-        return str(info.size), True
-    if path[0] == "labels":
-        return filters.adapt_labels(info.labels, path)
-    return "", False
 
 
 class NamespacedWriter(Writer):
@@ -72,7 +60,8 @@ class NamespacedWriter(Writer):
                 # Someone (maybe another namespace) stored the same bytes first: the blob on
                 # disk is what we verified we wanted, so record it here.
                 digest = expected or self._inner.digest()
-            self._store._record(self._ns, digest, lbls or {}, must_be_new=True)
+            self._store._record(self._ns, digest, lbls or {}, must_be_new=True,
+                                committed_ref=self._ref)
         return digest
 
     def close(self) -> None:
@@ -90,7 +79,7 @@ class NamespacedContentStore(Store):
     # -- records -----------------------------------------------------------------------------
 
     def _record(self, ns: str, digest: str, lbls: Mapping[str, str], *,
-                must_be_new: bool) -> None:
+                must_be_new: bool, committed_ref: str = "") -> None:
         size = self.local.info(digest).size
         now = now_ns()
         with self.db.tx() as c:
@@ -104,6 +93,9 @@ class NamespacedContentStore(Store):
                     (ns, digest, size, dumps(lbls), now, now),
                 )
             add_to_current_lease(c, ns, Resource(digest, "content"))
+            if committed_ref:
+                # The blob replaces the ingest in the lease, as in containerd.
+                remove_from_current_lease(c, ns, Resource(committed_ref, "ingests"))
         if exists is not None and must_be_new:
             raise errdefs.AlreadyExists(f"content {digest} already exists")
 
@@ -170,10 +162,8 @@ class NamespacedContentStore(Store):
         with self.db.tx() as c:
             rows = c.execute("SELECT * FROM content WHERE namespace = ? ORDER BY digest",
                              (ns,)).fetchall()
-        for row in rows:
-            info = _row_to_info(row)
-            if flt.match(functools.partial(_adapt, info)):
-                yield info
+        infos = [_row_to_info(row) for row in rows]
+        return iter([i for i in infos if flt.match(info_adaptor(i))])
 
     def delete(self, digest: str) -> None:
         validate_digest(digest)
@@ -203,14 +193,7 @@ class NamespacedContentStore(Store):
                 continue
             st.ref = st.ref[len(prefix):]
 
-            def adapt(path: Sequence[str], st: Status = st) -> tuple[str, bool]:
-                if path and path[0] == "ref":
-                    return st.ref, True
-                if path and path[0] == "expected":
-                    return st.expected, bool(st.expected)
-                return "", False
-
-            if flt.match(adapt):
+            if flt.match(status_adaptor(st)):
                 out.append(st)
         return out
 

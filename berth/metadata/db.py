@@ -6,7 +6,7 @@ referenced by digest and key. The schema, as a tree:
     namespaces(name) ─ labels
     └── <namespace>
         ├── images(name) ─ target descriptor, labels, created/updated
-        ├── content(digest) ─ size, labels            (visibility of a shared blob in this namespace)
+        ├── content(digest) ─ size, labels      (a shared blob, visible in this namespace)
         ├── snapshots(snapshotter, key) ─ backend key, parent, kind, labels
         └── leases(id) ─ labels
             └── lease_resources(type, id)           (content / ingests / snapshots/<snapshotter>)

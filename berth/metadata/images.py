@@ -107,16 +107,28 @@ class ImageStore:
         if not image.name:
             raise errdefs.InvalidArgument("image name must not be empty")
         ns = namespaces.current()
+        annotation_paths = [p for p in fieldpaths if p.startswith("annotations.")]
+        other_paths = [p for p in fieldpaths if not p.startswith("annotations.")]
         with self._db.tx() as c:
             current = self.get(image.name)
             new_labels, rest = labels.apply_update(
-                current.labels, image.labels, fieldpaths, allowed=("target", "annotations"))
+                current.labels, image.labels, other_paths, allowed=("target", "annotations"))
+            if fieldpaths and not other_paths:
+                new_labels = current.labels  # only annotations were named
             target = current.target
             if not fieldpaths or "target" in rest:
                 target = image.target
+            annotations = dict(target.annotations)
             if "annotations" in rest:
-                target = Descriptor(target.media_type, target.digest, target.size,
-                                    dict(image.target.annotations))
+                annotations = dict(image.target.annotations)
+            for path in annotation_paths:
+                key = path[len("annotations."):]
+                value = image.target.annotations.get(key, "")
+                if value:
+                    annotations[key] = value
+                else:
+                    annotations.pop(key, None)
+            target = Descriptor(target.media_type, target.digest, target.size, annotations)
             updated = Image(image.name, target, new_labels, current.created_at, now_ns())
             _validate(updated)
             c.execute(

@@ -117,6 +117,15 @@ def add_resource(c: sqlite3.Connection, ns: str, lease_id: str, resource: Resour
     )
 
 
+def remove_from_current_lease(c: sqlite3.Connection, ns: str, resource: Resource) -> None:
+    lease_id = leases.current()
+    if lease_id is not None:
+        c.execute(
+            "DELETE FROM lease_resources WHERE namespace = ? AND lease = ? AND type = ? AND id = ?",
+            (ns, lease_id, resource.type, resource.id),
+        )
+
+
 def add_to_current_lease(c: sqlite3.Connection, ns: str, resource: Resource) -> None:
     """Record ``resource`` in the request's lease, if it has one. NotFound if the lease the
     client named does not exist (containerd refuses the write then, too)."""

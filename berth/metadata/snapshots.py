@@ -20,7 +20,7 @@ from berth.api.events import snapshot_pb2
 from berth.events import Publisher
 from berth.leases import Resource
 from berth.metadata.db import DB, dumps, loads, now_ns
-from berth.metadata.leases import add_to_current_lease
+from berth.metadata.leases import add_to_current_lease, remove_from_current_lease
 from berth.mount import Mount
 from berth.snapshots.snapshotter import Info, Kind, Snapshotter, Usage
 
@@ -203,6 +203,7 @@ class NamespacedSnapshotter(Snapshotter):
                      dumps(lbls), now, now),
                 )
                 add_to_current_lease(c, ns, Resource(name, self._resource_type))
+                remove_from_current_lease(c, ns, Resource(key, self._resource_type))
         except BaseException:
             self._undo(backend_key)
             raise
@@ -241,10 +242,8 @@ class NamespacedSnapshotter(Snapshotter):
         with self._db.tx() as c:
             rows = c.execute("SELECT * FROM snapshots WHERE namespace = ? AND snapshotter = ? "
                              "ORDER BY key", (ns, self.name)).fetchall()
-        for row in rows:
-            info = _row_to_info(row)
-            if flt.match(functools.partial(_adapt, info)):
-                yield info
+        infos = [_row_to_info(row) for row in rows]
+        return iter([i for i in infos if flt.match(functools.partial(_adapt, i))])
 
     def cleanup(self) -> None:
         self.backend.cleanup()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 import grpc
 from google.protobuf import empty_pb2
 
