@@ -75,9 +75,11 @@ def _gc(ctx: InitContext) -> Any:
 
 
 def _walking(ctx: InitContext) -> Any:
+    from berth.diff.local import LocalDiff
     from berth.diff.walking import WalkingDiff
 
-    return WalkingDiff(ctx.get(p.METADATA).content)
+    os.makedirs(ctx.state, exist_ok=True)
+    return LocalDiff(WalkingDiff(temp_dir=ctx.state), ctx.get(p.METADATA).content)
 
 
 def _grpc(name: str, make: Callable[[InitContext], GRPCService]) -> Registration:

@@ -86,7 +86,7 @@ def test_pull_busybox(c: Ctr, busybox_image: ImageInfo) -> None:
     assert busybox_image.ref in names
     check = c("images", "check").stdout
     line = next(ln for ln in check.splitlines() if ln.startswith(busybox_image.ref))
-    assert "complete" in line and "(1/1)" in line or "complete" in line, check
+    assert "complete" in line, check
 
 
 def test_pull_multilayer_and_mount(c: Ctr, multilayer_image: ImageInfo, tmp_path: Path) -> None:
@@ -206,7 +206,7 @@ def test_snapshot_commands(c: Ctr, tmp_path: Path) -> None:
 
 
 def test_leases(c: Ctr) -> None:
-    out = c("leases", "create", "--id", "keep-me", "--label", "purpose=test").stdout
+    out = c("leases", "create", "--id", "keep-me", "purpose=test").stdout
     assert "keep-me" in out
     assert "keep-me" in c("leases", "ls").stdout
     c("leases", "rm", "keep-me")

@@ -19,8 +19,8 @@ GOCODE = Path("/usr/share/gocode/src/github.com")
 CONTAINERD = GOCODE / "containerd/containerd"
 PROTOS_DIR = Path(__file__).resolve().parent.parent / "protos"
 
-# source (absolute) -> destination path inside the staging tree
 def _sources() -> dict[Path, str]:
+    """Each source .proto and its path in the staging tree."""
     mapping: dict[Path, str] = {}
     api = CONTAINERD / "api"
     for proto in sorted(api.rglob("*.proto")):
@@ -29,9 +29,11 @@ def _sources() -> dict[Path, str]:
     mapping[CONTAINERD / "runtime/v2/runc/options/oci.proto"] = (
         "berth/api/runtime/runc/options/oci.proto"
     )
-    mapping[GOCODE / "containerd/cgroups/stats/v1/metrics.proto"] = "berth/api/cgroups/v1/metrics.proto"
-    mapping[GOCODE / "containerd/cgroups/v2/stats/metrics.proto"] = "berth/api/cgroups/v2/metrics.proto"
-    mapping[GOCODE / "gogo/googleapis/google/rpc/status.proto"] = "berth/api/google/rpc/status.proto"
+    cgroups = GOCODE / "containerd/cgroups"
+    mapping[cgroups / "stats/v1/metrics.proto"] = "berth/api/cgroups/v1/metrics.proto"
+    mapping[cgroups / "v2/stats/metrics.proto"] = "berth/api/cgroups/v2/metrics.proto"
+    rpc_status = GOCODE / "gogo/googleapis/google/rpc/status.proto"
+    mapping[rpc_status] = "berth/api/google/rpc/status.proto"
     # Berth's own protos (ttrpc envelope, Berth extension services).
     for proto in sorted(PROTOS_DIR.rglob("*.proto")):
         mapping[proto] = "berth/api/" + str(proto.relative_to(PROTOS_DIR))
@@ -74,7 +76,8 @@ def main() -> int:
         files = []
         for src, dest in _sources().items():
             if not src.exists():
-                print(f"genproto: missing {src}: run `make setup` (Debian -dev packages)", file=sys.stderr)
+                print(f"genproto: missing {src}: run `make setup` (Debian -dev packages)",
+                      file=sys.stderr)
                 return 1
             target = stage / dest
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -117,11 +117,11 @@ def run(argv: list[str]) -> int:
         return 1
     except typer.Exit as exit_:
         return int(exit_.exit_code)
-    except Exception as err:  # click's usage errors and the like
-        from click.exceptions import ClickException
-
-        if isinstance(err, ClickException):
-            err.show()
-            return err.exit_code
-        raise
+    except typer.exceptions.TyperException as err:  # usage errors and the like
+        show = getattr(err, "show", None)
+        if callable(show):
+            show()
+        else:
+            err_console.print(f"berth: {err.format_message()}")
+        return int(err.exit_code)
     return 0

@@ -20,8 +20,10 @@ to namespaces and to keep labels, which is what the gRPC API serves.
 from __future__ import annotations
 
 import abc
+import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 
 @dataclass
@@ -145,3 +147,30 @@ class IngestManager(abc.ABC):
 
 class Store(Provider, Ingester, Manager, IngestManager, abc.ABC):
     """A full content store."""
+
+
+class _ReaderAtStream(io.RawIOBase):
+    def __init__(self, reader: ReaderAt) -> None:
+        self._reader = reader
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._reader.read_at(self._offset, len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self._offset += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._reader.close()
+        super().close()
+
+
+def open_stream(reader: ReaderAt, buffer_size: int = 1 << 20) -> BinaryIO:
+    """A sequential, buffered stream over ``reader`` from its start; closing it closes
+    ``reader``."""
+    return io.BufferedReader(_ReaderAtStream(reader), buffer_size)
