@@ -59,7 +59,7 @@ from typing import TypeVar
 
 from berth import errdefs
 from berth.diff.diff import Readable
-from berth.diff.rootpath import clean_name, resolve_in_root
+from berth.diff.rootpath import clean_name, resolve_in_root, shown
 from berth.diff.tarformat import (
     BLOCKDEV,
     CHAR,
@@ -161,7 +161,7 @@ def apply_tar(stream: Readable, root: str, *, overlay_whiteouts: bool,
         raise _entry_error(entry.name if entry else "", exc) from exc
     except (ValueError, OverflowError) as exc:  # NUL in an xattr name, uid beyond 2^32...
         name = entry.name if entry else ""
-        raise errdefs.InvalidArgument(f"layer entry {name!r}: {exc}") from exc
+        raise errdefs.InvalidArgument(f"layer entry {shown(name)}: {exc}") from exc
     finally:
         if fd >= 0:
             os.close(fd)
@@ -171,8 +171,8 @@ def apply_tar(stream: Readable, root: str, *, overlay_whiteouts: bool,
 def _entry_error(name: str, exc: OSError) -> errdefs.BerthError:
     reason = exc.strerror or str(exc)
     if exc.errno in _LAYER_ERRNOS:
-        return errdefs.InvalidArgument(f"layer entry {name!r}: {reason}")
-    return errdefs.Internal(f"applying layer entry {name!r}: {reason} (errno {exc.errno})")
+        return errdefs.InvalidArgument(f"layer entry {shown(name)}: {reason}")
+    return errdefs.Internal(f"applying layer entry {shown(name)}: {reason} (errno {exc.errno})")
 
 
 def _times(entry: TarEntry) -> tuple[int, int]:
@@ -240,7 +240,8 @@ class _Applier:
                 return -1
             self._device(entry, path)
         else:  # the parser only lets known kinds through
-            raise errdefs.InvalidArgument(f"layer entry {entry.name!r}: unhandled type {kind!r}")
+            raise errdefs.InvalidArgument(
+                f"layer entry {shown(entry.name)}: unhandled type {kind!r}")
         if not self.overlay:
             self._mark_unpacked(path)
         return fd
@@ -290,7 +291,8 @@ class _Applier:
     def _symlink(self, entry: TarEntry, path: str) -> None:
         target = entry.linkname
         if "\0" in target:
-            raise errdefs.InvalidArgument(f"layer entry {entry.name!r}: symlink target has NUL")
+            raise errdefs.InvalidArgument(
+                f"layer entry {shown(entry.name)}: symlink target has a NUL byte")
         self._create(path, lambda: os.symlink(target, path))
         os.chown(path, entry.uid, entry.gid, follow_symlinks=False)
         if entry.xattrs:
@@ -308,10 +310,11 @@ class _Applier:
         os.utime(path, ns=_times(entry), follow_symlinks=False)
 
     def _link_target(self, entry: TarEntry) -> str:
-        rel = clean_name(entry.linkname, what=f"layer entry {entry.name!r}: hard link target")
+        what = f"layer entry {shown(entry.name)}: hard link target"
+        rel = clean_name(entry.linkname, what=what)
         if not rel:
             raise errdefs.InvalidArgument(
-                f"layer entry {entry.name!r}: hard link to the root directory")
+                f"layer entry {shown(entry.name)}: hard link to the root directory")
         link_parent, _, link_base = rel.rpartition("/")
         parent = self._parents.get(link_parent)
         if parent is None:
@@ -321,11 +324,9 @@ class _Applier:
             st = os.lstat(target)
         except (FileNotFoundError, NotADirectoryError):
             raise errdefs.InvalidArgument(
-                f"layer entry {entry.name!r}: hard link target {entry.linkname!r} does not exist"
-            ) from None
+                f"{what} {shown(entry.linkname)} does not exist") from None
         if stat.S_ISDIR(st.st_mode):
-            raise errdefs.InvalidArgument(
-                f"layer entry {entry.name!r}: hard link target {entry.linkname!r} is a directory")
+            raise errdefs.InvalidArgument(f"{what} {shown(entry.linkname)} is a directory")
         return target
 
     def _create(self, path: str, make: Callable[[], _T]) -> _T:
@@ -350,7 +351,7 @@ class _Applier:
             return
         name = base[len(WHITEOUT_PREFIX):]
         if name in ("", ".", ".."):
-            raise errdefs.InvalidArgument(f"layer entry {entry.name!r}: invalid whiteout name")
+            raise errdefs.InvalidArgument(f"layer entry {shown(entry.name)}: invalid whiteout name")
         victim = parent + "/" + name
         # Nothing there is fine: the lower layers may still have it.
         with contextlib.suppress(FileNotFoundError):
@@ -406,8 +407,8 @@ class _Applier:
                 else:
                     if not stat.S_ISDIR(st.st_mode):
                         raise errdefs.InvalidArgument(
-                            f"layer entry {name!r}: {current[len(self.root):]!r} in the root is "
-                            "not a directory")
+                            f"layer entry {shown(name)}: {shown(current[len(self.root):])} in "
+                            "the root is not a directory")
                 self._dirs.add(current)
         self._parents[parent_rel] = parent
         return parent
@@ -451,6 +452,9 @@ class _Applier:
                     log.warning("layer entry %r: xattr %s ignored: %s", entry.name, key,
                                 exc.strerror)
                     continue
+                if exc.errno in _LAYER_ERRNOS:
+                    raise errdefs.InvalidArgument(
+                        f"layer entry {shown(entry.name)}: xattr {key}: {exc.strerror}") from exc
                 raise
 
 

@@ -20,19 +20,26 @@ from berth import errdefs
 MAX_LINKS = 255
 
 
+def shown(name: str) -> str:
+    """``name`` quoted for a message, shortened in the middle if it is very long."""
+    if len(name) > 160:
+        name = name[:100] + "..." + name[-50:]
+    return repr(name)
+
+
 def clean_name(name: str, *, what: str = "layer entry") -> str:
     """``name`` relative to the root, without ``.``, ``..``, empty components or a leading
     slash; ``''`` means the root itself. InvalidArgument if it climbs out of the root or holds
     a NUL byte."""
     if "\0" in name:
-        raise errdefs.InvalidArgument(f"{what} {name!r} contains a NUL byte")
+        raise errdefs.InvalidArgument(f"{what} {shown(name)} contains a NUL byte")
     parts: list[str] = []
     for part in name.split("/"):
         if part in ("", "."):
             continue
         if part == "..":
             if not parts:
-                raise errdefs.InvalidArgument(f"{what} {name!r} escapes the root")
+                raise errdefs.InvalidArgument(f"{what} {shown(name)} escapes the root")
             parts.pop()
         else:
             parts.append(part)
@@ -75,7 +82,7 @@ def resolve_in_root(root: str, rel: str, *, name: str = "") -> str:
         links += 1
         if links > MAX_LINKS:
             raise errdefs.InvalidArgument(
-                f"layer entry {name or rel!r}: too many levels of symbolic links in the root")
+                f"layer entry {shown(name or rel)}: too many levels of symbolic links in the root")
         target = os.readlink(candidate)
         if target.startswith("/"):
             resolved.clear()

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from berth import errdefs
+from berth.diff.rootpath import shown
 
 BLOCK = 512
 
@@ -314,7 +315,7 @@ class TarParser:
             what = {"S": "GNU sparse file", "D": "GNU dump directory", "V": "volume label",
                     "M": "multi-volume continuation"}.get(kind, f"type {kind!r}")
             raise errdefs.InvalidArgument(
-                f"layer entry {entry.name!r}: unsupported tar member ({what})")
+                f"layer entry {shown(entry.name)}: unsupported tar member ({what})")
         if kind not in _HAS_CONTENT:
             entry.size = 0
         self._data_left = entry.size
