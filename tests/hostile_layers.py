@@ -282,3 +282,38 @@ def snapshot_tree(top: str, exclude: Iterable[str] = ()) -> dict[str, tuple[obje
 
     visit(os.path.abspath(top))
     return result
+
+
+def describe_tree(top: str, *, dir_times: bool = True,
+                  xattr_prefixes: tuple[str, ...] = ("user.", "security.capability"),
+                  ) -> dict[str, tuple[object, ...]]:
+    """What a layer is supposed to reproduce under ``top``, by path relative to it: type and
+    mode, owner, device, size, mtime (directories' only if ``dir_times``), content or link
+    target, the xattrs with the given prefixes, and which paths share an inode."""
+    result: dict[str, tuple[object, ...]] = {}
+    inodes: dict[tuple[int, int], list[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, top)
+            st = os.lstat(path)
+            content: object = None
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    content = hashlib.sha256(f.read()).hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                content = os.readlink(path)
+            xattrs = tuple(sorted(
+                (k, os.getxattr(path, k, follow_symlinks=False))
+                for k in os.listxattr(path, follow_symlinks=False) if k.startswith(xattr_prefixes)))
+            mtime = st.st_mtime_ns if dir_times or not stat.S_ISDIR(st.st_mode) else None
+            result[rel] = (stat.filemode(st.st_mode), st.st_uid, st.st_gid, st.st_rdev,
+                           st.st_size if not stat.S_ISDIR(st.st_mode) else None, mtime, content,
+                           xattrs)
+            if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+                inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
+    for names in inodes.values():
+        for rel in names:
+            result[rel] = (*result[rel], tuple(sorted(names)))
+    return result
