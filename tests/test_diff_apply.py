@@ -396,3 +396,30 @@ def test_digesting_reader_counts_every_byte() -> None:
     assert reader.read(10) + reader.read() == data
     assert reader.digest == "sha256:" + hashlib.sha256(data).hexdigest()
     assert reader.size == len(data)
+
+
+def test_a_failing_source_keeps_its_error(tmp_path: Path) -> None:
+    layer = base_layer()
+
+    class Broken:
+        def __init__(self) -> None:
+            self.data = io.BytesIO(layer)
+
+        def read(self, size: int = -1, /) -> bytes:
+            if self.data.tell() > len(layer) // 2:
+                raise OSError(5, "Input/output error")
+            return self.data.read(min(size, 65536))
+
+    with pytest.raises(OSError, match="Input/output error") as caught:
+        apply_tar(Broken(), str(tmp_path), overlay_whiteouts=False)
+    assert not isinstance(caught.value, errdefs.BerthError)
+
+
+def test_apply_onto_a_symlinked_root(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    os.symlink("real", tmp_path / "alias")
+    apply_tar(io.BytesIO(LayerBuilder().file("f", b"x").build()), str(tmp_path / "alias"),
+              overlay_whiteouts=False)
+    assert (real / "f").read_bytes() == b"x"
+    assert (tmp_path / "alias").is_symlink()

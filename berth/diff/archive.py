@@ -55,7 +55,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from berth import errdefs
 from berth.diff.diff import Readable
@@ -115,10 +115,10 @@ def apply_tar(stream: Readable, root: str, *, overlay_whiteouts: bool,
     so that a digest computed over ``stream`` covers every byte. Returns the number of bytes read.
     On error the directory holds whatever was applied so far.
     """
-    root = os.path.abspath(root)
+    root = os.path.realpath(root)
     if root == "/":
         raise errdefs.InvalidArgument("refusing to apply a layer onto /")
-    if not os.path.isdir(root) or os.path.islink(root):
+    if not os.path.isdir(root):
         raise errdefs.InvalidArgument(f"cannot apply a layer onto {root}: not a directory")
     applier = _Applier(root, overlay_whiteouts, tuple(parents), opaque_xattr, skip_devices)
     parser = TarParser()
@@ -129,50 +129,51 @@ def apply_tar(stream: Readable, root: str, *, overlay_whiteouts: bool,
     left = 0
     entry: TarEntry | None = None
     try:
-        while True:
-            chunk = read(READ_CHUNK)
-            if not chunk:
-                break
-            for event in feed(chunk):
-                if event.__class__ is memoryview:
-                    assert isinstance(event, memoryview)
-                    left -= len(event)
-                    if fd >= 0:
-                        while event:
-                            event = event[write(fd, event):]
-                        if not left:
-                            assert entry is not None
+        # Reading stays outside the error mapping below: a failing source is not the layer's
+        # fault and keeps its own exception.
+        while chunk := read(READ_CHUNK):
+            try:
+                for event in feed(chunk):
+                    if event.__class__ is memoryview:
+                        data = event
+                        left -= len(data)
+                        if fd >= 0:
+                            while data:
+                                data = data[write(fd, data):]
+                            if not left:
+                                applier.finish_file(fd, cast(TarEntry, entry))
+                                fd = -1
+                    elif event is not END:
+                        entry = cast(TarEntry, event)
+                        fd = applier.entry(entry)
+                        left = entry.size
+                        if fd >= 0 and not left:
                             applier.finish_file(fd, entry)
                             fd = -1
-                elif isinstance(event, TarEntry):
-                    entry = event
-                    fd = applier.entry(entry)
-                    left = entry.size
-                    if fd >= 0 and not left:
-                        applier.finish_file(fd, entry)
-                        fd = -1
-                else:
-                    assert event is END
+            except OSError as exc:
+                raise _entry_error(entry, exc) from exc
+            except (ValueError, OverflowError) as exc:  # NUL in an xattr name, uid >= 2^32...
+                raise errdefs.InvalidArgument(f"{_what(entry)}: {exc}") from exc
         parser.close()
-        if not parser.finished:
-            raise errdefs.InvalidArgument("invalid layer tar: no end of archive")
-        applier.finish()
-    except OSError as exc:
-        raise _entry_error(entry.name if entry else "", exc) from exc
-    except (ValueError, OverflowError) as exc:  # NUL in an xattr name, uid beyond 2^32...
-        name = entry.name if entry else ""
-        raise errdefs.InvalidArgument(f"layer entry {shown(name)}: {exc}") from exc
+        try:
+            applier.finish()
+        except OSError as exc:
+            raise errdefs.Internal(f"setting directory times: {exc}") from exc
     finally:
         if fd >= 0:
             os.close(fd)
     return parser.offset + parser.trailing
 
 
-def _entry_error(name: str, exc: OSError) -> errdefs.BerthError:
+def _what(entry: TarEntry | None) -> str:
+    return f"layer entry {shown(entry.name)}" if entry is not None else "layer tar"
+
+
+def _entry_error(entry: TarEntry | None, exc: OSError) -> errdefs.BerthError:
     reason = exc.strerror or str(exc)
     if exc.errno in _LAYER_ERRNOS:
-        return errdefs.InvalidArgument(f"layer entry {shown(name)}: {reason}")
-    return errdefs.Internal(f"applying layer entry {shown(name)}: {reason} (errno {exc.errno})")
+        return errdefs.InvalidArgument(f"{_what(entry)}: {reason}")
+    return errdefs.Internal(f"applying {_what(entry)}: {reason} (errno {exc.errno})")
 
 
 def _times(entry: TarEntry) -> tuple[int, int]:
