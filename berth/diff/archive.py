@@ -395,7 +395,7 @@ class _Applier:
         if parent is not None:
             return parent
         parent = resolve_in_root(self.root, parent_rel, name=name)
-        if parent not in self._dirs:
+        if parent != self.root and parent not in self._dirs:
             current = self.root
             for part in parent[len(self.root) + 1:].split("/"):
                 current = current + "/" + part
