@@ -397,6 +397,9 @@ def encode_header(entry: TarEntry) -> bytes:
     """The header block(s) for ``entry``: a ustar block, preceded by a PAX header when a name or
     number does not fit ustar or when there are xattrs. Times are written in whole seconds, as
     containerd's diff writer does. Content and its padding are the caller's to write."""
+    if not (_fits_octal(entry.devmajor, 8) and _fits_octal(entry.devminor, 8)):
+        raise errdefs.InvalidArgument(
+            f"{shown(entry.name)}: device {entry.devmajor}:{entry.devminor} does not fit a tar")
     name = entry.name.encode("utf-8", "surrogateescape")
     link = entry.linkname.encode("utf-8", "surrogateescape")
     mtime = entry.mtime_ns // 1_000_000_000
