@@ -138,9 +138,17 @@ def mount(m: Mount, target: str) -> None:
 
 
 def mount_all(mounts: Sequence[Mount], target: str) -> None:
-    """Mount each of ``mounts`` on ``target``, in order."""
-    for m in mounts:
-        mount(m, target)
+    """Mount each of ``mounts`` on ``target``, in order; if one fails, those already mounted
+    are taken off again before the error is raised."""
+    done = 0
+    try:
+        for m in mounts:
+            mount(m, target)
+            done += 1
+    except BaseException:
+        if done:
+            unmount(target)
+        raise
 
 
 def unmount(target: str, *, detach: bool = False) -> None:
@@ -165,9 +173,11 @@ def temp_mount(mounts: Sequence[Mount], *, prefix: str = "berth-mount-",
     target = tempfile.mkdtemp(prefix=prefix, dir=parent)
     try:
         mount_all(mounts, target)
-        try:
-            yield target
-        finally:
-            unmount(target)
+    except BaseException:
+        os.rmdir(target)
+        raise
+    try:
+        yield target
     finally:
+        unmount(target)
         os.rmdir(target)
