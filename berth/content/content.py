@@ -25,6 +25,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from berth.filters import Adaptor, adapt_labels
+
 
 @dataclass
 class Info:
@@ -43,6 +45,38 @@ class Status:
     expected: str
     started_at: int  # nanoseconds since the epoch
     updated_at: int
+
+
+def info_adaptor(info: Info) -> Adaptor:
+    """Filter fields of a blob: ``digest``, ``size`` (decimal) and ``labels.<key>``."""
+
+    def adapt(fieldpath: Sequence[str]) -> tuple[str, bool]:
+        if not fieldpath:
+            return "", False
+        if fieldpath[0] == "digest":
+            return info.digest, True
+        if fieldpath[0] == "size":
+            return str(info.size), True
+        if fieldpath[0] == "labels":
+            return adapt_labels(info.labels, fieldpath)
+        return "", False
+
+    return adapt
+
+
+def status_adaptor(status: Status) -> Adaptor:
+    """Filter fields of an ingest: ``ref`` and ``expected`` (present when announced)."""
+
+    def adapt(fieldpath: Sequence[str]) -> tuple[str, bool]:
+        if len(fieldpath) != 1:
+            return "", False
+        if fieldpath[0] == "ref":
+            return status.ref, True
+        if fieldpath[0] == "expected":
+            return status.expected, status.expected != ""
+        return "", False
+
+    return adapt
 
 
 class ReaderAt(abc.ABC):

@@ -14,8 +14,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from berth import errdefs, filters, labels, namespaces
 from berth.api.events import content_pb2
-from berth.content.content import Info, ReaderAt, Status, Store, Writer
-from berth.content.local import info_adaptor, status_adaptor
+from berth.content.content import (
+    Info,
+    ReaderAt,
+    Status,
+    Store,
+    Writer,
+    info_adaptor,
+    status_adaptor,
+)
 from berth.digest import validate_digest
 from berth.events import Publisher
 from berth.leases import Resource
