@@ -15,7 +15,7 @@ from berth.mount import Mount, temp_mount
 from berth.snapshots.native import NativeSnapshotter
 from berth.snapshots.overlay import OverlaySnapshotter, overlay_dirs, supported
 from berth.snapshots.snapshotter import Snapshotter
-from berth.snapshots.storage import LocalSnapshotter
+from berth.snapshots.local import LocalSnapshotter
 
 pytestmark = pytest.mark.needs_root
 

@@ -34,7 +34,8 @@ from berth import errdefs
 from berth import mount as mountlib
 from berth.mount import Mount
 from berth.snapshots.snapshotter import Kind
-from berth.snapshots.storage import LocalSnapshotter, Snapshot, os_errors
+from berth.snapshots.local import LocalSnapshotter, os_errors
+from berth.snapshots.storage import Snapshot
 
 _TMPFS_MAGIC = 0x01021994
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
