@@ -12,10 +12,10 @@ from snapshot_conformance import SnapshotterConformance
 
 from berth import errdefs
 from berth.mount import Mount, temp_mount
+from berth.snapshots.local import LocalSnapshotter
 from berth.snapshots.native import NativeSnapshotter
 from berth.snapshots.overlay import OverlaySnapshotter, overlay_dirs, supported
 from berth.snapshots.snapshotter import Snapshotter
-from berth.snapshots.local import LocalSnapshotter
 
 pytestmark = pytest.mark.needs_root
 

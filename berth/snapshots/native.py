@@ -16,8 +16,8 @@ import subprocess
 
 from berth import errdefs
 from berth.mount import Mount
-from berth.snapshots.snapshotter import Kind
 from berth.snapshots.local import LocalSnapshotter
+from berth.snapshots.snapshotter import Kind
 from berth.snapshots.storage import Snapshot
 
 

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from berth import errdefs
 from berth import mount as mountlib
 from berth.mount import Mount
-from berth.snapshots.snapshotter import Kind
 from berth.snapshots.local import LocalSnapshotter, os_errors
+from berth.snapshots.snapshotter import Kind
 from berth.snapshots.storage import Snapshot
 
 _TMPFS_MAGIC = 0x01021994
