@@ -102,7 +102,7 @@ _DEVICE_TYPES = {CHAR: stat.S_IFCHR, BLOCKDEV: stat.S_IFBLK, FIFO: stat.S_IFIFO}
 
 def apply_tar(stream: Readable, root: str, *, overlay_whiteouts: bool,
               parents: Sequence[str] = (), opaque_xattr: str = OVERLAY_OPAQUE_XATTR,
-              skip_devices: bool = False) -> int:
+              skip_devices: bool = False, made_parents: list[str] | None = None) -> int:
     """Apply the uncompressed layer tar read from ``stream`` onto the directory ``root``.
 
     ``overlay_whiteouts`` selects the overlay form: whiteouts become 0/0 character devices and
@@ -110,6 +110,9 @@ def apply_tar(stream: Readable, root: str, *, overlay_whiteouts: bool,
     are the directories beneath it, top first (the overlay's lowerdirs): a parent directory that
     must be created takes its owner, mode, times and xattrs from the first of them that has it.
     ``skip_devices`` drops character and block devices (for user namespaces, where mknod fails).
+    ``made_parents``, when given, receives the root-relative paths of the directories the layer
+    did not contain but had to be created as parents of its members, in creation order (see
+    :func:`adopt_parents`).
 
     The stream is read to its end: bytes after the end-of-archive marker are read and ignored,
     so that a digest computed over ``stream`` covers every byte. Returns the number of bytes read.
@@ -121,6 +124,7 @@ def apply_tar(stream: Readable, root: str, *, overlay_whiteouts: bool,
     if not os.path.isdir(root):
         raise errdefs.InvalidArgument(f"cannot apply a layer onto {root}: not a directory")
     applier = _Applier(root, overlay_whiteouts, tuple(parents), opaque_xattr, skip_devices)
+    applier.made_parents = made_parents
     parser = TarParser()
     feed = parser.feed
     write = os.write
@@ -206,6 +210,7 @@ class _Applier:
         self._unpacked: set[str] = set()
         self._kept: set[str] = set()
         self._dir_times: list[tuple[str, int, int, int, int]] = []
+        self.made_parents: list[str] | None = None
 
     # -- entries -------------------------------------------------------------------------------
 
@@ -420,15 +425,9 @@ class _Applier:
         try:
             os.fchmod(fd, 0o755)
             rel = path[len(self.root) + 1:]
-            for lower in self.lowers:
-                source = resolve_in_root(lower, rel)
-                try:
-                    st = os.lstat(source)
-                except (FileNotFoundError, NotADirectoryError):
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    _copy_dir_info(source, st, fd)
-                break  # the first layer that has the path decides, even if it is not a dir
+            _adopt(fd, rel, self.lowers)
+            if self.made_parents is not None:
+                self.made_parents.append(rel)
         finally:
             os.close(fd)
         if not self.overlay:
@@ -457,6 +456,36 @@ class _Applier:
                     raise errdefs.InvalidArgument(
                         f"layer entry {shown(entry.name)}: xattr {key}: {exc.strerror}") from exc
                 raise
+
+
+def _adopt(fd: int, rel: str, lowers: Sequence[str]) -> None:
+    """Give the made directory ``fd`` (at ``rel``) the metadata of the topmost lower that has
+    ``rel``; the first layer that has the path decides, even if it is not a directory there."""
+    for lower in lowers:
+        source = resolve_in_root(lower, rel)
+        try:
+            st = os.lstat(source)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            _copy_dir_info(source, st, fd)
+        return
+
+
+def adopt_parents(root: str, made_parents: Sequence[str], lowers: Sequence[str]) -> None:
+    """Finish a layer applied before its parents were known: the directories it had to make
+    (``made_parents`` from :func:`apply_tar`) take the metadata of their copies in ``lowers``
+    (top first), exactly as if the layer had been applied with those parents."""
+    for rel in made_parents:
+        path = resolve_in_root(root, rel)
+        try:
+            fd = os.open(path, _O_DIR)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # removed again later in the same layer
+        try:
+            _adopt(fd, rel, lowers)
+        finally:
+            os.close(fd)
 
 
 def _copy_dir_info(source: str, st: os.stat_result, fd: int) -> None:

@@ -19,7 +19,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from berth import errdefs
@@ -101,6 +101,21 @@ class WalkingDiff:
 
     def apply(self, desc: image.Descriptor, mounts: Sequence[Mount],
               open_blob: BlobOpener) -> image.Descriptor:
+        return self._stream(desc, open_blob, lambda stream: self._apply(stream, mounts))
+
+    def apply_upper(self, desc: image.Descriptor, upper: str, open_blob: BlobOpener,
+                    made_parents: list[str]) -> image.Descriptor:
+        """Apply ``desc`` as an overlay upper directory whose lower layers are not known yet
+        (they are being unpacked at the same time): whiteouts take the overlay form, and the
+        directories the layer had to make are listed in ``made_parents`` so that
+        :func:`berth.diff.archive.adopt_parents` can finish them once the lowers exist."""
+        if _in_user_namespace():
+            raise errdefs.NotImplementedByBerth("detached overlay apply needs the host namespace")
+        return self._stream(desc, open_blob, lambda stream: apply_tar(
+            stream, upper, overlay_whiteouts=True, made_parents=made_parents))
+
+    def _stream(self, desc: image.Descriptor, open_blob: BlobOpener,
+                apply: Callable[[Readable], object]) -> image.Descriptor:
         compression = layer_media_compression(desc.media_type)
         started = time.monotonic()
         blob: BinaryIO = open_blob(desc)
@@ -108,10 +123,10 @@ class WalkingDiff:
             digesting = DigestingReader(decompressed_reader(blob, compression))
             if self._prefetch:
                 with PrefetchReader(digesting) as stream:
-                    self._apply(stream, mounts)
+                    apply(stream)
                     _drain(stream)
             else:
-                self._apply(digesting, mounts)
+                apply(digesting)
                 _drain(digesting)
         finally:
             blob.close()

@@ -22,7 +22,7 @@ from berth.leases import Resource
 from berth.metadata.db import DB, dumps, loads, now_ns
 from berth.metadata.leases import add_to_current_lease, remove_from_current_lease
 from berth.mount import Mount
-from berth.snapshots.snapshotter import Info, Kind, Snapshotter, Usage
+from berth.snapshots.snapshotter import Info, Kind, Reparenting, Snapshotter, Usage
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +209,30 @@ class NamespacedSnapshotter(Snapshotter):
             raise
         self._publisher.publish("/snapshot/commit", snapshot_pb2.SnapshotCommit(
             key=key, name=name))
+
+    @property
+    def can_reparent(self) -> bool:
+        """Whether :meth:`reparent` works here (see :class:`Reparenting`)."""
+        return isinstance(self.backend, Reparenting)
+
+    def reparent(self, key: str, parent: str) -> list[Mount]:
+        """Give the parentless active snapshot ``key`` the committed ``parent``."""
+        if not isinstance(self.backend, Reparenting):
+            raise errdefs.NotImplementedByBerth(
+                f"snapshotter {self.name!r} cannot give a snapshot a parent after preparing it")
+        ns = namespaces.current()
+        with self._db.tx() as c:
+            row = self._require(c, ns, key)
+            if row["kind"] != Kind.ACTIVE or row["parent"]:
+                raise errdefs.FailedPrecondition(
+                    f"snapshot {key!r} must be active and without a parent to be given one")
+            prow = self._require(c, ns, parent)
+            if prow["kind"] != Kind.COMMITTED:
+                raise errdefs.FailedPrecondition(f"parent {parent!r} is not committed")
+            mounts = self.backend.reparent(row["backend_key"], prow["backend_key"])
+            c.execute("UPDATE snapshots SET parent = ?, updated_at = ? WHERE namespace = ? AND "
+                      "snapshotter = ? AND key = ?", (parent, now_ns(), ns, self.name, key))
+        return mounts
 
     def remove(self, key: str) -> None:
         ns = namespaces.current()

@@ -34,7 +34,7 @@ from berth import errdefs
 from berth import mount as mountlib
 from berth.mount import Mount
 from berth.snapshots.local import LocalSnapshotter, os_errors
-from berth.snapshots.snapshotter import Kind
+from berth.snapshots.snapshotter import Kind, Reparenting
 from berth.snapshots.storage import Snapshot
 
 _TMPFS_MAGIC = 0x01021994
@@ -139,7 +139,7 @@ def _statfs_type(path: str) -> int:
     return int(struct.unpack_from("l", buf)[0])
 
 
-class OverlaySnapshotter(LocalSnapshotter):
+class OverlaySnapshotter(LocalSnapshotter, Reparenting):
     """Snapshots as overlayfs layers under ``root`` (see the module docstring for the layout).
 
     The root's path may not contain ``,`` or ``:``, which overlay mount options cannot carry.
@@ -159,6 +159,15 @@ class OverlaySnapshotter(LocalSnapshotter):
         with self._ms.transaction() as tx:
             snapshot_id, _, _ = tx.get_info(key)
         return self._data_dir(snapshot_id)
+
+    def reparent(self, key: str, parent: str) -> list[Mount]:
+        with self._ms.transaction(write=True) as tx:
+            snapshot = tx.reparent(key, parent)
+            self._inherit_owner(self._data_dir(snapshot.id), snapshot)
+        return self._mounts(snapshot)
+
+    def _inherit_owner(self, fs: str, snapshot: Snapshot) -> None:
+        self._inherit_owner(fs, snapshot)
 
     def _data_dir(self, snapshot_id: int) -> str:
         return os.path.join(self._dir(snapshot_id), "fs")

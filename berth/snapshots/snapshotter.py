@@ -91,3 +91,20 @@ class Snapshotter(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (database handles)."""
+
+
+class Reparenting(abc.ABC):
+    """An optional capability of snapshotters whose active snapshots hold only their own
+    changes, independent of their parent (overlayfs: the upper directory).
+
+    Such a snapshotter lets a caller prepare an active snapshot *without* a parent, fill it,
+    and give it its parent afterwards, just before committing. This is what lets image layers
+    unpack in parallel while the chain is still committed in order.
+    """
+
+    @abc.abstractmethod
+    def reparent(self, key: str, parent: str) -> list[Mount]:
+        """Make the committed snapshot ``parent`` the parent of the active snapshot ``key``,
+        which must have been prepared without one; returns ``key``'s new mounts.
+        NotFound for unknown snapshots; FailedPrecondition if ``key`` is not active, already
+        has a parent, or ``parent`` is not committed."""

@@ -216,6 +216,23 @@ class Transaction:
         )
         return int(row["id"])
 
+    def reparent(self, key: str, parent: str) -> Snapshot:
+        """Give the parentless active snapshot ``key`` the committed parent ``parent``."""
+        self._need_write()
+        row = self._row(key)
+        if row["kind"] != Kind.ACTIVE or row["parent_id"] is not None:
+            raise errdefs.FailedPrecondition(
+                f"snapshot {key!r} must be active and without a parent to be given one")
+        try:
+            prow = self._row(parent)
+        except errdefs.NotFound:
+            raise errdefs.NotFound(f"parent snapshot {parent!r} does not exist") from None
+        if prow["kind"] != Kind.COMMITTED:
+            raise errdefs.FailedPrecondition(f"parent {parent!r} is not a committed snapshot")
+        self._conn.execute("UPDATE snapshots SET parent_id = ?, updated_ns = ? WHERE id = ?",
+                           (prow["id"], time.time_ns(), row["id"]))
+        return Snapshot(row["id"], Kind.ACTIVE, self._parent_chain(prow["id"]))
+
     def remove(self, key: str) -> tuple[int, Kind]:
         """Delete ``key``'s row; its id and kind. FailedPrecondition while it has children."""
         self._need_write()

@@ -1,0 +1,355 @@
+"""Pulling an image into the daemon: resolve, fetch, verify, unpack, name.
+
+The whole pull runs under a lease (expiring after a day), so nothing it stores can be collected
+before the image that references it exists. Blobs are downloaded several at once, each verified
+by the content store on commit (size and digest: a mismatch stores nothing), and each layer is
+unpacked as soon as its blob is in (see :mod:`berth.images.unpack`). A pull that fails keeps its
+lease, so what it verified survives for the next attempt, which resumes a half-downloaded blob
+where it stopped (a Range request); the lease's expiry lets the collector reclaim it otherwise.
+
+Two pulls at once share downloads: a blob being fetched by one waits for it in the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from berth import errdefs, leases, namespaces
+from berth.content.content import Info, Writer
+from berth.diff.walking import WalkingDiff
+from berth.images import Image, manifest, platforms
+from berth.images.platforms import Platform
+from berth.images.unpack import Unpacker
+from berth.leases import Resource
+from berth.metadata.store import Metadata
+from berth.oci.image import Descriptor
+from berth.remotes.remotes import MAX_MANIFEST_SIZE, Fetcher, Resolver
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+FETCH_ATTEMPTS = 3
+LABEL_DISTRIBUTION_SOURCE = "containerd.io/distribution.source."
+
+
+@dataclass
+class Progress:
+    """One update: ``kind`` is image/index/manifest/config/layer; ``status`` one of resolving,
+    waiting, downloading, exists, extracting, done."""
+
+    kind: str
+    status: str
+    descriptor: Descriptor | None = None
+    offset: int = 0
+    total: int = 0
+    name: str = ""
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class PullOptions:
+    platform: Platform = field(default_factory=platforms.host)
+    all_platforms: bool = False
+    unpack: bool = True
+    snapshotter: str = "overlayfs"
+    max_concurrent: int = 3
+
+
+class _Inflight:
+    """Downloads under way, by digest: the second asker waits for the first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, threading.Event] = {}
+
+    @contextlib.contextmanager
+    def claim(self, digest: str) -> Iterator[bool]:
+        """Yields True for the one caller that should download; others wait, then get False."""
+        with self._lock:
+            event = self._events.get(digest)
+            if event is None:
+                event = self._events[digest] = threading.Event()
+                mine = True
+            else:
+                mine = False
+        if not mine:
+            event.wait()
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with self._lock:
+                del self._events[digest]
+            event.set()
+
+
+class Puller:
+    def __init__(self, metadata: Metadata, differ: WalkingDiff) -> None:
+        self.md = metadata
+        self.differ = differ
+        self._inflight = _Inflight()
+
+    # -- content ---------------------------------------------------------------------------
+
+    def _have(self, desc: Descriptor) -> bool:
+        """Whether ``desc`` is stored (making a blob stored for another namespace visible
+        here), with it added to the current lease."""
+        try:
+            self.md.content.info(desc.digest)
+        except errdefs.NotFound:
+            pass
+        else:
+            lease = leases.current()
+            if lease:
+                self.md.leases.add_resource(lease, Resource(desc.digest, "content"))
+            return True
+        try:
+            self.md.content.local.info(desc.digest)
+        except errdefs.NotFound:
+            return False
+        try:
+            # Opening a writer for a blob already on disk records it in this namespace (and
+            # the lease) and answers AlreadyExists: containerd's shared content policy.
+            w = self.md.content.writer(f"pull-{desc.digest}", expected=desc.digest)
+        except errdefs.AlreadyExists:
+            return True
+        w.close()  # collected meanwhile: download it after all
+        return False
+
+    def _download(self, fetcher: Fetcher, desc: Descriptor, kind: str,
+                  progress: ProgressFn, labels: dict[str, str]) -> None:
+        with self._inflight.claim(desc.digest) as mine:
+            if not mine or self._have(desc):
+                progress(Progress(kind, "exists", desc, desc.size, desc.size))
+                return
+            ref = f"pull-{desc.digest}"
+            for attempt in range(1, FETCH_ATTEMPTS + 1):
+                w = self.md.content.writer(ref, total=desc.size, expected=desc.digest)
+                try:
+                    offset = w.status().offset
+                    if offset > desc.size:
+                        w.truncate(0)
+                        offset = 0
+                    if offset < desc.size:
+                        self._copy(fetcher, desc, kind, w, offset, progress)
+                    w.commit(desc.size, desc.digest, labels)
+                    progress(Progress(kind, "done", desc, desc.size, desc.size))
+                    return
+                except errdefs.AlreadyExists:
+                    progress(Progress(kind, "exists", desc, desc.size, desc.size))
+                    return
+                except errdefs.Unavailable as err:
+                    if attempt == FETCH_ATTEMPTS:
+                        raise
+                    log.warning("pull: %s: %s; resuming (attempt %d of %d)", desc.digest, err,
+                                attempt + 1, FETCH_ATTEMPTS)
+                    time.sleep(0.2 * attempt)
+                finally:
+                    w.close()
+
+    def _copy(self, fetcher: Fetcher, desc: Descriptor, kind: str, w: Writer, offset: int,
+              progress: ProgressFn) -> None:
+        write = w.write
+        progress(Progress(kind, "downloading", desc, offset, desc.size))
+        last = time.monotonic()
+        try:
+            stream = fetcher.fetch(desc, offset)
+        except (OSError, errdefs.Unavailable) as err:
+            raise errdefs.Unavailable(f"fetching {desc.digest}: {err}") from err
+        with stream:
+            while True:
+                try:
+                    data = stream.read(CHUNK)
+                except OSError as err:
+                    raise errdefs.Unavailable(
+                        f"download of {desc.digest} broke off at byte {offset}: {err}") from err
+                if not data:
+                    break
+                write(data)
+                offset += len(data)
+                if offset > desc.size:
+                    raise errdefs.InvalidArgument(
+                        f"registry sent more than the {desc.size} bytes of {desc.digest}")
+                now = time.monotonic()
+                if now - last > 0.25:
+                    progress(Progress(kind, "downloading", desc, offset, desc.size))
+                    last = now
+        if offset < desc.size:
+            raise errdefs.Unavailable(
+                f"download of {desc.digest} ended early at byte {offset} of {desc.size}")
+
+    def _document(self, fetcher: Fetcher, desc: Descriptor, kind: str) -> bytes:
+        """A manifest, index or config: read whole (bounded), verified, not yet stored."""
+        if desc.size > MAX_MANIFEST_SIZE:
+            raise errdefs.InvalidArgument(
+                f"{kind} {desc.digest} is {desc.size} bytes; more than {MAX_MANIFEST_SIZE} is "
+                "refused")
+        with fetcher.fetch(desc) as stream:
+            data = stream.read(desc.size + 1)
+        if len(data) != desc.size:
+            raise errdefs.InvalidArgument(
+                f"{kind} {desc.digest}: registry sent {len(data)} bytes, expected {desc.size}")
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != desc.digest:
+            raise errdefs.FailedPrecondition(
+                f"{kind} digest mismatch: registry sent {actual}, expected {desc.digest}")
+        return data
+
+    def _store(self, desc: Descriptor, data: bytes, labels: dict[str, str]) -> None:
+        """Store a verified document with its labels (replacing labels if it exists)."""
+        try:
+            w = self.md.content.writer(f"pull-{desc.digest}", total=desc.size,
+                                       expected=desc.digest)
+        except errdefs.AlreadyExists:
+            self.md.content.update(Info(desc.digest, desc.size, labels=labels),
+                                   [f"labels.{k}" for k in labels])
+            return
+        try:
+            w.truncate(0)
+            w.write(data)
+            w.commit(desc.size, desc.digest, labels)
+        except errdefs.AlreadyExists:
+            self.md.content.update(Info(desc.digest, desc.size, labels=labels),
+                                   [f"labels.{k}" for k in labels])
+        finally:
+            w.close()
+
+    # -- the graph -------------------------------------------------------------------------
+
+    def pull(self, resolver: Resolver, ref: str, opts: PullOptions,
+             progress: ProgressFn = lambda p: None) -> Image:
+        """Pull ``ref`` into the current namespace and return the image record."""
+        namespaces.current()
+        progress(Progress("image", "resolving", name=ref))
+        name, root = resolver.resolve(ref)
+        fetcher = resolver.fetcher(name)
+        expire = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1))
+        lease = self.md.leases.create(labels={leases.LABEL_EXPIRE: expire.strftime(
+            "%Y-%m-%dT%H:%M:%SZ")})
+        with leases.use(lease.id):
+            self._pull_root(fetcher, root, opts, progress)
+            image = self._name(name, root)
+        self.md.leases.delete(lease.id)
+        progress(Progress("image", "done", root, name=name))
+        return image
+
+    def _pull_root(self, fetcher: Fetcher, root: Descriptor, opts: PullOptions,
+                   progress: ProgressFn) -> None:
+        if root.media_type in manifest.INDEX_TYPES:
+            data = self._document(fetcher, root, "index")
+            entries = manifest.parse_index(data)
+            if opts.all_platforms:
+                chosen = [e.descriptor for e in entries
+                          if e.descriptor.media_type in manifest.MANIFEST_TYPES]
+            else:
+                chosen = [manifest.select_manifest(entries, opts.platform)]
+            labels = {f"containerd.io/gc.ref.content.m.{i}": d.digest
+                      for i, d in enumerate(chosen)}
+            for desc in chosen:
+                self._pull_manifest(fetcher, desc, opts, progress,
+                                    unpack=opts.unpack and self._runs_here(entries, desc, opts))
+            self._store(root, data, labels)
+            progress(Progress("index", "done", root, root.size, root.size))
+        elif root.media_type in manifest.MANIFEST_TYPES:
+            self._pull_manifest(fetcher, root, opts, progress, unpack=opts.unpack)
+        else:
+            raise errdefs.InvalidArgument(
+                f"{root.digest} has media type {root.media_type!r}, which is not an image "
+                "manifest or index")
+
+    @staticmethod
+    def _runs_here(entries: list[manifest.IndexEntry], desc: Descriptor,
+                   opts: PullOptions) -> bool:
+        for e in entries:
+            if e.descriptor.digest == desc.digest and e.platform is not None:
+                return platforms.matches(opts.platform, e.platform)
+        return False
+
+    def _pull_manifest(self, fetcher: Fetcher, desc: Descriptor, opts: PullOptions,
+                       progress: ProgressFn, *, unpack: bool) -> None:
+        data = self._document(fetcher, desc, "manifest")
+        m = manifest.parse_manifest(data)
+        config_data = self._document(fetcher, m.config, "config")
+        config = manifest.parse_config(config_data)
+        unpacker = None
+        if unpack:
+            sn = self.md.snapshotters.get(opts.snapshotter)
+            if sn is None:
+                raise errdefs.InvalidArgument(f"snapshotter {opts.snapshotter!r} is not loaded")
+            unpacker = Unpacker(self.md.content, sn, self.differ, m.layers, config.diff_ids)
+        self._store(m.config, config_data, {})
+        ctx = _copy_context()
+
+        def job(index: int, layer: Descriptor) -> None:
+            with ctx():
+                self._download(fetcher, layer, "layer", progress, {})
+                if unpacker is not None and unpacker.needed(index):
+                    if unpacker.parallel:
+                        progress(Progress("layer", "extracting", layer, 0, layer.size))
+                    unpacker.extract(index)
+
+        workers = max(1, min(opts.max_concurrent, len(m.layers)))
+        futures: list[Future[None]] = []
+        with ThreadPoolExecutor(workers, thread_name_prefix="pull") as pool:
+            try:
+                for i, layer in enumerate(m.layers):
+                    progress(Progress("layer", "waiting", layer, 0, layer.size))
+                    futures.append(pool.submit(job, i, layer))
+                for i, (layer, fut) in enumerate(zip(m.layers, futures, strict=True)):
+                    fut.result()
+                    if unpacker is not None and unpacker.needed(i):
+                        if not unpacker.parallel:
+                            progress(Progress("layer", "extracting", layer, 0, layer.size))
+                        unpacker.commit(i)
+                        progress(Progress("layer", "done", layer, layer.size, layer.size))
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                for fut in futures:
+                    if not fut.cancelled():
+                        with contextlib.suppress(Exception):
+                            fut.result()  # let running jobs finish before cleaning up
+                if unpacker is not None:
+                    unpacker.abort()
+                raise
+        config_labels = {}
+        if unpacker is not None and unpacker.top:
+            config_labels[f"containerd.io/gc.ref.snapshot.{opts.snapshotter}"] = unpacker.top
+        if config_labels:
+            self._store(m.config, config_data, config_labels)
+        labels = {"containerd.io/gc.ref.content.config": m.config.digest}
+        labels.update({f"containerd.io/gc.ref.content.l.{i}": layer.digest
+                       for i, layer in enumerate(m.layers)})
+        self._store(desc, data, labels)
+        progress(Progress("manifest", "done", desc, desc.size, desc.size))
+
+    def _name(self, name: str, target: Descriptor) -> Image:
+        image = Image(name, target)
+        try:
+            return self.md.images.create(image)
+        except errdefs.AlreadyExists:
+            return self.md.images.update(image, ["target"])
+
+
+def _copy_context() -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """The namespace and lease of this thread, to run worker jobs in."""
+    ns = namespaces.current()
+    lease = leases.current()
+
+    @contextlib.contextmanager
+    def bound() -> Iterator[None]:
+        with namespaces.use(ns), leases.use(lease):
+            yield
+
+    return bound

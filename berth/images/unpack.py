@@ -1,0 +1,174 @@
+"""Unpacking an image's layers into a snapshot chain.
+
+Snapshots are named by chain ID (``ChainID(n) = sha256(ChainID(n-1) + " " + DiffID(n))``), so a
+layer stack shared by two images is unpacked once. A layer is committed only after the digest of
+its uncompressed bytes matched the image config's diff ID: nothing unverified becomes a committed
+snapshot.
+
+Two strategies, one contract:
+
+* **parallel**, where the snapshotter can give an active snapshot its parent after the fact
+  (:class:`~berth.snapshots.snapshotter.Reparenting`, i.e. overlayfs): each layer is extracted
+  into its own parentless snapshot as soon as its blob is stored, several at once; the chain is
+  then committed in order, each layer getting its parent just before its commit;
+* **sequential** otherwise: prepare on the parent, apply, commit, one layer after the other.
+
+Either way :meth:`Unpacker.extract` may be called from worker threads in any order, and
+:meth:`Unpacker.commit` must be called for layers 0, 1, 2... in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from berth import errdefs
+from berth.content.content import open_stream
+from berth.diff.archive import adopt_parents
+from berth.diff.walking import WalkingDiff
+from berth.images.manifest import chain_ids
+from berth.metadata.content import NamespacedContentStore
+from berth.metadata.snapshots import NamespacedSnapshotter
+from berth.oci.image import Descriptor
+from berth.snapshots.snapshotter import Kind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Extracted:
+    key: str
+    upper: str
+    made_parents: list[str] = field(default_factory=list)
+
+
+class Unpacker:
+    def __init__(self, content: NamespacedContentStore, snapshotter: NamespacedSnapshotter,
+                 differ: WalkingDiff, layers: Sequence[Descriptor], diff_ids: Sequence[str],
+                 *, parallel: bool = True) -> None:
+        if len(layers) != len(diff_ids):
+            raise errdefs.InvalidArgument(
+                f"image has {len(layers)} layers but its config lists {len(diff_ids)} diff IDs")
+        self.content = content
+        self.snapshotter = snapshotter
+        self.differ = differ
+        self.layers = list(layers)
+        self.diff_ids = list(diff_ids)
+        self.chain = chain_ids(diff_ids)
+        self.parallel = parallel and snapshotter.can_reparent
+        self._extracted: dict[int, _Extracted] = {}
+        self._lock = threading.Lock()
+        self.first_missing = self._first_missing()
+
+    @property
+    def top(self) -> str:
+        """The chain ID of the whole stack (the snapshot an image's rootfs is prepared on)."""
+        return self.chain[-1] if self.chain else ""
+
+    def _exists(self, chain_id: str) -> bool:
+        try:
+            return self.snapshotter.stat(chain_id).kind == Kind.COMMITTED
+        except errdefs.NotFound:
+            return False
+
+    def _first_missing(self) -> int:
+        """Layers below this index are unpacked already (their chain snapshots exist)."""
+        for i in range(len(self.chain) - 1, -1, -1):
+            if self._exists(self.chain[i]):
+                return i + 1
+        return 0
+
+    def needed(self, index: int) -> bool:
+        return index >= self.first_missing
+
+    def _open(self, desc: Descriptor) -> BinaryIO:
+        return open_stream(self.content.reader(desc.digest))
+
+    def _check(self, index: int, applied: Descriptor) -> None:
+        if applied.digest != self.diff_ids[index]:
+            raise errdefs.InvalidArgument(
+                f"layer {self.layers[index].digest} unpacks to {applied.digest}, but the image "
+                f"config says its diff ID is {self.diff_ids[index]}: the image is corrupt")
+
+    def extract(self, index: int) -> None:
+        """Extract layer ``index`` ahead of its parents (parallel strategy only; a no-op
+        otherwise). The layer's blob must be in the content store."""
+        if not self.parallel or not self.needed(index):
+            return
+        key = f"extract-{uuid.uuid4().hex[:12]}-{self.chain[index]}"
+        mounts = self.snapshotter.prepare(key)
+        if len(mounts) != 1 or mounts[0].type != "bind":
+            self.snapshotter.remove(key)
+            raise errdefs.Internal(f"snapshotter {self.snapshotter.name} gave unexpected mounts "
+                                   f"for a parentless snapshot: {mounts}")
+        extracted = _Extracted(key, mounts[0].source)
+        try:
+            applied = self.differ.apply_upper(self.layers[index], extracted.upper, self._open,
+                                              extracted.made_parents)
+            self._check(index, applied)
+        except BaseException:
+            self._discard(key)
+            raise
+        with self._lock:
+            self._extracted[index] = extracted
+
+    def commit(self, index: int) -> None:
+        """Commit layer ``index`` onto the chain; layers must be committed in order."""
+        if not self.needed(index):
+            return
+        name = self.chain[index]
+        parent = self.chain[index - 1] if index else ""
+        if self.parallel:
+            with self._lock:
+                extracted = self._extracted.pop(index)
+            key = extracted.key
+            try:
+                if parent:
+                    mounts = self.snapshotter.reparent(key, parent)
+                    lowers = [o for m in mounts for o in m.options if o.startswith("lowerdir=")]
+                    if extracted.made_parents and lowers:
+                        adopt_parents(extracted.upper, extracted.made_parents,
+                                      lowers[0][len("lowerdir="):].split(":"))
+                self._commit(name, key)
+            except BaseException:
+                self._discard(key)
+                raise
+            return
+        key = f"extract-{uuid.uuid4().hex[:12]}-{name}"
+        mounts = self.snapshotter.prepare(key, parent)
+        try:
+            applied = self.differ.apply(self.layers[index], mounts, self._open)
+            self._check(index, applied)
+            self._commit(name, key)
+        except BaseException:
+            self._discard(key)
+            raise
+
+    def _commit(self, name: str, key: str) -> None:
+        try:
+            self.snapshotter.commit(name, key)
+        except errdefs.AlreadyExists:
+            # Another pull unpacked the same layers meanwhile; theirs is as good as ours.
+            self._discard(key)
+
+    def _discard(self, key: str) -> None:
+        try:
+            self.snapshotter.remove(key)
+        except errdefs.NotFound:
+            return
+        except errdefs.BerthError as err:
+            log.warning("could not remove extraction snapshot %s (the collector will): %s",
+                        key, err)
+
+    def abort(self) -> None:
+        """Remove what was extracted but never committed."""
+        with self._lock:
+            left, self._extracted = list(self._extracted.values()), {}
+        for extracted in left:
+            self._discard(extracted.key)
+
+
