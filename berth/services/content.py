@@ -12,7 +12,7 @@ from berth.api.services.content.v1 import content_pb2 as pb
 from berth.api.services.content.v1 import content_pb2_grpc
 from berth.content.content import Info, Status
 from berth.metadata.content import NamespacedContentStore, NamespacedWriter
-from berth.services.convert import timestamp
+from berth.services.convert import batched, timestamp
 
 READ_CHUNK = 1 << 20
 LIST_BATCH = 100
@@ -42,13 +42,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
 
     def List(self, request: pb.ListContentRequest,
              context: grpc.ServicerContext) -> Iterator[pb.ListContentResponse]:
-        batch: list[pb.Info] = []
-        for info in self.store.walk(request.filters):
-            batch.append(_info(info))
-            if len(batch) >= LIST_BATCH:
-                yield pb.ListContentResponse(info=batch)
-                batch = []
-        if batch:
+        for batch in batched(map(_info, self.store.walk(request.filters)), LIST_BATCH):
             yield pb.ListContentResponse(info=batch)
 
     def Delete(self, request: pb.DeleteContentRequest,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -12,6 +14,8 @@ from berth.oci.image import Descriptor
 
 # Go's zero time.Time, which Go clients send for "unset".
 _GO_ZERO_SECONDS = -62135596800
+
+T = TypeVar("T")
 
 
 def timestamp(ns: int) -> Timestamp:
@@ -43,3 +47,14 @@ def mounts(ms: Iterable[Mount]) -> list[mount_pb2.Mount]:
 
 def from_mounts(ms: Iterable[mount_pb2.Mount]) -> list[Mount]:
     return [Mount(m.type, m.source, tuple(m.options), m.target) for m in ms]
+
+
+def batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``n`` items, the last one shorter if need be, none for no items (as
+    Python 3.12's ``itertools.batched``): a listing streamed as messages of bounded size. Items
+    are drawn only as each batch is needed."""
+    if n < 1:
+        raise ValueError(f"batch size must be at least 1, got {n}")
+    it = iter(items)
+    while batch := list(itertools.islice(it, n)):
+        yield batch

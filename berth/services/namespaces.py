@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 
 from berth import namespaces
 from berth.api.events import namespace_pb2 as events_pb
@@ -22,6 +23,11 @@ class NamespacesService(namespace_pb2_grpc.NamespacesServicer):
         self.store = store
         self.publisher = publisher
 
+    def _publish(self, name: str, topic: str, event: Message) -> None:
+        # An event about a namespace is published in that namespace, as containerd does.
+        with namespaces.use(name):
+            self.publisher.publish(topic, event)
+
     def Get(self, request: pb.GetNamespaceRequest,
             context: grpc.ServicerContext) -> pb.GetNamespaceResponse:
         return pb.GetNamespaceResponse(namespace=_ns(self.store.get(request.name)))
@@ -33,24 +39,21 @@ class NamespacesService(namespace_pb2_grpc.NamespacesServicer):
     def Create(self, request: pb.CreateNamespaceRequest,
                context: grpc.ServicerContext) -> pb.CreateNamespaceResponse:
         ns = self.store.create(request.namespace.name, dict(request.namespace.labels))
-        with namespaces.use(ns.name):
-            self.publisher.publish("/namespaces/create",
-                                   events_pb.NamespaceCreate(name=ns.name, labels=ns.labels))
+        self._publish(ns.name, "/namespaces/create",
+                      events_pb.NamespaceCreate(name=ns.name, labels=ns.labels))
         return pb.CreateNamespaceResponse(namespace=_ns(ns))
 
     def Update(self, request: pb.UpdateNamespaceRequest,
                context: grpc.ServicerContext) -> pb.UpdateNamespaceResponse:
         ns = self.store.update(Namespace(request.namespace.name, dict(request.namespace.labels)),
                                request.update_mask.paths)
-        with namespaces.use(ns.name):
-            self.publisher.publish("/namespaces/update",
-                                   events_pb.NamespaceUpdate(name=ns.name, labels=ns.labels))
+        self._publish(ns.name, "/namespaces/update",
+                      events_pb.NamespaceUpdate(name=ns.name, labels=ns.labels))
         return pb.UpdateNamespaceResponse(namespace=_ns(ns))
 
     def Delete(self, request: pb.DeleteNamespaceRequest,
                context: grpc.ServicerContext) -> empty_pb2.Empty:
         self.store.delete(request.name)
-        with namespaces.use(request.name):
-            self.publisher.publish("/namespaces/delete",
-                                   events_pb.NamespaceDelete(name=request.name))
+        self._publish(request.name, "/namespaces/delete",
+                      events_pb.NamespaceDelete(name=request.name))
         return empty_pb2.Empty()

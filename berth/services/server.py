@@ -3,8 +3,11 @@ errors become status codes (through :func:`berth.errdefs.to_grpc_code`)."""
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -112,3 +115,32 @@ def new_server(workers: int = 64) -> grpc.Server:
             ("grpc.so_reuseport", 0),
         ],
     )
+
+
+def stream_updates(work: Callable[[Callable[[Any], None]], Any],
+                   poll: float = 0.5) -> Iterator[Any]:
+    """Run ``work(report)`` in a thread bound to the caller's namespace and lease, yielding what
+    it reports as it goes and then its result. Its exception is raised here."""
+    updates: queue.Queue[tuple[str, Any]] = queue.Queue()
+    ctx = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            result = ctx.run(work, lambda item: updates.put(("update", item)))
+        except BaseException as err:
+            updates.put(("error", err))
+        else:
+            updates.put(("result", result))
+
+    thread = threading.Thread(target=run, name="rpc-work", daemon=True)
+    thread.start()
+    while True:
+        try:
+            kind, item = updates.get(timeout=poll)
+        except queue.Empty:
+            continue
+        if kind == "error":
+            raise item
+        yield item
+        if kind == "result":
+            return

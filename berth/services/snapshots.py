@@ -11,7 +11,7 @@ from berth import errdefs
 from berth.api.services.snapshots.v1 import snapshots_pb2 as pb
 from berth.api.services.snapshots.v1 import snapshots_pb2_grpc
 from berth.metadata.snapshots import NamespacedSnapshotter
-from berth.services.convert import mounts, timestamp
+from berth.services.convert import batched, mounts, timestamp
 from berth.snapshots.snapshotter import Info, Kind
 
 LIST_BATCH = 100
@@ -76,13 +76,8 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
 
     def List(self, request: pb.ListSnapshotsRequest,
              context: grpc.ServicerContext) -> Iterator[pb.ListSnapshotsResponse]:
-        batch: list[pb.Info] = []
-        for info in self._get(request.snapshotter).walk(request.filters):
-            batch.append(_info(info))
-            if len(batch) >= LIST_BATCH:
-                yield pb.ListSnapshotsResponse(info=batch)
-                batch = []
-        if batch:
+        infos = map(_info, self._get(request.snapshotter).walk(request.filters))
+        for batch in batched(infos, LIST_BATCH):
             yield pb.ListSnapshotsResponse(info=batch)
 
     def Usage(self, request: pb.UsageRequest,
