@@ -33,7 +33,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,12 +51,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from images import push_layout  # noqa: E402
-from reference_containerd import (  # noqa: E402
-    ReferenceContainerd,
+from processes import (  # noqa: E402
+    ManagedProcess,
+    accepts_connections,
+    loopback_env,
     peak_rss_kib,
-    remove_tree,
+    spawn,
+    stop_process,
 )
-from registry import Registry, die_with_parent, loopback_env, stop_process  # noqa: E402
+from reference_containerd import ReferenceContainerd, remove_tree  # noqa: E402
+from registry import Registry  # noqa: E402
 
 DEFAULT_CACHE = Path("/var/tmp/berth-bench")
 BERTHD_BINARY = REPO_ROOT / ".venv/bin/berthd"
@@ -384,7 +387,7 @@ class Daemon(Protocol):
     def stop(self) -> None: ...
 
 
-class Berthd:
+class Berthd(ManagedProcess):
     """berthd with its own root, state and socket under `base`, started and stopped by PID."""
 
     def __init__(self, base: Path, binary: Path = BERTHD_BINARY, start_timeout: float = 30.0):
@@ -420,31 +423,22 @@ class Berthd:
     def _start(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
         root, state = self.base / "root", self.base / "state"
-        log_file = self.log_path
-        with open(log_file, "ab") as out:
-            self._proc = subprocess.Popen(
-                [
-                    str(self.binary),
-                    *("--root", str(root), "--state", str(state), "--address", self.address),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=loopback_env(),
-                preexec_fn=die_with_parent,
-            )
+        self._proc = spawn(
+            [
+                str(self.binary),
+                *("--root", str(root), "--state", str(state), "--address", self.address),
+            ],
+            self.log_path,
+        )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                tail = log_file.read_text(errors="replace")[-3000:]
+                tail = self.log_tail(3000)
                 self._proc = None
                 raise RuntimeError(f"berthd exited early:\n{tail}")
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                try:
-                    sock.connect(self.address)
-                    return
-                except OSError:
-                    time.sleep(0.02)
+            if accepts_connections(self.address):
+                return
+            time.sleep(0.02)
         raise RuntimeError("berthd socket did not appear in time")
 
     def stop(self) -> None:

@@ -12,19 +12,25 @@ It is a yardstick only: no code path of Berth itself starts or talks to it.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from registry import die_with_parent, loopback_env, stop_process
+from processes import (
+    ManagedProcess,
+    accepts_connections,
+    argument_after,
+    children_of,
+    peak_rss_kib,
+    pids_with_argument_pair,
+    read_argv,
+    spawn,
+    stop_process,
+)
 
 CONTAINERD_BINARY = "/usr/bin/containerd"
 RUNC_BINARY = "/usr/sbin/runc"
@@ -108,64 +114,11 @@ def remove_tree(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _argument(argv: list[str], flag: str) -> str | None:
-    for a, b in itertools.pairwise(argv):
-        if a == flag:
-            return b
-    return None
-
-
-def read_argv(pid: int) -> list[str]:
-    """The command line of `pid` ([] if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def pids_with_argument_pair(flag: str, value: str) -> list[int]:
-    """PIDs whose command line holds `flag` immediately followed by `value` (exact words)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        if _argument(read_argv(int(entry)), flag) == value:
-            found.append(int(entry))
-    return found
-
-
-def children_of(parents: list[int]) -> list[int]:
-    """PIDs whose parent is one of `parents`."""
-    wanted, found = set(parents), []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                # "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'
-                ppid = int(f.read().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid in wanted:
-            found.append(int(entry))
-    return found
-
-
-def peak_rss_kib(pid: int) -> int:
-    """VmHWM (peak resident set size, KiB) of a live process."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmHWM for pid {pid}")
-
-
 class ContainerdError(RuntimeError):
     """containerd did not come up (the message carries the tail of its log)."""
 
 
-class ReferenceContainerd:
+class ReferenceContainerd(ManagedProcess):
     """A private containerd daemon: `with ReferenceContainerd() as c: c.address`.
 
     Everything lives under `base_dir` (a new temporary directory unless given): `root/`,
@@ -225,18 +178,6 @@ class ReferenceContainerd:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def _write_config(self) -> Path:
         disabled = ", ".join(f'"{p}"' for p in _DISABLED_PLUGINS)
         config = f"""version = 2
@@ -279,19 +220,14 @@ disabled_plugins = [{disabled}]
             self.root.mkdir(exist_ok=True)
             self.state.mkdir(exist_ok=True)
             config = self._write_config()
-            with open(self.log_path, "ab") as log:
-                self._proc = subprocess.Popen(
-                    [
-                        *(self.binary, "--config", str(config)),
-                        *("--root", str(self.root), "--state", str(self.state)),
-                        *("--address", self.address),
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=loopback_env(),
-                    preexec_fn=die_with_parent,
-                )
+            self._proc = spawn(
+                [
+                    *(self.binary, "--config", str(config)),
+                    *("--root", str(self.root), "--state", str(self.state)),
+                    *("--address", self.address),
+                ],
+                self.log_path,
+            )
             self._wait_for_socket()
         except BaseException:
             self.stop()
@@ -303,23 +239,12 @@ disabled_plugins = [{disabled}]
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise ContainerdError(
-                    f"containerd exited with {self._proc.returncode}:\n{self._log_tail()}"
+                    f"containerd exited with {self._proc.returncode}:\n{self.log_tail()}"
                 )
-            if os.path.exists(self.address):
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                    try:
-                        sock.connect(self.address)
-                        return
-                    except OSError:
-                        pass
+            if accepts_connections(self.address):
+                return
             time.sleep(0.02)
-        raise ContainerdError(f"containerd socket did not appear:\n{self._log_tail()}")
-
-    def _log_tail(self, limit: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-limit:]
-        except (OSError, RuntimeError):
-            return "(no log)"
+        raise ContainerdError(f"containerd socket did not appear:\n{self.log_tail()}")
 
     def _stop_shims(self) -> None:
         """A safety net for tests that leave containers behind.
@@ -334,7 +259,8 @@ disabled_plugins = [{disabled}]
         containers = []
         for pid in shims:
             argv = read_argv(pid)
-            namespace, container_id = _argument(argv, "-namespace"), _argument(argv, "-id")
+            namespace = argument_after(argv, "-namespace")
+            container_id = argument_after(argv, "-id")
             if namespace and container_id:
                 containers.append((namespace, container_id))
         for pid in [*children_of(shims), *shims]:

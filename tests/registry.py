@@ -12,11 +12,8 @@ the environment.
 from __future__ import annotations
 
 import base64
-import ctypes
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -24,51 +21,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Self
+
+from processes import ManagedProcess, spawn, stop_process
+from processes import loopback_env as loopback_env  # re-exported: conftest and images use it
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 HTPASSWD_BINARY = "/usr/bin/htpasswd"  # from Debian's apache2-utils
-
-_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "ftp_proxy", "no_proxy")
-_PR_SET_PDEATHSIG = 1
-
-
-def loopback_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The current environment without proxy settings, with loopback excluded from any proxy.
-
-    Child processes (registry, skopeo, ctr, containerd) get this so that a proxy configured on
-    the host can never carry a request for 127.0.0.1 elsewhere.
-    """
-    env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARIABLES}
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost,::1"
-    if extra:
-        env.update(extra)
-    return env
-
-
-def die_with_parent() -> None:
-    """`preexec_fn` for children we start: the kernel sends them SIGTERM if we die.
-
-    A safety net for SIGKILL of the test runner; the normal path still stops children by PID.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-def stop_process(proc: subprocess.Popen[bytes], term_timeout: float = 10.0) -> None:
-    """Stop `proc` (a child we started): SIGTERM, wait up to `term_timeout` s, then SIGKILL.
-
-    Signals go to that PID only, never to a name or a group; the child is always reaped.
-    """
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=term_timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def free_loopback_port() -> int:
@@ -85,7 +43,7 @@ class RegistryError(RuntimeError):
     """The registry could not be started (the message carries the tail of its log)."""
 
 
-class Registry:
+class Registry(ManagedProcess):
     """A `docker-registry` process serving plain HTTP on 127.0.0.1:PORT.
 
     Use as a context manager (or call `start()` / `stop()`):
@@ -158,18 +116,6 @@ class Registry:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def start(self) -> None:
         """Start the registry and wait until `/v2/` answers; raise `RegistryError` if it won't."""
         if self._proc is not None:
@@ -230,20 +176,12 @@ class Registry:
     def _start_once(self, htpasswd: Path | None) -> None:
         self.port = free_loopback_port()
         config = self._write_config(htpasswd)
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                [REGISTRY_BINARY, "serve", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=loopback_env(),
-                preexec_fn=die_with_parent,
-            )
+        self._proc = spawn([REGISTRY_BINARY, "serve", str(config)], self.log_path)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 self._proc = None
-                raise RegistryError(f"docker-registry exited early:\n{self._log_tail()}")
+                raise RegistryError(f"docker-registry exited early:\n{self.log_tail()}")
             try:
                 status, _headers, _body = self.request("/v2/", credentials=None)
             except OSError:
@@ -254,13 +192,7 @@ class Registry:
             time.sleep(0.05)
         stop_process(self._proc)
         self._proc = None
-        raise RegistryError(f"docker-registry did not answer /v2/ in time:\n{self._log_tail()}")
-
-    def _log_tail(self, limit: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-limit:]
-        except OSError:
-            return "(no log)"
+        raise RegistryError(f"docker-registry did not answer /v2/ in time:\n{self.log_tail()}")
 
     def stop(self) -> None:
         """Stop the process we started (by PID) and remove our temporary files. Idempotent."""

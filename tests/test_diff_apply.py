@@ -3,13 +3,11 @@ real mounts (overlay fast path, bind mount, temporary mount), compressions and d
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,28 +15,19 @@ import pytest
 import zstandard
 from hostile_layers import LayerBuilder, describe_tree, raw_header
 from isal import igzip
+from mounts import mounted
 
 from berth import errdefs
 from berth.diff import WalkingDiff, apply_tar
 from berth.diff.compression import DigestingReader, PrefetchReader, decompressed_reader
 from berth.diff.tarformat import END, TarEntry, TarParser, encode_header
-from berth.mount import Mount, mount, unmount
+from berth.mount import Mount
 from berth.oci import image
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts, devices)")
 
 CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")  # v2: cap_net_bind_service
 BIG = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MiB: crosses the reader's chunks
-
-
-@contextlib.contextmanager
-def mounted(m: Mount, target: Path) -> Iterator[Path]:
-    target.mkdir(parents=True, exist_ok=True)
-    mount(m, str(target))
-    try:
-        yield target
-    finally:
-        unmount(str(target))
 
 
 def base_layer() -> bytes:

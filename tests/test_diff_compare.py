@@ -18,26 +18,17 @@ import pytest
 import zstandard
 from hostile_layers import LayerBuilder, describe_tree
 from isal import igzip
+from mounts import mounted
 
 from berth import errdefs
 from berth.diff import LABEL_UNCOMPRESSED, WalkingDiff, apply_tar, write_diff
 from berth.diff.tarformat import TarEntry, TarParser
-from berth.mount import Mount, mount, unmount
+from berth.mount import Mount
 from berth.oci import image
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts, devices)")
 
 CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")
-
-
-@contextlib.contextmanager
-def mounted(m: Mount, target: Path) -> Iterator[Path]:
-    target.mkdir(parents=True, exist_ok=True)
-    mount(m, str(target))
-    try:
-        yield target
-    finally:
-        unmount(str(target))
 
 
 def lower_layer() -> bytes:
