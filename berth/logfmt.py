@@ -6,7 +6,7 @@ import datetime
 import logging
 import sys
 
-_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
+LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
            "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR,
            "fatal": logging.CRITICAL, "panic": logging.CRITICAL}
 
@@ -33,4 +33,4 @@ def setup_logging(level: str) -> None:
     handler.setFormatter(LogfmtFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(_LEVELS.get(level.lower(), logging.INFO))
+    root.setLevel(LEVELS.get(level.lower(), logging.INFO))

@@ -640,11 +640,6 @@ def test_missing_things_answer_like_containerd(c: Ctr, baseline: Stored, ctr: ty
     assert baseline.missing_from(c) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "berthd answers NotFound to a label update of a namespace that does not exist; "
-    "containerd's namespace store SetLabel creates the namespace (createBucketIfNotExists), "
-    "so `ctr namespaces label new k=v` exits 0 and creates it there: "
-    "berth/metadata/namespaces.py:55 NamespaceStore.update calls self.get()"))
 def test_label_of_a_missing_namespace_like_containerd(c: Ctr, ctr: type[Ctr],
                                                       reference_containerd: ReferenceContainerd
                                                       ) -> None:
@@ -1001,40 +996,17 @@ def _start_berthd(base: Path, *args: str, timeout: float = 20) -> tuple[int | No
         return code, err.read().decode(errors="replace")
 
 
-def _xfail_config(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=reason + "; berth/plugin/config.py load() "
-                             "(lines 53-81) checks neither I/O, UTF-8 nor the types of known keys")
-
-
 BAD_CONFIGS = [
     pytest.param(b'version = 2\n[grpc\naddress = "x"\n', "TOML", id="syntax-error"),
     pytest.param(b"version = 3\n", "version 3", id="unsupported-version"),
     pytest.param(b"version = 2\nplugins = 5\n", "[plugins]", id="plugins-not-a-table"),
-    pytest.param(b'version = 2\nroot = "\xff"\n', "UTF-8", id="invalid-utf8", marks=_xfail_config(
-        "tomllib raises UnicodeDecodeError (not TOMLDecodeError) for bytes that are not UTF-8: "
-        "it escapes load() as a traceback; catch it beside TOMLDecodeError (line 56)")),
-    pytest.param(None, "directory", id="config-is-a-directory", marks=_xfail_config(
-        "open() of a directory raises IsADirectoryError out of load() as a traceback (line "
-        "54); catch OSError and raise InvalidArgument naming the path, as containerd does "
-        "('failed to load TOML: ...: is a directory')")),
-    pytest.param(b"version = 2\ngrpc = 5\n", "grpc", id="section-not-a-table",
-                 marks=_xfail_config(
-                     "iterating data.get('grpc') fails with TypeError (line 66); containerd: "
-                     "\"Can't convert 5(int64) to config.GRPCConfig\", exit 1")),
-    pytest.param(b'version = 2\n[grpc]\ngid = "abc"\n', "gid", id="gid-not-a-number",
-                 marks=_xfail_config(
-                     "int('abc') raises ValueError (line 73); containerd: \"Can't convert "
-                     "abc(string) to int\", exit 1")),
+    pytest.param(b'version = 2\nroot = "\xff"\n', "UTF-8", id="invalid-utf8"),
+    pytest.param(None, "directory", id="config-is-a-directory"),
+    pytest.param(b"version = 2\ngrpc = 5\n", "grpc", id="section-not-a-table"),
+    pytest.param(b'version = 2\n[grpc]\ngid = "abc"\n', "gid", id="gid-not-a-number"),
     pytest.param(b'version = 2\ndisabled_plugins = "io.containerd.snapshotter.v1.native"\n',
-                 "disabled_plugins", id="disabled-plugins-not-a-list", marks=_xfail_config(
-                     "a string is iterated into one-character plugin IDs (line 76), so "
-                     "nothing is disabled and berthd starts; containerd: \"Can't convert "
-                     "x(string) to []string(slice)\", exit 1")),
-    pytest.param(b'version = 2\n[debug]\nlevel = "loud"\n', "loud", id="unknown-log-level",
-                 marks=_xfail_config(
-                     "an unknown [debug] level silently becomes info (line 75, and "
-                     "berth/logfmt.py setup_logging); containerd: 'not a valid logrus Level: "
-                     "\"loud\"', exit 1")),
+                 "disabled_plugins", id="disabled-plugins-not-a-list"),
+    pytest.param(b'version = 2\n[debug]\nlevel = "loud"\n', "loud", id="unknown-log-level"),
 ]
 
 

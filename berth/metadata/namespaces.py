@@ -51,8 +51,15 @@ class NamespaceStore:
         return [Namespace(r["name"], loads(r["labels"])) for r in rows]
 
     def update(self, ns: Namespace, fieldpaths: Sequence[str] = ()) -> Namespace:
+        """Update labels. Setting single labels (``labels.<key>`` paths) on a namespace that
+        does not exist creates it, as containerd's SetLabel does."""
         with self._db.tx() as c:
-            current = self.get(ns.name)
+            try:
+                current = self.get(ns.name)
+            except errdefs.NotFound:
+                if not fieldpaths or not all(p.startswith("labels.") for p in fieldpaths):
+                    raise
+                current = self.create(ns.name)
             new_labels, _ = labels.apply_update(current.labels, ns.labels, fieldpaths)
             c.execute("UPDATE namespaces SET labels = ? WHERE name = ?",
                       (dumps(new_labels), ns.name))
