@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 
 # Runtime: the OCI runtimes. Build: containerd's protos. Tests and benchmarks: a registry, image
 # tools, busybox, and containerd itself (for the real `ctr` client and as the reference).
-APT_PACKAGES := runc crun \
+APT_PACKAGES := python3-venv runc crun \
 	golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev \
 	golang-github-gogo-googleapis-dev golang-github-containerd-cgroups-dev \
 	docker-registry skopeo umoci busybox-static containerd apache2-utils debootstrap
