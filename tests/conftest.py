@@ -13,9 +13,11 @@ file and are imported as top-level modules (pytest puts this directory on sys.pa
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,27 @@ class Ctr:
     def in_namespace(self, namespace: str) -> Ctr:
         """The same client, bound to another namespace."""
         return Ctr(self.address, namespace, binary=self.binary, timeout=self.timeout)
+
+
+def sha256_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def protect(c: Ctr, digest: str) -> str:
+    """Make `digest` (present or still to come) safe from garbage collection: a small blob
+    labelled as a GC root that references it. (`ctr content ingest` takes no lease, so a blob
+    it commits is garbage to containerd's collector as to berthd's.) The anchor itself can be
+    collected between its commit and its labelling: then try again. Returns the anchor's
+    digest (remove it to let `digest` go)."""
+    for attempt in range(10):
+        anchor = f"robustness anchor for {digest}, attempt {attempt}".encode()
+        c("content", "ingest", "--expected-size", str(len(anchor)), "--expected-digest",
+          sha256_of(anchor), f"anchor-{uuid.uuid4().hex}", input=anchor, text=False)
+        labelled = c("content", "label", sha256_of(anchor), "containerd.io/gc.root=robustness",
+                     f"containerd.io/gc.ref.content.protected={digest}", check=False)
+        if labelled.returncode == 0:
+            return sha256_of(anchor)
+    raise AssertionError("could not anchor a GC root")
 
 
 @pytest.fixture(scope="session")

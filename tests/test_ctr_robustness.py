@@ -37,7 +37,7 @@ from pathlib import Path
 import hostile_layers
 import images
 import pytest
-from conftest import Ctr
+from conftest import Ctr, protect, sha256_of
 from daemon import BERTHD, Berthd, mounts_under
 from images import ImageInfo, rootfs_mismatches
 from reference_containerd import ReferenceContainerd
@@ -155,10 +155,6 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
     return chain
 
 
-def sha256_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def regular_files(top: Path) -> dict[str, str]:
     """Every regular file under `top` as "/path" -> hex sha256 (symlinks not followed)."""
     found = {}
@@ -169,22 +165,6 @@ def regular_files(top: Path) -> dict[str, str]:
                 rel = "/" + str(path.relative_to(top))
                 found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return found
-
-
-def protect(c: Ctr, digest: str) -> None:
-    """Make `digest` (present or still to come) safe from garbage collection: a small blob
-    labelled as a GC root that references it. (`ctr content ingest` takes no lease, so a blob
-    it commits is garbage to containerd's collector as to berthd's.) The anchor itself can be
-    collected between its commit and its labelling: then try again."""
-    for attempt in range(10):
-        anchor = f"robustness anchor for {digest}, attempt {attempt}".encode()
-        c("content", "ingest", "--expected-size", str(len(anchor)), "--expected-digest",
-          sha256_of(anchor), f"anchor-{uuid.uuid4().hex}", input=anchor, text=False)
-        labelled = c("content", "label", sha256_of(anchor), "containerd.io/gc.root=robustness",
-                     f"containerd.io/gc.ref.content.protected={digest}", check=False)
-        if labelled.returncode == 0:
-            return
-    raise AssertionError("could not anchor a GC root")
 
 
 def pull(c: Ctr, ref: str) -> subprocess.CompletedProcess[str]:
