@@ -31,6 +31,7 @@ from berth.images.unpack import Unpacker
 from berth.leases import Resource
 from berth.metadata.store import Metadata
 from berth.oci.image import Descriptor
+from berth.remotes import reference
 from berth.remotes.remotes import MAX_MANIFEST_SIZE, Fetcher, Resolver
 
 log = logging.getLogger(__name__)
@@ -234,18 +235,21 @@ class Puller:
         progress(Progress("image", "resolving", name=ref))
         name, root = resolver.resolve(ref)
         fetcher = resolver.fetcher(name)
+        parsed = reference.parse(name)
+        # Where each blob came from, so a later push can mount it across repositories.
+        source = {f"{LABEL_DISTRIBUTION_SOURCE}{parsed.host}": parsed.repository}
         expire = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1))
         lease = self.md.leases.create(labels={leases.LABEL_EXPIRE: expire.strftime(
             "%Y-%m-%dT%H:%M:%SZ")})
         with leases.use(lease.id):
-            self._pull_root(fetcher, root, opts, progress)
+            self._pull_root(fetcher, root, opts, progress, source)
             image = self._name(name, root)
         self.md.leases.delete(lease.id)
         progress(Progress("image", "done", root, name=name))
         return image
 
     def _pull_root(self, fetcher: Fetcher, root: Descriptor, opts: PullOptions,
-                   progress: ProgressFn) -> None:
+                   progress: ProgressFn, source: dict[str, str]) -> None:
         if root.media_type in manifest.INDEX_TYPES:
             data = self._document(fetcher, root, "index")
             entries = manifest.parse_index(data)
@@ -257,12 +261,12 @@ class Puller:
             labels = {f"containerd.io/gc.ref.content.m.{i}": d.digest
                       for i, d in enumerate(chosen)}
             for desc in chosen:
-                self._pull_manifest(fetcher, desc, opts, progress,
+                self._pull_manifest(fetcher, desc, opts, progress, source,
                                     unpack=opts.unpack and self._runs_here(entries, desc, opts))
-            self._store(root, data, labels)
+            self._store(root, data, {**labels, **source})
             progress(Progress("index", "done", root, root.size, root.size))
         elif root.media_type in manifest.MANIFEST_TYPES:
-            self._pull_manifest(fetcher, root, opts, progress, unpack=opts.unpack)
+            self._pull_manifest(fetcher, root, opts, progress, source, unpack=opts.unpack)
         else:
             raise errdefs.InvalidArgument(
                 f"{root.digest} has media type {root.media_type!r}, which is not an image "
@@ -277,7 +281,7 @@ class Puller:
         return False
 
     def _pull_manifest(self, fetcher: Fetcher, desc: Descriptor, opts: PullOptions,
-                       progress: ProgressFn, *, unpack: bool) -> None:
+                       progress: ProgressFn, source: dict[str, str], *, unpack: bool) -> None:
         data = self._document(fetcher, desc, "manifest")
         m = manifest.parse_manifest(data)
         config_data = self._document(fetcher, m.config, "config")
@@ -288,12 +292,12 @@ class Puller:
             if sn is None:
                 raise errdefs.InvalidArgument(f"snapshotter {opts.snapshotter!r} is not loaded")
             unpacker = Unpacker(self.md.content, sn, self.differ, m.layers, config.diff_ids)
-        self._store(m.config, config_data, {})
+        self._store(m.config, config_data, source)
         ctx = _copy_context()
 
         def job(index: int, layer: Descriptor) -> None:
             with ctx():
-                self._download(fetcher, layer, "layer", progress, {})
+                self._download(fetcher, layer, "layer", progress, source)
                 if unpacker is not None and unpacker.needed(index):
                     if unpacker.parallel:
                         progress(Progress("layer", "extracting", layer, 0, layer.size))
@@ -331,7 +335,7 @@ class Puller:
         labels = {"containerd.io/gc.ref.content.config": m.config.digest}
         labels.update({f"containerd.io/gc.ref.content.l.{i}": layer.digest
                        for i, layer in enumerate(m.layers)})
-        self._store(desc, data, labels)
+        self._store(desc, data, {**labels, **source})
         progress(Progress("manifest", "done", desc, desc.size, desc.size))
 
     def _name(self, name: str, target: Descriptor) -> Image:

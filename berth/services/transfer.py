@@ -10,6 +10,8 @@ from berth.api.services.transfer.v1 import transfer_pb2 as pb
 from berth.api.services.transfer.v1 import transfer_pb2_grpc
 from berth.images import Image, platforms
 from berth.images.pull import Progress, Puller, PullOptions
+from berth.images.push import ImagePusher
+from berth.metadata.images import ImageStore
 from berth.remotes.remotes import Resolver
 from berth.services.convert import descriptor
 from berth.services.server import stream_updates
@@ -35,8 +37,11 @@ def _progress(item: Progress | Image) -> pb.Progress:
 
 
 class TransferService(transfer_pb2_grpc.TransferServicer):
-    def __init__(self, puller: Puller, resolvers: ResolverFactory) -> None:
+    def __init__(self, puller: Puller, pusher: ImagePusher, images: ImageStore,
+                 resolvers: ResolverFactory) -> None:
         self.puller = puller
+        self.pusher = pusher
+        self.images = images
         self.resolvers = resolvers
 
     def Pull(self, request: pb.PullRequest,
@@ -49,3 +54,14 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
         for item in stream_updates(
                 lambda report: self.puller.pull(resolver, request.ref, opts, report)):
             yield _progress(item)
+
+    def Push(self, request: pb.PushRequest,
+             context: grpc.ServicerContext) -> Iterator[pb.Progress]:
+        image = self.images.get(request.name)
+        resolver = self.resolvers(request.plain_http, _auth(dict(request.auth)))
+        plat = platforms.parse(request.platform) if request.platform else None
+        for item in stream_updates(lambda report: self.pusher.push(
+                resolver, image, request.ref or request.name, platform=plat,
+                all_platforms=request.all_platforms, progress=report)):
+            if isinstance(item, Progress):
+                yield _progress(item)
