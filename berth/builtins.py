@@ -14,6 +14,10 @@ from berth.plugin.registry import InitContext, Registration, Registry
 from berth.services.server import Edge
 
 
+TRANSFER = "io.containerd.transfer.v1"
+DEFAULT_CERTS_D = "/etc/berth/certs.d"
+
+
 class GRPCService:
     """A servicer and the generated function that adds it to a server."""
 
@@ -82,8 +86,39 @@ def _walking(ctx: InitContext) -> Any:
     return LocalDiff(WalkingDiff(temp_dir=ctx.state), ctx.get(p.METADATA).content)
 
 
+def _transfer(ctx: InitContext) -> Any:
+    from berth.images.pull import Puller
+    from berth.images.push import ImagePusher
+
+    md = ctx.get(p.METADATA)
+    differ = ctx.get(p.DIFFER)
+    config_path = ctx.config.get("config_path", DEFAULT_CERTS_D)
+    paths = [config_path] if isinstance(config_path, str) else [str(x) for x in config_path]
+    ctx.exports["config_path"] = ":".join(paths)
+    return Puller(md, differ.differ), ImagePusher(md.content), _resolvers(paths)
+
+
+def _resolvers(config_path: list[str]) -> Callable[[bool, dict[str, tuple[str, str]]], Any]:
+    from berth.remotes.hosts import HostsConfig
+    from berth.remotes.resolver import RegistryResolver
+
+    def make(plain_http: bool, auth: dict[str, tuple[str, str]]) -> Any:
+        def credentials(host: str) -> tuple[str, str] | None:
+            if host in auth:
+                return auth[host]
+            if host in ("registry-1.docker.io", "index.docker.io"):
+                return auth.get("docker.io")
+            return None
+
+        return RegistryResolver(HostsConfig(config_path=config_path, plain_http=plain_http),
+                                credentials, plain_http=plain_http)
+
+    return make
+
+
 def _grpc(name: str, make: Callable[[InitContext], GRPCService]) -> Registration:
-    return Registration(p.GRPC, name, make, requires=(p.METADATA, p.EVENT, p.DIFFER, p.GC))
+    return Registration(p.GRPC, name, make,
+                        requires=(p.METADATA, p.EVENT, p.DIFFER, p.GC, TRANSFER))
 
 
 def _content_service(ctx: InitContext) -> GRPCService:
@@ -149,6 +184,16 @@ def _events_service(ctx: InitContext) -> GRPCService:
                        "containerd.services.events.v1.Events")
 
 
+def _transfer_service(ctx: InitContext) -> GRPCService:
+    from berth.api.services.transfer.v1 import transfer_pb2_grpc
+    from berth.services.transfer import TransferService
+
+    puller, pusher, resolvers = ctx.get(TRANSFER)
+    return GRPCService(TransferService(puller, pusher, ctx.get(p.METADATA).images, resolvers),
+                       transfer_pb2_grpc.add_TransferServicer_to_server,
+                       "berth.services.transfer.v1.Transfer")
+
+
 def _version_service(ctx: InitContext) -> GRPCService:
     from berth.api.services.version.v1 import version_pb2_grpc
     from berth.services.version import VersionService
@@ -179,6 +224,7 @@ def registry() -> Registry:
                      requires=(p.CONTENT, p.SNAPSHOTTER, p.EVENT)),
         Registration(p.GC, "scheduler", _gc, requires=(p.METADATA,)),
         Registration(p.DIFFER, "walking", _walking, requires=(p.METADATA,), platforms=linux),
+        Registration(TRANSFER, "local", _transfer, requires=(p.METADATA, p.DIFFER)),
         _grpc("content", _content_service),
         _grpc("images", _images_service),
         _grpc("snapshots", _snapshots_service),
@@ -186,6 +232,7 @@ def registry() -> Registry:
         _grpc("leases", _leases_service),
         _grpc("namespaces", _namespaces_service),
         _grpc("events", _events_service),
+        _grpc("transfer", _transfer_service),
         _grpc("version", _version_service),
         _grpc("introspection", _introspection_service),
     ):

@@ -13,6 +13,7 @@ Two pulls at once share downloads: a blob being fetched by one waits for it in t
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime
 import hashlib
 import logging
@@ -293,15 +294,12 @@ class Puller:
                 raise errdefs.InvalidArgument(f"snapshotter {opts.snapshotter!r} is not loaded")
             unpacker = Unpacker(self.md.content, sn, self.differ, m.layers, config.diff_ids)
         self._store(m.config, config_data, source)
-        ctx = _copy_context()
-
         def job(index: int, layer: Descriptor) -> None:
-            with ctx():
-                self._download(fetcher, layer, "layer", progress, source)
-                if unpacker is not None and unpacker.needed(index):
-                    if unpacker.parallel:
-                        progress(Progress("layer", "extracting", layer, 0, layer.size))
-                    unpacker.extract(index)
+            self._download(fetcher, layer, "layer", progress, source)
+            if unpacker is not None and unpacker.needed(index):
+                if unpacker.parallel:
+                    progress(Progress("layer", "extracting", layer, 0, layer.size))
+                unpacker.extract(index)
 
         workers = max(1, min(opts.max_concurrent, len(m.layers)))
         futures: list[Future[None]] = []
@@ -309,7 +307,8 @@ class Puller:
             try:
                 for i, layer in enumerate(m.layers):
                     progress(Progress("layer", "waiting", layer, 0, layer.size))
-                    futures.append(pool.submit(job, i, layer))
+                    # Jobs run in a copy of this context: the request's namespace and lease.
+                    futures.append(pool.submit(contextvars.copy_context().run, job, i, layer))
                 for i, (layer, fut) in enumerate(zip(m.layers, futures, strict=True)):
                     fut.result()
                     if unpacker is not None and unpacker.needed(i):
@@ -344,16 +343,3 @@ class Puller:
             return self.md.images.create(image)
         except errdefs.AlreadyExists:
             return self.md.images.update(image, ["target"])
-
-
-def _copy_context() -> Callable[[], contextlib.AbstractContextManager[None]]:
-    """The namespace and lease of this thread, to run worker jobs in."""
-    ns = namespaces.current()
-    lease = leases.current()
-
-    @contextlib.contextmanager
-    def bound() -> Iterator[None]:
-        with namespaces.use(ns), leases.use(lease):
-            yield
-
-    return bound

@@ -9,6 +9,7 @@ repositories instead of uploaded, where the registry allows it.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -89,7 +90,9 @@ class ImagePusher:
 
         workers = max(1, min(self.max_concurrent, len(blobs)))
         with ThreadPoolExecutor(workers, thread_name_prefix="push") as pool:
-            for fut in [pool.submit(upload, d) for d in blobs.values()]:
+            # Each job runs in a copy of this context: the request's namespace and lease.
+            for fut in [pool.submit(contextvars.copy_context().run, upload, d)
+                        for d in blobs.values()]:
                 fut.result()
         for m in manifests:
             pusher.push(m, self._opener(m))

@@ -167,7 +167,10 @@ class OverlaySnapshotter(LocalSnapshotter, Reparenting):
         return self._mounts(snapshot)
 
     def _inherit_owner(self, fs: str, snapshot: Snapshot) -> None:
-        self._inherit_owner(fs, snapshot)
+        if snapshot.parent_ids:
+            # The merged root shows the upper dir's owner: keep the parent's (containerd does).
+            st = os.stat(self._data_dir(snapshot.parent_ids[0]))
+            os.lchown(fs, st.st_uid, st.st_gid)
 
     def _data_dir(self, snapshot_id: int) -> str:
         return os.path.join(self._dir(snapshot_id), "fs")
