@@ -1,66 +1,49 @@
 """``berth``: Berth's command line for people.
 
 Global options go before the command: ``berth --address SOCK --namespace NS images``.
-Errors are one clear line on stderr and a non-zero exit, never a traceback.
+Errors are one clear line on stderr and exit status 1, never a traceback.
+
+The commands live beside this module, one module per idea (:mod:`berth.cli.images`,
+:mod:`berth.cli.login`); this one wires them into the app, also
+under ``berth image ...`` as nerdctl does.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
-from typing import Annotated
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 from google.protobuf.empty_pb2 import Empty
-from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from berth import errdefs
-from berth.client import Client
+from berth.cli import images
+from berth.cli.state import console, err_console, state
 from berth.plugin.config import DEFAULT_ADDRESS
 
 app = typer.Typer(no_args_is_help=True, add_completion=True,
                   help="Berth: pull, store and run containers (talks to berthd).")
-console = Console()
-err_console = Console(stderr=True)
-
-
-class _State:
-    address: str = DEFAULT_ADDRESS
-    namespace: str = "default"
-
-    def client(self) -> Client:
-        return Client(self.address, self.namespace)
-
-
-state = _State()
+image_app = typer.Typer(no_args_is_help=True, help="Manage images.")
+app.add_typer(image_app, name="image")
 
 
 @app.callback()
 def main(
-    address: Annotated[str, typer.Option("--address", "-a", envvar="BERTH_ADDRESS",
-                                         help="berthd's socket")] = DEFAULT_ADDRESS,
-    namespace: Annotated[str, typer.Option("--namespace", "-n", envvar="BERTH_NAMESPACE",
-                                           help="namespace to work in")] = "default",
+    address: Annotated[str, typer.Option(
+        "--address", "-a", envvar="BERTH_ADDRESS", help="berthd's socket.")] = DEFAULT_ADDRESS,
+    namespace: Annotated[str, typer.Option(
+        "--namespace", "-n", envvar="BERTH_NAMESPACE", help="Namespace to work in.")
+    ] = "default",
+    snapshotter: Annotated[str, typer.Option(
+        "--snapshotter", envvar="BERTH_SNAPSHOTTER", help="Snapshotter to unpack images into.")
+    ] = "overlayfs",
 ) -> None:
     state.address = address
     state.namespace = namespace
-
-
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def human_age(seconds: float) -> str:
-    for unit, span in (("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if seconds >= span:
-            return f"{int(seconds // span)} {unit} ago"
-    return "just now"
+    state.snapshotter = snapshotter
 
 
 @app.command()
@@ -73,50 +56,46 @@ def version() -> None:
     console.print(f"berth   {__version__}\nberthd  {server.version} ({server.revision})")
 
 
-@app.command("images")
-def images(
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="names only")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
-) -> None:
-    """List images."""
-    imgs = state.client().list_images()
-    if quiet:
-        for i in imgs:
-            print(i.name)
-        return
-    if fmt == "json":
-        print(json.dumps([{"name": i.name, "digest": i.target.digest, "size": i.target.size,
-                           "media_type": i.target.media_type, "labels": dict(i.labels)}
-                          for i in imgs], indent=2))
-        return
-    table = Table(box=None)
-    for col in ("NAME", "DIGEST", "CREATED"):
-        table.add_column(col)
-    now = datetime.datetime.now(datetime.UTC).timestamp()
-    for i in imgs:
-        table.add_row(i.name, i.target.digest[:19], human_age(now - i.created_at.seconds))
-    console.print(table)
-
-
-@app.command()
-def rmi(names: list[str],
-        sync: Annotated[bool, typer.Option(help="collect garbage before returning")] = False,
-        ) -> None:
-    """Remove images."""
-    client = state.client()
-    for name in names:
-        client.delete_image(name, sync=sync)
-        print(name)
+# (function, top-level name, names under `berth image` (the first one shown in its help))
+_COMMANDS: list[tuple[Callable[..., Any], str, tuple[str, ...]]] = [
+    (images.images, "images", ("ls", "list")),
+    (images.rmi, "rmi", ("rm", "remove")),
+    (images.tag, "tag", ("tag",)),
+    (images.inspect, "inspect", ("inspect",)),
+]
+for _fn, _name, _aliases in _COMMANDS:
+    app.command(_name)(_fn)
+    for _i, _alias in enumerate(_aliases):
+        image_app.command(_alias, hidden=_i > 0)(_fn)
 
 
 def run(argv: list[str]) -> int:
+    """Run the CLI on ``argv``; the exit status. Every failure becomes one line on stderr."""
     try:
-        app(argv, standalone_mode=False)
+        # Without standalone mode, a command's typer.Exit comes back as its code.
+        code = app(argv, standalone_mode=False, prog_name="berth")
+        sys.stdout.flush()  # here, where a closed pipe is still ours to handle
     except errdefs.BerthError as err:
-        err_console.print(f"[red]berth:[/red] {err}")
+        err_console.print(f"[red]berth:[/red] {escape(str(err))}", soft_wrap=True)
         return 1
     except typer.Exit as exit_:
         return int(exit_.exit_code)
+    except typer.Abort:
+        err_console.print("berth: aborted")
+        return 1
+    except KeyboardInterrupt:
+        err_console.print("berth: interrupted")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`berth images | head`): not an error worth a line.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as err:
+        where = f" {err.filename}" if err.filename else ""
+        err_console.print(f"[red]berth:[/red]{escape(where)} {escape(err.strerror or str(err))}",
+                          soft_wrap=True)
+        return 1
     except typer.exceptions.TyperException as err:  # usage errors and the like
         show = getattr(err, "show", None)
         if callable(show):
@@ -124,4 +103,6 @@ def run(argv: list[str]) -> int:
         else:
             err_console.print(f"berth: {err.format_message()}")
         return int(err.exit_code)
-    return 0
+    finally:
+        state.close()
+    return code if isinstance(code, int) else 0

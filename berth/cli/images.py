@@ -1,0 +1,144 @@
+"""``berth images``, ``rmi``, ``tag`` and ``inspect``: the image store, as nerdctl shows it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from berth import errdefs
+from berth.api.services.images.v1 import images_pb2
+from berth.cli import documents, humanize
+from berth.cli.state import err_console, find_image, state
+from berth.client import Client
+from berth.images import platforms
+from berth.images.platforms import Platform
+from berth.remotes import reference
+from berth.services.convert import from_timestamp
+
+FORMATS = ("table", "json")
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(repository, tag) of a stored name for the table; ``<none>`` when it has no tag."""
+    repo = name.partition("@")[0]
+    colon = repo.rfind(":")
+    if colon > repo.rfind("/"):
+        return repo[:colon], repo[colon + 1:]
+    return repo, "<none>"
+
+
+def _summary(client: Client, image: images_pb2.Image) -> dict[str, Any]:
+    repo, tag = split_name(image.name)
+    created = from_timestamp(image.created_at)
+    row: dict[str, Any] = {
+        "name": image.name, "repository": repo, "tag": tag, "digest": image.target.digest,
+        "id": humanize.short_digest(image.target.digest), "created_at": humanize.rfc3339(created),
+        "created": humanize.age_since(created), "platform": "", "size": None,
+    }
+    try:
+        docs = documents.load(client, documents.to_descriptor(image.target))
+    except errdefs.NotFound:
+        return row  # content not (all) here: a partial pull, or a name kept after removal
+    except errdefs.InvalidArgument as err:
+        err_console.print(f"berth: {image.name}: {err}")
+        return row
+    row["platform"] = str(docs.config.platform)
+    row["size"] = docs.size
+    return row
+
+
+def images(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only image names.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """List images: REPOSITORY TAG IMAGE ID CREATED PLATFORM SIZE.
+
+    SIZE is what the image's blobs take in the content store (config and compressed layers of
+    this host's platform).
+    """
+    if fmt not in FORMATS:
+        raise errdefs.InvalidArgument(f"--format must be one of {', '.join(FORMATS)}")
+    client = state.client()
+    imgs = client.list_images()
+    if quiet:
+        for i in imgs:
+            print(i.name)
+        return
+    rows = [_summary(client, i) for i in imgs]
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+        return
+    humanize.table(
+        ("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "PLATFORM", "SIZE"),
+        [(r["repository"], r["tag"], r["id"], r["created"], r["platform"] or "-",
+          humanize.size(r["size"]) if r["size"] is not None else "-") for r in rows],
+        sys.stdout)
+
+
+def rmi(
+    names: Annotated[list[str], typer.Argument(help="Images to remove.")],
+    sync: Annotated[bool, typer.Option(
+        "--sync", help="Wait until the image's content and snapshots are collected.")] = False,
+) -> None:
+    """Remove images (busybox means docker.io/library/busybox:latest)."""
+    client = state.client()
+    failed = False
+    for name in names:
+        try:
+            image = find_image(client, name)
+            client.delete_image(image.name, sync=sync)
+        except errdefs.NotFound as err:
+            err_console.print(f"berth: {err}")
+            failed = True
+            continue
+        print(image.name)
+    if failed:
+        raise typer.Exit(1)
+
+
+def tag(
+    source: Annotated[str, typer.Argument(help="An existing image.")],
+    target: Annotated[str, typer.Argument(help="The new name (normalized like a pull).")],
+) -> None:
+    """Give an image another name (an existing TARGET is moved to SOURCE)."""
+    client = state.client()
+    image = find_image(client, source)
+    ref = reference.parse(target)
+    if ref.digest and ref.digest != image.target.digest:
+        raise errdefs.InvalidArgument(
+            f"{target} names digest {ref.digest}, but {image.name} is {image.target.digest}")
+    new = images_pb2.Image(name=str(ref), target=image.target, labels=image.labels)
+    try:
+        client.create_image(new)
+    except errdefs.AlreadyExists:
+        client.update_image(new, ["target"])
+
+
+def inspect_image(client: Client, image: images_pb2.Image,
+                  want: Platform | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": image.name,
+        "target": documents.descriptor_json(documents.to_descriptor(image.target)),
+        "labels": dict(image.labels),
+        "created_at": humanize.rfc3339(from_timestamp(image.created_at)),
+        "updated_at": humanize.rfc3339(from_timestamp(image.updated_at)),
+    }
+    out.update(documents.load(client, documents.to_descriptor(image.target), want).to_json())
+    return out
+
+
+def inspect(
+    names: Annotated[list[str], typer.Argument(help="Images to inspect.")],
+    platform: Annotated[str | None, typer.Option(
+        help="The manifest of this platform (os/arch[/variant]) from an index; default: "
+             "this host's.")] = None,
+) -> None:
+    """Show images as JSON: the record, its manifest (and index) and config documents."""
+    client = state.client()
+    want = platforms.parse(platform) if platform else None
+    out = [inspect_image(client, find_image(client, n), want) for n in names]
+    print(json.dumps(out, indent=2))
+
