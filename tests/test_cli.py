@@ -7,23 +7,28 @@ not depend on `berth pull` (the daemon's Transfer service), which has tests of i
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 from conftest import Ctr
-from daemon import Berthd
-from images import ImageInfo
+from daemon import Berthd, mounts_under
+from images import ImageInfo, make_tar, rootfs_mismatches, write_layout
 from registry import loopback_env
 
 from berth.cli import humanize
 from berth.cli.app import run
+from berth.cli.archive import ANNOTATION_IMAGE_NAME
 from berth.cli.images import split_name
 
 REPO = Path(__file__).resolve().parent.parent
 BERTH = REPO / ".venv" / "bin" / "berth"
+SKOPEO = "/usr/bin/skopeo"
 
 
 class Result:
@@ -73,6 +78,13 @@ def one_error_line(r: Result, *words: str) -> None:
         assert w in lines[0], r
 
 
+def skopeo(*args: str) -> str:
+    proc = subprocess.run([SKOPEO, "--insecure-policy", *args], capture_output=True, text=True,
+                          env=loopback_env(), check=False, timeout=300)
+    assert proc.returncode == 0, f"skopeo {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
+
+
 def layout_sizes(info: ImageInfo) -> tuple[str, int]:
     """(manifest digest, config + layer bytes) of a test image's cached OCI layout."""
     index = json.loads((info.layout / "index.json").read_text())
@@ -80,6 +92,16 @@ def layout_sizes(info: ImageInfo) -> tuple[str, int]:
                 if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == info.tag)
     manifest = json.loads((info.layout / "blobs/sha256" / desc["digest"][7:]).read_text())
     return desc["digest"], manifest["config"]["size"] + sum(x["size"] for x in manifest["layers"])
+
+
+def mounted_rootfs_problems(c: Ctr, ref: str, target: Path, info: ImageInfo) -> list[str]:
+    target.mkdir(parents=True, exist_ok=True)
+    c("images", "mount", ref, str(target))
+    try:
+        return rootfs_mismatches(target, info)
+    finally:
+        c("images", "unmount", "--rm", str(target))
+        assert str(target) not in mounts_under(str(target))
 
 
 # -- no daemon needed ----------------------------------------------------------------------
@@ -196,3 +218,196 @@ def test_tag_inspect_rmi(b: Berth, pulled: Berthd, busybox_image: ImageInfo,
     one_error_line(b("tag", "nothing-here", "x", ok=False), "no such image")
     # the originals are untouched
     assert busybox_image.ref in b("images", "-q").out.split()
+
+
+def _save(b: Berth, tmp_path: Path, fmt: str, *refs: str) -> Path:
+    out = tmp_path / f"saved-{fmt}.tar"
+    b("save", "--format", fmt, "-o", str(out), *refs)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    return out
+
+
+@needs_daemon
+def test_save_docker_archive_reads_with_skopeo(b: Berth, busybox_image: ImageInfo,
+                                               multilayer_image: ImageInfo,
+                                               tmp_path: Path) -> None:
+    archive = _save(b, tmp_path, "docker", busybox_image.ref, multilayer_image.ref)
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        repositories = json.load(tar.extractfile("repositories"))  # type: ignore[arg-type]
+    assert {"manifest.json", "repositories", "index.json", "oci-layout"} <= names
+    assert sorted(e["RepoTags"][0] for e in manifest) == sorted([busybox_image.ref,
+                                                                 multilayer_image.ref])
+    multi = next(e for e in manifest if e["RepoTags"] == [multilayer_image.ref])
+    assert len(multi["Layers"]) == multilayer_image.layer_count
+    assert all(p in names for p in multi["Layers"] + [multi["Config"]])
+    assert multilayer_image.ref.rsplit(":", 1)[0] in repositories
+    for info in (busybox_image, multilayer_image):
+        seen = json.loads(skopeo("inspect", f"docker-archive:{archive}:{info.ref}"))
+        assert len(seen["Layers"]) == info.layer_count
+        oci_dir = tmp_path / f"oci-{info.repo.replace('/', '-')}"
+        skopeo("copy", "--quiet", f"docker-archive:{archive}:{info.ref}", f"oci:{oci_dir}:x")
+        assert (oci_dir / "index.json").exists()
+        assert len(json.loads(skopeo("inspect", f"oci:{oci_dir}:x"))["Layers"]) == \
+            info.layer_count
+
+
+@needs_daemon
+def test_save_oci_layout_reads_with_skopeo(b: Berth, busybox_image: ImageInfo,
+                                           tmp_path: Path) -> None:
+    archive = _save(b, tmp_path, "oci", busybox_image.ref)
+    with tarfile.open(archive) as tar:
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+        assert "manifest.json" not in tar.getnames()
+        for m in tar.getmembers():
+            if m.name.startswith("blobs/sha256/") and m.isfile():
+                data = tar.extractfile(m).read()  # type: ignore[union-attr]
+                assert "sha256:" + hashlib.sha256(data).hexdigest() == \
+                    "sha256:" + m.name.rpartition("/")[2]
+    [entry] = index["manifests"]
+    assert entry["digest"] == layout_sizes(busybox_image)[0]
+    assert entry["annotations"]["org.opencontainers.image.ref.name"] == "latest"
+    assert entry["annotations"]["io.containerd.image.name"] == busybox_image.ref
+    seen = json.loads(skopeo("inspect", f"oci-archive:{archive}"))
+    assert seen["Digest"] == layout_sizes(busybox_image)[0]
+
+
+@needs_daemon
+def test_save_errors(b: Berth, tmp_path: Path, busybox_image: ImageInfo) -> None:
+    one_error_line(b("save", "-o", str(tmp_path / "x.tar"), "nothing-here", ok=False),
+                   "no such image")
+    one_error_line(b("save", "--all-platforms", "-o", str(tmp_path / "x.tar"),
+                     busybox_image.ref, ok=False), "--format oci")
+    one_error_line(b("save", "-o", str(tmp_path / "no" / "dir" / "x.tar"), busybox_image.ref,
+                     ok=False), "No such file or directory")
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_daemon
+@pytest.mark.parametrize("transport", ["docker-archive", "oci-archive"])
+def test_load_skopeo_archive_then_mount(b: Berth, pulled: Berthd, multilayer_image: ImageInfo,
+                                        tmp_path: Path, transport: str) -> None:
+    archive = tmp_path / "image.tar"
+    skopeo("copy", "--quiet", "--src-tls-verify=false", f"docker://{multilayer_image.ref}",
+           f"{transport}:{archive}:{multilayer_image.ref}")
+    ns = f"load-{transport}"
+    loaded = b.ns(ns)("load", "-i", str(archive))
+    assert loaded.out.splitlines() == [f"Loaded image: {multilayer_image.ref}"]
+    c = Ctr(pulled.address, ns)
+    assert c("images", "ls", "-q").stdout.split() == [multilayer_image.ref]
+    # Unpacked by the load itself: the chain of snapshots is there before any mount.
+    snapshots = c("snapshots", "ls").stdout.splitlines()[1:]
+    assert len([s for s in snapshots if "Committed" in s]) == multilayer_image.layer_count
+    # The lease is gone, yet garbage collection keeps everything the image needs.
+    assert c("leases", "ls", "-q").stdout.split() == []
+    c("content", "prune", "references", check=False)
+    assert mounted_rootfs_problems(c, multilayer_image.ref, tmp_path / "mnt",
+                                   multilayer_image) == []
+    # ... and rmi --sync takes it all away again.
+    b.ns(ns)("rmi", "--sync", multilayer_image.ref)
+    assert c("content", "ls", "-q").stdout.split() == []
+    assert c("snapshots", "ls").stdout.splitlines()[1:] == []
+
+
+@needs_daemon
+@pytest.mark.parametrize("fmt", ["docker", "oci"])
+def test_save_then_load_round_trip(b: Berth, pulled: Berthd, busybox_image: ImageInfo,
+                                   tmp_path: Path, fmt: str) -> None:
+    if fmt == "oci":
+        archive = _save(b, tmp_path, fmt, busybox_image.ref)
+    else:  # to standard output, as `berth save busybox > FILE`
+        archive = tmp_path / "stdout.tar"
+        with open(archive, "wb") as f:
+            r = subprocess.run([str(BERTH), "--address", pulled.address, "save",
+                                busybox_image.ref], stdout=f, stderr=subprocess.PIPE,
+                               env=loopback_env(), check=False, timeout=300)
+        assert r.returncode == 0, r.stderr
+    ns = f"round-trip-{fmt}"
+    with open(archive, "rb") as f:  # through standard input, as `berth load < FILE`
+        r = subprocess.run([str(BERTH), "--address", pulled.address, "--namespace", ns,
+                            "load", "-q"], stdin=f, capture_output=True, text=True,
+                           env=loopback_env(), check=False, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [busybox_image.ref]
+    images = json.loads(b.ns(ns)("images", "--format", "json").out)
+    assert [i["digest"] for i in images] == [layout_sizes(busybox_image)[0]]
+    c = Ctr(pulled.address, ns)
+    assert mounted_rootfs_problems(c, busybox_image.ref, tmp_path / "mnt", busybox_image) == []
+    b.ns(ns)("rmi", "--sync", busybox_image.ref)
+
+
+@needs_daemon
+def test_load_gzipped_docker_archive(b: Berth, pulled: Berthd, busybox_image: ImageInfo,
+                                     tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    skopeo("copy", "--quiet", "--src-tls-verify=false", f"docker://{busybox_image.ref}",
+           f"docker-archive:{archive}:{busybox_image.ref}")
+    subprocess.run(["gzip", str(archive)], check=True)
+    ns = "load-gzip"
+    b.ns(ns)("load", "-i", f"{archive}.gz")
+    c = Ctr(pulled.address, ns)
+    assert mounted_rootfs_problems(c, busybox_image.ref, tmp_path / "mnt", busybox_image) == []
+    b.ns(ns)("rmi", "--sync", busybox_image.ref)
+
+
+@needs_daemon
+def test_load_errors_are_one_line(b: Berth, pulled: Berthd, tmp_path: Path,
+                                  busybox_image: ImageInfo) -> None:
+    garbage = tmp_path / "garbage.tar"
+    garbage.write_bytes(os.urandom(4096))
+    one_error_line(b("load", "-i", str(garbage), ok=False), "not a tar archive")
+    one_error_line(b("load", "-i", str(tmp_path / "missing.tar"), ok=False), "cannot read")
+    empty = tmp_path / "empty.tar"
+    with tarfile.open(empty, "w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        tar.addfile(info, io.BytesIO(b""))
+    one_error_line(b("load", "-i", str(empty), ok=False), "neither a docker archive")
+    # Layers the daemon has never seen (so the archive's bytes are what gets checked).
+    good_layer = make_tar({"/hello": os.urandom(64)})
+    layout = tmp_path / "layout"
+    manifest = write_layout(layout, "latest", [good_layer, make_tar({"/x": os.urandom(64)})])
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"][0]["annotations"][ANNOTATION_IMAGE_NAME] = "example.com/tampered:1"
+    (layout / "index.json").write_text(json.dumps(index))
+    # A blob that does not match its digest: the daemon refuses it on commit.
+    blob = layout / "blobs/sha256" / manifest["layers"][1]["digest"][7:]  # type: ignore[index]
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    tampered = tmp_path / "tampered.tar"
+    with tarfile.open(tampered, "w") as tar:
+        tar.add(layout, arcname=".")
+    ns = "tampered"
+    one_error_line(b.ns(ns)("load", "-i", str(tampered), ok=False), "digest")
+    c = Ctr(pulled.address, ns)
+    assert c("images", "ls", "-q").stdout.split() == []
+    assert c("snapshots", "ls").stdout.splitlines()[1:] == []
+    # A config whose diff IDs do not match the layers: nothing is committed or named.
+    lying = tmp_path / "lying"
+    write_layout(lying, "latest", [make_tar({"/y": os.urandom(64)})])
+    index = json.loads((lying / "index.json").read_text())
+    index["manifests"][0]["annotations"][ANNOTATION_IMAGE_NAME] = "example.com/lying:1"
+    (lying / "index.json").write_text(json.dumps(index))
+    m_path = lying / "blobs/sha256" / index["manifests"][0]["digest"][7:]
+    m = json.loads(m_path.read_text())
+    c_path = lying / "blobs/sha256" / m["config"]["digest"][7:]
+    config = json.loads(c_path.read_text())
+    config["rootfs"]["diff_ids"] = ["sha256:" + "0" * 64]
+    c_data = json.dumps(config).encode()
+    c_path.unlink()
+    m["config"]["digest"] = "sha256:" + hashlib.sha256(c_data).hexdigest()
+    m["config"]["size"] = len(c_data)
+    (lying / "blobs/sha256" / m["config"]["digest"][7:]).write_bytes(c_data)
+    m_data = json.dumps(m).encode()
+    m_path.unlink()
+    index["manifests"][0].update(digest="sha256:" + hashlib.sha256(m_data).hexdigest(),
+                                 size=len(m_data))
+    (lying / "blobs/sha256" / index["manifests"][0]["digest"][7:]).write_bytes(m_data)
+    (lying / "index.json").write_text(json.dumps(index))
+    lying_tar = tmp_path / "lying.tar"
+    with tarfile.open(lying_tar, "w") as tar:
+        tar.add(lying, arcname=".")
+    one_error_line(b.ns(ns)("load", "-i", str(lying_tar), ok=False), "diff ID")
+    assert c("images", "ls", "-q").stdout.split() == []
+    assert c("snapshots", "ls").stdout.splitlines()[1:] == []

@@ -62,6 +62,8 @@ _COMMANDS: list[tuple[Callable[..., Any], str, tuple[str, ...]]] = [
     (images.rmi, "rmi", ("rm", "remove")),
     (images.tag, "tag", ("tag",)),
     (images.inspect, "inspect", ("inspect",)),
+    (images.save, "save", ("save",)),
+    (images.load, "load", ("load",)),
 ]
 for _fn, _name, _aliases in _COMMANDS:
     app.command(_name)(_fn)

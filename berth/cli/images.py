@@ -1,9 +1,11 @@
-"""``berth images``, ``rmi``, ``tag`` and ``inspect``: the image store, as nerdctl shows it."""
+"""``berth images``, ``rmi``, ``tag``, ``inspect``, ``save`` and ``load``: the image store, as
+nerdctl shows it."""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -142,3 +144,74 @@ def inspect(
     out = [inspect_image(client, find_image(client, n), want) for n in names]
     print(json.dumps(out, indent=2))
 
+
+def save(
+    names: Annotated[list[str], typer.Argument(help="Images to save.")],
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", help="File to write ('-' or none: standard output, if it is not a "
+        "terminal).")] = None,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="docker (for docker load, skopeo docker-archive:) or oci (an OCI "
+        "image layout).")] = "docker",
+    platform: Annotated[str | None, typer.Option(
+        help="The platform to save from a multi-platform image (default: this host's).")] = None,
+    all_platforms: Annotated[bool, typer.Option(
+        "--all-platforms", help="Every platform of a multi-platform image (--format oci).")
+    ] = False,
+) -> None:
+    """Save images into a tar archive."""
+    from berth.cli import save as saving
+
+    client = state.client()
+    want = platforms.parse(platform) if platform else None
+    images = [find_image(client, n) for n in names]
+    export = saving.plan(client, images, fmt, want, all_platforms)
+    if output in (None, "-"):
+        if sys.stdout.isatty():
+            raise errdefs.InvalidArgument(
+                "refusing to write an archive to a terminal: use -o FILE or redirect the output")
+        saving.save_to_stream(client, export, sys.stdout.buffer)
+        return
+    assert output is not None
+    saving.save_to_file(client, export, Path(output))
+
+
+def load(
+    input_: Annotated[str | None, typer.Option(
+        "--input", "-i", help="Archive to read ('-' or none: standard input).")] = None,
+    platform: Annotated[str | None, typer.Option(
+        help="The platform to unpack (default: this host's).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the image names.")] = False,
+) -> None:
+    """Load images from a tar archive (docker or OCI layout).
+
+    Reads what docker save, berth save (either format), skopeo's docker-archive: and
+    oci-archive:, and ctr images export write.
+
+    The images are unpacked into the snapshotter (global --snapshotter, default overlayfs)
+    right away, so a loaded image is ready to run like a pulled one.
+    """
+    from berth.cli import load as loading
+
+    client = state.client()
+    want = platforms.parse(platform) if platform else platforms.host()
+
+    def report(line: str) -> None:
+        err_console.print(f"berth: {line}")
+
+    if input_ in (None, "-"):
+        if sys.stdin.isatty():
+            raise errdefs.InvalidArgument("no archive: use -i FILE or pipe one into berth load")
+        names = loading.load_archive(client, sys.stdin.buffer, "standard input",
+                                     snapshotter=state.snapshotter, want=want, report=report)
+    else:
+        assert input_ is not None
+        try:
+            f = open(input_, "rb")  # noqa: SIM115 - closed below, after a clear open error
+        except OSError as err:
+            raise errdefs.InvalidArgument(f"cannot read {input_}: {err.strerror}") from None
+        with f:
+            names = loading.load_archive(client, f, input_, snapshotter=state.snapshotter,
+                                         want=want, report=report)
+    for name in names:
+        print(name if quiet else f"Loaded image: {name}")

@@ -1,0 +1,380 @@
+"""Reading an image archive into berthd (``berth load``), so that a loaded image is usable like a
+pulled one: blobs in the content store (verified by the daemon on commit), image records, and
+the layers unpacked into snapshots (:mod:`berth.cli.unpack`). The layouts are described in
+:mod:`berth.cli.archive`; an archive with ``index.json`` is read as an OCI layout (it keeps
+the images' digests), else one with ``manifest.json`` as a docker archive (for which Berth
+writes a Docker schema 2 manifest, as ``docker load`` and ``ctr images import`` do).
+
+The archive is untrusted input: nothing is extracted to disk, documents are size-bounded and
+parsed strictly, every blob is written with its expected digest and size, and a layer whose
+uncompressed digest differs from the config's diff ID is never committed. Everything runs
+under one lease, so an interrupted load leaves nothing the collector will not reclaim.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from berth import errdefs, labels
+from berth.cli import archive, documents, unpack
+from berth.client import Client
+from berth.images import manifest, platforms
+from berth.images.manifest import ImageConfig, Manifest
+from berth.images.platforms import Platform
+from berth.oci import image as oci
+from berth.oci.image import Descriptor
+from berth.remotes import reference
+from berth.remotes.remotes import MAX_MANIFEST_SIZE
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_COMPRESSED_TAR_MAGIC = (_GZIP_MAGIC, b"BZh", b"\xfd7zXZ\x00", _ZSTD_MAGIC)
+
+Report = Callable[[str], None]
+
+
+@dataclass
+class _Image:
+    """One platform's image in the archive, ready to unpack."""
+
+    manifest: Manifest
+    config: ImageConfig
+
+
+@dataclass
+class _Load:
+    """What the archive holds, gathered before anything is written."""
+
+    blobs: dict[str, tuple[Descriptor, str]] = field(default_factory=dict)  # -> archive path
+    documents: dict[str, bytes] = field(default_factory=dict)
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    names: list[tuple[str, Descriptor]] = field(default_factory=list)
+    unpack: dict[str, _Image] = field(default_factory=dict)  # by image target digest
+    skipped: list[str] = field(default_factory=list)
+
+
+class ArchiveReader:
+    """Members of an archive by normalized path (``./x`` is ``x``), links followed."""
+
+    def __init__(self, tar: tarfile.TarFile, source: str) -> None:
+        self.tar = tar
+        self.source = source
+        self.members: dict[str, tarfile.TarInfo] = {}
+        for m in tar.getmembers():
+            if m.isfile() or m.issym() or m.islnk():
+                self.members[_normalize(m.name)] = m
+
+    def has(self, path: str) -> bool:
+        return _normalize(path) in self.members
+
+    def _open(self, path: str) -> IO[bytes]:
+        member = self.members.get(_normalize(path))
+        if member is None:
+            raise errdefs.NotFound(f"{self.source} has no {path}")
+        try:
+            f = self.tar.extractfile(member)
+        except (KeyError, tarfile.TarError) as err:
+            raise errdefs.InvalidArgument(f"{self.source}: cannot read {path}: {err}") from None
+        if f is None:
+            raise errdefs.InvalidArgument(f"{self.source}: {path} is not a regular file")
+        return f
+
+    def size(self, path: str) -> int:
+        with self._open(path) as f:
+            return f.seek(0, 2)
+
+    def read_small(self, path: str, limit: int = MAX_MANIFEST_SIZE) -> bytes:
+        with self._open(path) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise errdefs.InvalidArgument(
+                f"{self.source}: {path} is larger than {limit} bytes; refused")
+        return data
+
+    def chunks(self, path: str) -> Iterator[bytes]:
+        with self._open(path) as f:
+            while data := f.read(archive.CHUNK):
+                yield data
+
+
+def _normalize(path: str) -> str:
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    return "/".join(parts)
+
+
+def _json(reader: ArchiveReader, path: str) -> Any:
+    try:
+        return json.loads(reader.read_small(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise errdefs.InvalidArgument(f"{reader.source}: {path} is not valid JSON: {err}") from None
+
+
+def _image_name(annotations: dict[str, str]) -> str:
+    """The full name an ``index.json`` entry gives its image ("" if none): containerd's
+    annotation, else an OCI ref.name that is a whole reference (skopeo writes those; a bare
+    tag, as containerd and docker write beside their own annotation, names no repository)."""
+    name = annotations.get(archive.ANNOTATION_IMAGE_NAME, "")
+    if not name:
+        ref_name = annotations.get(archive.ANNOTATION_REF_NAME, "")
+        if any(c in ref_name for c in "/:@"):
+            name = ref_name
+    return str(reference.parse(name)) if name else ""
+
+
+# -- reading the archive -------------------------------------------------------------------
+
+
+def _add_blob(reader: ArchiveReader, load: _Load, client: Client, desc: Descriptor,
+              what: str) -> None:
+    """Note ``desc`` for writing; a blob the archive lacks must be in the store already."""
+    path = archive.blob_path(desc.digest)
+    if reader.has(path):
+        size = reader.size(path)
+        if size != desc.size:
+            raise errdefs.InvalidArgument(
+                f"{reader.source}: {what} {desc.digest} is {size} bytes; its descriptor says "
+                f"{desc.size}")
+        load.blobs.setdefault(desc.digest, (desc, path))
+    elif not client.has_content(desc.digest):
+        raise errdefs.InvalidArgument(f"{reader.source} lacks {what} {desc.digest}")
+
+
+def _document(reader: ArchiveReader, client: Client, load: _Load, desc: Descriptor,
+              what: str) -> bytes:
+    path = archive.blob_path(desc.digest)
+    if reader.has(path):
+        data = reader.read_small(path)
+    elif client.has_content(desc.digest):
+        data = documents.read_document(client, desc)
+    else:
+        raise errdefs.InvalidArgument(f"{reader.source} lacks {what} {desc.digest}")
+    if len(data) != desc.size or "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
+        raise errdefs.InvalidArgument(
+            f"{reader.source}: {what} {desc.digest} does not match its descriptor")
+    load.documents[desc.digest] = data
+    load.blobs.setdefault(desc.digest, (desc, path))
+    return data
+
+
+def _read_manifest(reader: ArchiveReader, client: Client, load: _Load,
+                   desc: Descriptor) -> _Image:
+    m = manifest.parse_manifest(_document(reader, client, load, desc, "manifest"))
+    config = manifest.parse_config(_document(reader, client, load, m.config, "config"))
+    for layer in m.layers:
+        _add_blob(reader, load, client, layer, "layer")
+    labels_ = {f"{labels.GC_REF_CONTENT}.config": m.config.digest}
+    labels_.update({f"{labels.GC_REF_CONTENT}.l.{i}": layer.digest
+                    for i, layer in enumerate(m.layers)})
+    load.labels[desc.digest] = labels_
+    return _Image(m, config)
+
+
+def _read_oci(reader: ArchiveReader, client: Client, want: Platform) -> _Load:
+    load = _Load()
+    entries = manifest.parse_index(reader.read_small(archive.INDEX_JSON))
+    for entry in entries:
+        desc = entry.descriptor
+        name = _image_name(desc.annotations)
+        if not name:
+            load.skipped.append(desc.digest)
+            continue
+        target = Descriptor(desc.media_type, desc.digest, desc.size)
+        if desc.digest not in load.unpack:
+            image = _read_target(reader, client, load, target, want)
+            if image is not None:
+                load.unpack[desc.digest] = image
+        load.names.append((name, target))
+    return load
+
+
+def _read_target(reader: ArchiveReader, client: Client, load: _Load, target: Descriptor,
+                 want: Platform) -> _Image | None:
+    """Note an image's blobs; the image of platform ``want`` to unpack, if the archive has it."""
+    if target.media_type in manifest.MANIFEST_TYPES:
+        return _read_manifest(reader, client, load, target)
+    if target.media_type not in manifest.INDEX_TYPES:
+        raise errdefs.InvalidArgument(
+            f"{reader.source}: {target.digest} has media type {target.media_type!r}, which is "
+            "not an image manifest or index")
+    entries = manifest.parse_index(_document(reader, client, load, target, "index"))
+    chosen: _Image | None = None
+    children: dict[str, str] = {}
+    for i, e in enumerate(entries):
+        d = e.descriptor
+        # Platforms the archive left out are fine: the index lists them, nothing needs them.
+        if d.media_type not in manifest.MANIFEST_TYPES or not (
+                reader.has(archive.blob_path(d.digest)) or client.has_content(d.digest)):
+            continue
+        image = _read_manifest(reader, client, load, d)
+        children[f"{labels.GC_REF_CONTENT}.m.{i}"] = d.digest
+        if chosen is None and e.platform is not None and platforms.matches(want, e.platform):
+            chosen = image
+    load.labels[target.digest] = children
+    return chosen
+
+
+def _inspect_layer(reader: ArchiveReader, path: str) -> tuple[str, str, int]:
+    """(digest, media type by the data's magic, size) of a docker archive's layer file."""
+    h = hashlib.sha256()
+    size = 0
+    head = b""
+    for data in reader.chunks(path):
+        if len(head) < 4:
+            head += data[:4]
+        h.update(data)
+        size += len(data)
+    if head.startswith(_GZIP_MAGIC):
+        media_type = oci.DOCKER_LAYER_GZIP
+    elif head.startswith(_ZSTD_MAGIC):
+        media_type = oci.MEDIA_TYPE_LAYER_ZSTD
+    else:
+        media_type = oci.DOCKER_LAYER
+    return "sha256:" + h.hexdigest(), media_type, size
+
+
+def _read_docker(reader: ArchiveReader, want: Platform) -> _Load:
+    load = _Load()
+    entries = _json(reader, archive.MANIFEST_JSON)
+    if not isinstance(entries, list):
+        raise errdefs.InvalidArgument(f"{reader.source}: manifest.json is not a list")
+    for n, entry in enumerate(entries):
+        where = f"{reader.source}: manifest.json entry {n}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str) or \
+                not isinstance(entry.get("Layers"), list) or \
+                not all(isinstance(x, str) for x in entry["Layers"]):
+            raise errdefs.InvalidArgument(f"{where} needs Config and a list of Layers")
+        config_data = reader.read_small(entry["Config"])
+        config = manifest.parse_config(config_data)
+        config_desc = Descriptor(oci.DOCKER_CONFIG,
+                                 "sha256:" + hashlib.sha256(config_data).hexdigest(),
+                                 len(config_data))
+        layers = []
+        for path in entry["Layers"]:
+            digest, media_type, size = _inspect_layer(reader, path)
+            layers.append(Descriptor(media_type, digest, size))
+            load.blobs.setdefault(digest, (layers[-1], path))
+        zstd = any(layer.media_type == oci.MEDIA_TYPE_LAYER_ZSTD for layer in layers)
+        if zstd:  # Docker's schema 2 has no zstd layers: say it in OCI terms throughout
+            config_desc.media_type = oci.MEDIA_TYPE_CONFIG
+            layers = [Descriptor(oci.MEDIA_TYPE_LAYER_GZIP if x.media_type ==
+                                 oci.DOCKER_LAYER_GZIP else oci.MEDIA_TYPE_LAYER
+                                 if x.media_type == oci.DOCKER_LAYER else x.media_type,
+                                 x.digest, x.size) for x in layers]
+        manifest_type = oci.MEDIA_TYPE_MANIFEST if zstd else oci.DOCKER_MANIFEST
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": manifest_type,
+            "config": documents.descriptor_json(config_desc),
+            "layers": [documents.descriptor_json(x) for x in layers],
+        }
+        manifest_data = json.dumps(doc, indent=3).encode()
+        manifest_desc = Descriptor(manifest_type,
+                                   "sha256:" + hashlib.sha256(manifest_data).hexdigest(),
+                                   len(manifest_data))
+        load.documents[config_desc.digest] = config_data
+        load.blobs.setdefault(config_desc.digest, (config_desc, ""))
+        load.documents[manifest_desc.digest] = manifest_data
+        load.blobs.setdefault(manifest_desc.digest, (manifest_desc, ""))
+        load.labels[manifest_desc.digest] = {
+            f"{labels.GC_REF_CONTENT}.config": config_desc.digest,
+            **{f"{labels.GC_REF_CONTENT}.l.{i}": x.digest for i, x in enumerate(layers)}}
+        parsed = manifest.parse_manifest(manifest_data)
+        if platforms.matches(want, config.platform) or not config.platform.os:
+            load.unpack[manifest_desc.digest] = _Image(parsed, config)
+        tags = entry.get("RepoTags") or []
+        if not tags:
+            load.skipped.append(manifest_desc.digest)
+        for tag in tags:
+            if not isinstance(tag, str):
+                raise errdefs.InvalidArgument(f"{where}: RepoTags must be strings")
+            load.names.append((str(reference.parse(tag)), manifest_desc))
+    return load
+
+
+# -- writing into berthd -------------------------------------------------------------------
+
+
+def _write(client: Client, reader: ArchiveReader, load: _Load) -> None:
+    # Layers first, then configs, manifests and indexes (as noted: children before parents),
+    # so every gc.ref label names something already stored.
+    for digest, (desc, path) in load.blobs.items():
+        lbls = load.labels.get(digest, {})
+        data = load.documents.get(digest)
+        if client.has_content(digest):
+            client.set_content_labels(digest, lbls)
+            continue
+        chunks = iter([data]) if data is not None else reader.chunks(path)
+        client.write_blob(f"berth-load-{digest}", chunks, total=desc.size, expected=digest,
+                          labels=lbls)
+
+
+def _open_archive(stack: ExitStack, source: IO[bytes], name: str) -> tarfile.TarFile:
+    """A seekable, uncompressed tar of ``source``. An unseekable input (a pipe) or a gzipped
+    one is copied to a temporary file first: members are read out of order, and a compressed
+    tar read out of order is decompressed again for every backward step."""
+    if not source.seekable():
+        spool = stack.enter_context(tempfile.TemporaryFile(prefix="berth-load-"))  # noqa: SIM115
+        shutil.copyfileobj(source, spool, archive.CHUNK)
+        spool.seek(0)
+        source = spool
+    head = source.read(6)
+    source.seek(0)
+    if head.startswith(_GZIP_MAGIC):
+        plain = stack.enter_context(tempfile.TemporaryFile(prefix="berth-load-"))  # noqa: SIM115
+        try:
+            with gzip.GzipFile(fileobj=source, mode="rb") as z:
+                shutil.copyfileobj(z, plain, archive.CHUNK)
+        except (OSError, EOFError) as err:
+            raise errdefs.InvalidArgument(f"{name}: broken gzip data: {err}") from None
+        plain.seek(0)
+        source = plain
+    elif head.startswith(_COMPRESSED_TAR_MAGIC):
+        raise errdefs.InvalidArgument(
+            f"{name} is compressed with something other than gzip; decompress it first")
+    try:
+        return stack.enter_context(tarfile.open(fileobj=source, mode="r:"))
+    except tarfile.TarError as err:
+        raise errdefs.InvalidArgument(f"{name} is not a tar archive: {err}") from None
+
+
+def load_archive(client: Client, source: IO[bytes], name: str, *, snapshotter: str,
+                 want: Platform, report: Report) -> list[str]:
+    """Load the archive read from ``source`` (``name`` is for messages); the image names."""
+    with ExitStack() as stack:
+        tar = _open_archive(stack, source, name)
+        reader = ArchiveReader(tar, name)
+        if reader.has(archive.INDEX_JSON):
+            load = _read_oci(reader, client, want)
+            if not load.names and reader.has(archive.MANIFEST_JSON):
+                load = _read_docker(reader, want)
+        elif reader.has(archive.MANIFEST_JSON):
+            load = _read_docker(reader, want)
+        else:
+            raise errdefs.InvalidArgument(
+                f"{name} is neither a docker archive (manifest.json) nor an OCI layout "
+                "(index.json)")
+        if not load.names:
+            raise errdefs.InvalidArgument(
+                f"{name} names no image (no io.containerd.image.name or full "
+                "org.opencontainers.image.ref.name annotation, no RepoTags)")
+        for digest in load.skipped:
+            report(f"skipped unnamed image {digest}")
+        with client.lease():
+            _write(client, reader, load)
+            # Every image is unpacked before any is named: a bad layer names nothing.
+            for image in load.unpack.values():
+                unpack.unpack(client, image.manifest, image.config, snapshotter)
+            for image_name, target in load.names:
+                if target.digest not in load.unpack:
+                    report(f"{image_name}: not unpacked: the archive has no image for {want}")
+                client.put_image(image_name, documents.to_proto(target))
+        return [image_name for image_name, _target in load.names]
