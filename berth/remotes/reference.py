@@ -87,6 +87,11 @@ class Reference:
         return Reference(self.host, self.repository, tag)
 
 
+def is_tag(tag: str) -> bool:
+    """Whether ``tag`` is a valid tag (``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``)."""
+    return _TAG_RE.fullmatch(tag) is not None
+
+
 def _invalid(ref: str, why: str) -> errdefs.InvalidArgument:
     return errdefs.InvalidArgument(f"invalid reference {ref!r}: {why}")
 
