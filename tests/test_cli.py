@@ -19,9 +19,11 @@ import pytest
 from conftest import Ctr
 from daemon import Berthd, mounts_under
 from images import ImageInfo, make_tar, rootfs_mismatches, write_layout
-from registry import loopback_env
+from registry import Registry, loopback_env
 
-from berth.cli import humanize
+from berth.api.services.transfer.v1 import transfer_pb2
+from berth.api.types import descriptor_pb2
+from berth.cli import humanize, progress
 from berth.cli.app import run
 from berth.cli.archive import ANNOTATION_IMAGE_NAME
 from berth.cli.images import split_name
@@ -127,6 +129,53 @@ def test_split_name() -> None:
     assert split_name("plain") == ("plain", "<none>")
 
 
+def _msg(kind: str, status: str, digest: str = "", offset: int = 0, total: int = 0,
+         name: str = "") -> transfer_pb2.Progress:
+    return transfer_pb2.Progress(kind=kind, status=status, offset=offset, total=total, name=name,
+                                 descriptor=descriptor_pb2.Descriptor(digest=digest, size=total))
+
+
+def test_lines_view_one_line_per_change_and_at_most_one_per_second() -> None:
+    out = io.StringIO()
+    now = [0.0]
+    view = progress.LinesView(out, clock=lambda: now[0])
+    d = "sha256:" + "1a2b3c4d5e6f" + "0" * 52
+    mib = 1 << 20
+    script = [
+        (0.0, _msg("image", "resolving", name="busybox")),
+        (0.0, _msg("layer", "waiting", d, 0, 40 * mib)),
+        (0.1, _msg("layer", "downloading", d, 0, 40 * mib)),
+        (0.4, _msg("layer", "downloading", d, 5 * mib, 40 * mib)),  # too soon: not shown
+        (1.2, _msg("layer", "downloading", d, int(12.3 * mib), 40 * mib)),
+        (1.3, _msg("layer", "downloading", d, 13 * mib, 40 * mib)),  # too soon
+        (2.0, _msg("layer", "extracting", d, 0, 40 * mib)),
+        (2.5, _msg("layer", "done", d, 40 * mib, 40 * mib)),
+        (2.5, _msg("image", "done", name="docker.io/library/busybox:latest")),
+    ]
+    for t, m in script:
+        now[0] = t
+        view.update(m)
+    assert out.getvalue().splitlines() == [
+        "image busybox resolving",
+        "layer sha256:1a2b3c4d5e6f… waiting",
+        "layer sha256:1a2b3c4d5e6f… downloading 0 B/40.0 MiB",
+        "layer sha256:1a2b3c4d5e6f… downloading 12.3 MiB/40.0 MiB",
+        "layer sha256:1a2b3c4d5e6f… extracting",
+        "layer sha256:1a2b3c4d5e6f… done",
+    ]
+
+
+def test_follow_returns_the_final_message_and_requires_one() -> None:
+    final = _msg("image", "done", "sha256:" + "f" * 64, name="x")
+    assert progress.follow([_msg("layer", "done", "sha256:" + "0" * 64), final], None) is final
+    code_err = None
+    try:
+        progress.follow([_msg("layer", "done", "sha256:" + "0" * 64)], None)
+    except Exception as err:
+        code_err = err
+    assert code_err is not None and "without naming the image" in str(code_err)
+
+
 def test_daemon_not_running_is_one_clear_line(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     r = Berth(str(tmp_path / "nothing.sock"), capsys)("images", ok=False)
@@ -140,7 +189,8 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
     b = Berth(str(tmp_path / "x.sock"), capsys)
     assert b("no-such-command", ok=False).code == 2
     one_error_line(b("images", "--format", "yaml", ok=False), "--format")
-    one_error_line(b("tag", "x", "Not/A/Valid:Ref!", ok=False))
+    one_error_line(b("pull", "Not/A/Valid:Ref!", ok=False), "invalid reference")
+    one_error_line(b("pull", "--platform", "a/b/c/d", "busybox", ok=False), "invalid platform")
 
 
 # -- against berthd ------------------------------------------------------------------------
@@ -411,3 +461,39 @@ def test_load_errors_are_one_line(b: Berth, pulled: Berthd, tmp_path: Path,
     one_error_line(b.ns(ns)("load", "-i", str(lying_tar), ok=False), "diff ID")
     assert c("images", "ls", "-q").stdout.split() == []
     assert c("snapshots", "ls").stdout.splitlines()[1:] == []
+
+
+# -- pull / push (the daemon's Transfer service) --------------------------------------------
+
+@needs_daemon
+def test_pull_plain_progress_then_mount(berthd: Berthd, multilayer_image: ImageInfo,
+                                        tmp_path: Path) -> None:
+    r = berth_process(berthd.address, "pull", "--plain-http", multilayer_image.ref)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[-1].startswith(f"Pulled {multilayer_image.ref} sha256:")
+    last: dict[str, str] = {}  # each layer's last status
+    for ln in lines:
+        if ln.startswith("layer sha256:"):
+            _kind, digest, status = ln.split()[:3]
+            last[digest] = status
+    assert list(last.values()) == ["done"] * multilayer_image.layer_count, r.stdout
+    assert any(ln.endswith(" extracting") for ln in lines), r.stdout
+    assert "\x1b[" not in r.stdout  # no terminal codes when not on a terminal
+    c = Ctr(berthd.address)
+    assert mounted_rootfs_problems(c, multilayer_image.ref, tmp_path / "mnt",
+                                   multilayer_image) == []
+
+
+@needs_daemon
+def test_pull_quiet_prints_name_and_digest(berthd: Berthd, busybox_image: ImageInfo) -> None:
+    r = berth_process(berthd.address, "pull", "-q", "--plain-http", busybox_image.ref)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"{busybox_image.ref}@{layout_sizes(busybox_image)[0]}"]
+
+
+@needs_daemon
+def test_pull_missing_image_is_one_line(berthd: Berthd, registry: Registry) -> None:
+    r = berth_process(berthd.address, "pull", "--plain-http", f"{registry.host}/no/such:tag")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r
+    assert "not found" in r.stderr

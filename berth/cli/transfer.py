@@ -1,0 +1,85 @@
+"""``berth pull`` and ``berth push``: transfers run by berthd (Transfer service), watched here.
+
+The daemon does the work; the CLI sends the caller's own registry credentials for the registry
+named by the reference (from docker's config.json: :mod:`berth.remotes.dockerconfig`) and shows
+the ``Progress`` stream (:mod:`berth.cli.progress`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from berth.api.services.transfer.v1 import transfer_pb2
+from berth.cli import progress
+from berth.cli.state import console, find_image, state
+from berth.images import platforms
+from berth.remotes import reference
+from berth.remotes.dockerconfig import DockerConfig
+
+PlainHTTP = Annotated[bool, typer.Option(
+    "--plain-http", help="Talk to the registry over HTTP instead of HTTPS.")]
+PlatformOpt = Annotated[str | None, typer.Option(
+    "--platform", help="os/arch[/variant] (default: this host's).")]
+AllPlatforms = Annotated[bool, typer.Option(
+    "--all-platforms", help="Every platform of an index, not only one.")]
+Quiet = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="No progress; print only the image's NAME@DIGEST.")]
+
+
+def _platform(spec: str | None) -> str:
+    return str(platforms.parse(spec)) if spec else ""
+
+
+def _auth(host: str) -> dict[str, transfer_pb2.RegistryAuth]:
+    creds = DockerConfig().credentials(host)
+    if creds is None:
+        return {}
+    username, secret = creds
+    if username:
+        return {host: transfer_pb2.RegistryAuth(username=username, password=secret)}
+    return {host: transfer_pb2.RegistryAuth(identity_token=secret)}
+
+
+def _report(verb: str, final: transfer_pb2.Progress, quiet: bool) -> None:
+    if quiet:
+        print(f"{final.name}@{final.descriptor.digest}")
+    else:
+        console.print(f"{verb} {final.name} {final.descriptor.digest}")
+
+
+def pull(
+    ref: Annotated[str, typer.Argument(help="What to pull, e.g. busybox or host:5000/x/y:1.")],
+    plain_http: PlainHTTP = False,
+    platform: PlatformOpt = None,
+    all_platforms: AllPlatforms = False,
+    quiet: Quiet = False,
+) -> None:
+    """Pull an image from a registry and unpack it (credentials: see `berth login`)."""
+    parsed = reference.parse(ref)
+    req = transfer_pb2.PullRequest(
+        ref=str(parsed), platform=_platform(platform), all_platforms=all_platforms,
+        plain_http=plain_http, auth=_auth(parsed.host), snapshotter=state.snapshotter)
+    final = progress.follow(state.client().pull(req), progress.view_for(console, quiet=quiet))
+    _report("Pulled", final, quiet)
+
+
+def push(
+    name: Annotated[str, typer.Argument(help="The stored image to push.")],
+    ref: Annotated[str | None, typer.Option(
+        "--ref", help="Where to push it (default: the image's own name).")] = None,
+    plain_http: PlainHTTP = False,
+    platform: PlatformOpt = None,
+    all_platforms: AllPlatforms = False,
+    quiet: Quiet = False,
+) -> None:
+    """Push a stored image (and everything it references) to a registry."""
+    client = state.client()
+    image = find_image(client, name)
+    target = reference.parse(ref or image.name)
+    req = transfer_pb2.PushRequest(
+        name=image.name, ref=str(target) if ref else "", platform=_platform(platform),
+        all_platforms=all_platforms, plain_http=plain_http, auth=_auth(target.host))
+    final = progress.follow(client.push(req), progress.view_for(console, quiet=quiet))
+    _report("Pushed", final, quiet)
