@@ -12,7 +12,9 @@ import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -191,6 +193,59 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
     one_error_line(b("images", "--format", "yaml", ok=False), "--format")
     one_error_line(b("pull", "Not/A/Valid:Ref!", ok=False), "invalid reference")
     one_error_line(b("pull", "--platform", "a/b/c/d", "busybox", ok=False), "invalid platform")
+
+
+# -- login / logout ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def auth_registry() -> Iterator[Registry]:
+    with Registry(auth=("berth", "s3cret")) as reg:
+        yield reg
+
+
+@pytest.fixture
+def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    return tmp_path / "docker" / "config.json"
+
+
+def test_login_checks_the_credentials_then_stores_them(
+        auth_registry: Registry, docker_config: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    b = Berth(str(tmp_path / "unused.sock"), capsys)
+    host = auth_registry.host
+    monkeypatch.setattr(sys, "stdin", io.StringIO("wrong\n"))
+    bad = b("login", host, "-u", "berth", "--password-stdin", ok=False)
+    one_error_line(bad, "login to", host, "rejected")
+    assert not docker_config.exists()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret\n"))
+    good = b("login", host, "-u", "berth", "--password-stdin")
+    assert "Login Succeeded" in good.out
+    doc = json.loads(docker_config.read_text())
+    assert doc["auths"][host]["auth"] == "YmVydGg6czNjcmV0"  # base64("berth:s3cret")
+    assert docker_config.stat().st_mode & 0o077 == 0
+    # -p works too (with a warning), and replaces the entry
+    again = b("login", host, "-u", "berth", "-p", "s3cret")
+    assert "insecure" in again.err
+    assert list(json.loads(docker_config.read_text())["auths"]) == [host]
+    out = b("logout", host).out
+    assert "Removing login credentials" in out
+    assert json.loads(docker_config.read_text())["auths"] == {}
+    assert "Not logged in" in b("logout", host).out
+
+
+def test_login_errors_are_one_line(auth_registry: Registry, docker_config: Path,
+                                   capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    b = Berth(str(tmp_path / "unused.sock"), capsys)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    one_error_line(b("login", auth_registry.host, "-u", "berth", ok=False), "no password")
+    one_error_line(b("login", auth_registry.host, "--password-stdin", ok=False), "--username")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("b"))
+    one_error_line(b("login", "127.0.0.1:1", "-u", "a", "--password-stdin", ok=False),
+                   "unreachable")
+    assert not docker_config.exists()
 
 
 # -- against berthd ------------------------------------------------------------------------
@@ -497,3 +552,26 @@ def test_pull_missing_image_is_one_line(berthd: Berthd, registry: Registry) -> N
     r = berth_process(berthd.address, "pull", "--plain-http", f"{registry.host}/no/such:tag")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r
     assert "not found" in r.stderr
+
+
+@needs_daemon
+def test_pull_and_push_with_login(berthd: Berthd, auth_registry: Registry,
+                                  busybox_image: ImageInfo, tmp_path: Path) -> None:
+    env = {"DOCKER_CONFIG": str(tmp_path / "docker")}
+    c = Ctr(berthd.address)
+    c("images", "pull", "--plain-http", busybox_image.ref)
+    target = f"{auth_registry.host}/private/box:1"
+    denied = berth_process(berthd.address, "push", "--plain-http", "--ref", target,
+                           busybox_image.ref, env=env)
+    assert denied.returncode == 1 and "berth login" in denied.stderr, denied
+    login = berth_process(berthd.address, "login", auth_registry.host, "-u", "berth",
+                          "--password-stdin", input="s3cret\n", env=env)
+    assert login.returncode == 0, login.stderr
+    pushed = berth_process(berthd.address, "push", "-q", "--plain-http", "--ref", target,
+                           busybox_image.ref, env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.strip().endswith(layout_sizes(busybox_image)[0])
+    c("images", "rm", "--sync", busybox_image.ref)
+    pulled = berth_process(berthd.address, "pull", "--plain-http", target, env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    assert target in c("images", "ls", "-q").stdout.split()

@@ -4,7 +4,7 @@ Global options go before the command: ``berth --address SOCK --namespace NS imag
 Errors are one clear line on stderr and exit status 1, never a traceback.
 
 The commands live beside this module, one module per idea (:mod:`berth.cli.images`,
-:mod:`berth.cli.transfer`); this one wires them into the app, also
+:mod:`berth.cli.transfer`, :mod:`berth.cli.login`); this one wires them into the app, also
 under ``berth image ...`` as nerdctl does.
 """
 
@@ -20,7 +20,7 @@ from google.protobuf.empty_pb2 import Empty
 from rich.markup import escape
 
 from berth import errdefs
-from berth.cli import images, transfer
+from berth.cli import images, login, transfer
 from berth.cli.state import console, err_console, state
 from berth.plugin.config import DEFAULT_ADDRESS
 
@@ -66,6 +66,8 @@ _COMMANDS: list[tuple[Callable[..., Any], str, tuple[str, ...]]] = [
     (images.load, "load", ("load",)),
     (transfer.pull, "pull", ("pull",)),
     (transfer.push, "push", ("push",)),
+    (login.login, "login", ()),
+    (login.logout, "logout", ()),
 ]
 for _fn, _name, _aliases in _COMMANDS:
     app.command(_name)(_fn)
