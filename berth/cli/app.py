@@ -24,9 +24,9 @@ from berth.cli import images, login, transfer
 from berth.cli.state import console, err_console, state
 from berth.plugin.config import DEFAULT_ADDRESS
 
-app = typer.Typer(no_args_is_help=True, add_completion=True,
+app = typer.Typer(no_args_is_help=True, add_completion=True, rich_markup_mode="markdown",
                   help="Berth: pull, store and run containers (talks to berthd).")
-image_app = typer.Typer(no_args_is_help=True, help="Manage images.")
+image_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Manage images.")
 app.add_typer(image_app, name="image")
 
 

@@ -81,7 +81,7 @@ def images(
 
 
 def rmi(
-    names: Annotated[list[str], typer.Argument(help="Images to remove.")],
+    names: Annotated[list[str], typer.Argument(metavar="NAME", help="Images to remove.")],
     sync: Annotated[bool, typer.Option(
         "--sync", help="Wait until the image's content and snapshots are collected.")] = False,
 ) -> None:
@@ -102,8 +102,9 @@ def rmi(
 
 
 def tag(
-    source: Annotated[str, typer.Argument(help="An existing image.")],
-    target: Annotated[str, typer.Argument(help="The new name (normalized like a pull).")],
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="An existing image.")],
+    target: Annotated[str, typer.Argument(
+        metavar="TARGET", help="The new name (normalized like a pull).")],
 ) -> None:
     """Give an image another name (an existing TARGET is moved to SOURCE)."""
     client = state.client()
@@ -133,7 +134,7 @@ def inspect_image(client: Client, image: images_pb2.Image,
 
 
 def inspect(
-    names: Annotated[list[str], typer.Argument(help="Images to inspect.")],
+    names: Annotated[list[str], typer.Argument(metavar="NAME", help="Images to inspect.")],
     platform: Annotated[str | None, typer.Option(
         help="The manifest of this platform (os/arch[/variant]) from an index; default: "
              "this host's.")] = None,
@@ -146,7 +147,7 @@ def inspect(
 
 
 def save(
-    names: Annotated[list[str], typer.Argument(help="Images to save.")],
+    names: Annotated[list[str], typer.Argument(metavar="NAME", help="Images to save.")],
     output: Annotated[str | None, typer.Option(
         "--output", "-o", help="File to write ('-' or none: standard output, if it is not a "
         "terminal).")] = None,

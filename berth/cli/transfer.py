@@ -50,7 +50,8 @@ def _report(verb: str, final: transfer_pb2.Progress, quiet: bool) -> None:
 
 
 def pull(
-    ref: Annotated[str, typer.Argument(help="What to pull, e.g. busybox or host:5000/x/y:1.")],
+    ref: Annotated[str, typer.Argument(
+        metavar="REF", help="What to pull, e.g. busybox or host:5000/x/y:1.")],
     plain_http: PlainHTTP = False,
     platform: PlatformOpt = None,
     all_platforms: AllPlatforms = False,
@@ -66,7 +67,7 @@ def pull(
 
 
 def push(
-    name: Annotated[str, typer.Argument(help="The stored image to push.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The stored image to push.")],
     ref: Annotated[str | None, typer.Option(
         "--ref", help="Where to push it (default: the image's own name).")] = None,
     plain_http: PlainHTTP = False,
