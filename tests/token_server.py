@@ -79,6 +79,7 @@ class Request:
     query: dict[str, list[str]]
     headers: Mapping[str, str]
     body: bytes
+    target: str = ""  # the request line's target, as sent
 
 
 @dataclass
@@ -129,7 +130,12 @@ class HTTPServerThread:
                 body = self.rfile.read(length) if length else b""
                 parts = urlsplit(self.path)
                 request = Request(
-                    self.command, parts.path, parse_qs(parts.query), dict(self.headers), body
+                    self.command,
+                    parts.path,
+                    parse_qs(parts.query),
+                    dict(self.headers),
+                    body,
+                    self.path,
                 )
                 with outer._lock:
                     outer.requests.append(request)

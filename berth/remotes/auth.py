@@ -37,7 +37,6 @@ from berth.remotes.remotes import Credentials
 DEFAULT_CLIENT_ID = "berth"
 DEFAULT_TOKEN_LIFETIME = 60.0  # seconds; the spec's default and its minimum
 EXPIRY_MARGIN = 5.0  # refresh a little early so a token does not expire in flight
-MAX_TOKEN_RESPONSE = 1 << 20
 
 
 # -- challenges ------------------------------------------------------------------------------

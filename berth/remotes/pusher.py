@@ -32,7 +32,10 @@ OCTET_STREAM = "application/octet-stream"
 
 class RegistryPusher(Pusher):
     """Pushes to one repository through the first host that has the ``push`` capability
-    (like containerd: mirrors are for pulling). ``chunk_size`` None uploads monolithically."""
+    (like containerd: mirrors are for pulling). ``chunk_size`` None uploads monolithically.
+
+    ``push`` always uploads: call ``exists`` or ``mount`` first to skip what is there.
+    """
 
     def __init__(self, repository: Repository, *, chunk_size: int | None = None) -> None:
         if not repository.hosts:
@@ -144,8 +147,10 @@ class RegistryPusher(Pusher):
     def _upload_blob(self, desc: Descriptor, data: Callable[[], BinaryIO]) -> None:
         policy = self._repo.session.retry
         for attempt in range(policy.max_retries + 1):
+            # Starting is retried by the session itself; only a failure while sending the
+            # data starts the whole upload over, so a dead registry is not retried twice over.
+            location = self._start_upload(desc)
             try:
-                location = self._start_upload(desc)
                 if self._chunk_size is not None and desc.size > self._chunk_size:
                     self._upload_chunks(desc, data, location)
                 else:

@@ -39,9 +39,10 @@ import urllib3
 from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError as Urllib3SSLError
+from urllib3.util import parse_url
 
 from berth import errdefs
-from berth.remotes.auth import Authorizer, Prepared
+from berth.remotes.auth import Authorizer, Prepared, TokenRequest
 from berth.remotes.hosts import RegistryHost
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 MAX_AUTH_ROUNDS = 2
 MAX_REDIRECTS = 10
 MAX_ERROR_BODY = 64 << 10
+MAX_TOKEN_RESPONSE = 1 << 20
 READ_CHUNK = 1 << 20
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
@@ -326,7 +328,8 @@ class RegistrySession:
         prepared = Prepared()
         for _round in range(MAX_AUTH_ROUNDS + 1):
             prepared = self._prepare(host, scopes, target)
-            resp = self._send(method, host, url, headers, body, prepared.header)
+            auth = {"Authorization": prepared.header} if prepared.header else None
+            resp = self._send(method, host, url, headers=headers, body=body, private=auth)
             if resp.status != 401:
                 return resp
             challenges = resp.headers.getlist("WWW-Authenticate")
@@ -343,79 +346,86 @@ class RegistrySession:
         request = prepared.token_request
         if request is None or prepared.key is None:
             return prepared
-        token_host = host if _same_origin(request.url, self.base_url(host)) else None
-        resp = self._send_with_retries(
-            request.method, token_host, request.url, request.headers, request.body, host
-        )
-        if resp.status in (401, 403):
+        status, body = self._fetch_token(host, request)
+        if status in (401, 403):
             raise self._unauthorized(host, target, scopes, rejected=True)
-        if resp.status != 200:
+        if status != 200:
             raise errdefs.Unavailable(
-                f"the token server for registry {host.host} answered HTTP {resp.status}"
-                f" ({registry_errors(resp.data) or 'no detail'}); try again later"
+                f"the token server for registry {host.host} answered HTTP {status}"
+                f" ({registry_errors(body) or 'no detail'}); try again later"
             )
-        header = self.authorizer.token_received(prepared.key, resp.data, self._clock())
+        header = self.authorizer.token_received(prepared.key, body, self._clock())
         return Prepared(header, None, prepared.key, prepared.scopes)
 
-    def _send_with_retries(
-        self,
-        method: str,
-        tls_host: RegistryHost | None,
-        url: str,
-        headers: Mapping[str, str],
-        body: bytes | None,
-        registry: RegistryHost,
-    ) -> urllib3.BaseHTTPResponse:
-        """A token request: retried like any other, never authorized by the registry's auth."""
+    def _fetch_token(self, host: RegistryHost, request: TokenRequest) -> tuple[int, bytes]:
+        """Perform a token request (retried like any other); its status and bounded body."""
         for attempt in range(self.retry.max_retries + 1):
             try:
-                resp = self._pool_for(url, tls_host).urlopen(
-                    method,
-                    url,
-                    body=body,
-                    headers={**self._headers, **headers},
-                    redirect=True,
-                    retries=urllib3.Retry(total=0, redirect=MAX_REDIRECTS, raise_on_redirect=False),
-                    timeout=self._timeout,
-                    assert_same_host=False,
+                resp = self._send(
+                    request.method,
+                    host,
+                    request.url,
+                    headers={k: v for k, v in request.headers.items() if k != "Authorization"},
+                    body=request.body,
+                    private=request.headers,
+                    private_origin=request.url,
                 )
+                try:
+                    body = resp.read(MAX_TOKEN_RESPONSE + 1)
+                finally:
+                    resp.close()
+                    resp.release_conn()
             except Urllib3Error as err:
                 if attempt >= self.retry.max_retries:
                     raise errdefs.Unavailable(
-                        f"the token server for registry {registry.host} "
-                        f"({urlsplit(url).netloc}) is unreachable: {network_reason(err)}"
+                        f"the token server for registry {host.host} "
+                        f"({urlsplit(request.url).netloc}) is unreachable: {network_reason(err)}"
                     ) from err
                 self._sleep(self.retry.delay(attempt))
                 continue
             if _transient(resp.status) and attempt < self.retry.max_retries:
-                retry_after = _retry_after(resp.headers.get("Retry-After"))
-                self._sleep(self.retry.delay(attempt, retry_after))
+                self._sleep(
+                    self.retry.delay(attempt, _retry_after(resp.headers.get("Retry-After")))
+                )
                 continue
-            return resp
-        raise AssertionError("unreachable")  # the loop always returns or raises
+            if len(body) > MAX_TOKEN_RESPONSE:
+                raise errdefs.Unavailable(
+                    f"the token server for registry {host.host} sent more than "
+                    f"{MAX_TOKEN_RESPONSE} bytes"
+                )
+            return resp.status, body
+        raise AssertionError("not reached: the last attempt returns or raises")
 
     def _send(
         self,
         method: str,
         host: RegistryHost,
         url: str,
-        headers: Mapping[str, str] | None,
-        body: Body,
-        authorization: str | None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: Body = None,
+        private: Mapping[str, str] | None = None,
+        private_origin: str | None = None,
     ) -> urllib3.BaseHTTPResponse:
-        """One exchange with the registry, following redirects for GET and HEAD."""
-        origin = self.base_url(host)
+        """One exchange, following redirects for GET and HEAD.
+
+        ``private`` headers (credentials) go only to ``private_origin`` (default: the
+        registry); the host's configured headers and TLS settings only to the registry itself.
+        Anything a redirect leads elsewhere gets neither.
+        """
+        registry_origin = self.base_url(host)
+        private_origin = private_origin or registry_origin
         for _hop in range(MAX_REDIRECTS + 1):
-            own = _same_origin(url, origin)
+            own = _same_origin(url, registry_origin)
             send_headers = dict(self._headers)
             if own:
                 send_headers.update({k: ", ".join(v) for k, v in host.headers.items()})
-                if authorization:
-                    send_headers["Authorization"] = authorization
+            if private and _same_origin(url, private_origin):
+                send_headers.update(private)
             send_headers.update(headers or {})
             data = body() if callable(body) else body
             try:
-                resp = self._urlopen(method, url, own, host, send_headers, data)
+                resp = self._urlopen(method, url, host if own else None, send_headers, data)
             finally:
                 if data is not None and not isinstance(data, bytes):
                     data.close()
@@ -432,15 +442,15 @@ class RegistrySession:
         self,
         method: str,
         url: str,
-        own: bool,
-        host: RegistryHost,
+        tls_host: RegistryHost | None,
         headers: dict[str, str],
         data: bytes | ReadableBody | None,
     ) -> urllib3.BaseHTTPResponse:
+        """One request to ``url``, with ``tls_host``'s TLS settings (None: the system's)."""
         try:
-            return self._pool_for(url, host if own else None).urlopen(
+            return self._pool_for(url, tls_host).urlopen(
                 method,
-                url,
+                parse_url(url).request_uri,  # origin-form: path and query only
                 # urllib3 only calls read() on a file-like body; its annotation wants IO.
                 body=cast("bytes | IO[bytes] | None", data),
                 headers=headers,
@@ -449,13 +459,14 @@ class RegistrySession:
                 timeout=self._timeout,
                 preload_content=False,
                 release_conn=False,
-                assert_same_host=False,
             )
         except Urllib3SSLError as err:
-            if own and host.http_fallback and url.startswith("https:") and not _is_cert_error(err):
+            fallback = tls_host is not None and tls_host.http_fallback
+            if fallback and url.startswith("https:") and not _is_cert_error(err):
                 # A loopback registry that does not speak TLS: HTTP from now on.
+                assert tls_host is not None
                 with self._lock:
-                    self._plain.add(host.host)
+                    self._plain.add(tls_host.host)
                 raise _Downgraded from err
             raise
 
