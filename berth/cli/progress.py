@@ -41,9 +41,9 @@ from berth.cli import humanize
 # Statuses during which offset/total count bytes on the move.
 MOVING = frozenset({"downloading", "uploading"})
 # Statuses after which the piece's bytes are all where they should be.
-COMPLETE = frozenset({"verifying", "extracting", "exists", "mounted", "done"})
+COMPLETE = frozenset({"verifying", "downloaded", "extracting", "exists", "mounted", "done"})
 _STYLE = {"waiting": "dim", "resolving": "yellow", "downloading": "blue", "uploading": "blue",
-          "verifying": "cyan", "extracting": "cyan", "exists": "green", "mounted": "green",
+          "verifying": "cyan", "downloaded": "cyan", "extracting": "cyan", "exists": "green", "mounted": "green",
           "done": "green"}
 
 

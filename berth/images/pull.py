@@ -45,7 +45,7 @@ LABEL_DISTRIBUTION_SOURCE = "containerd.io/distribution.source."
 @dataclass
 class Progress:
     """One update: ``kind`` is image/index/manifest/config/layer; ``status`` one of resolving,
-    waiting, downloading, exists, extracting, done."""
+    waiting, downloading, downloaded, exists, extracting, done."""
 
     kind: str
     status: str
@@ -146,7 +146,7 @@ class Puller:
                     if offset < desc.size:
                         self._copy(fetcher, desc, kind, w, offset, progress)
                     w.commit(desc.size, desc.digest, labels)
-                    progress(Progress(kind, "done", desc, desc.size, desc.size))
+                    progress(Progress(kind, "downloaded", desc, desc.size, desc.size))
                     return
                 except errdefs.AlreadyExists:
                     progress(Progress(kind, "exists", desc, desc.size, desc.size))
@@ -315,7 +315,7 @@ class Puller:
                         if not unpacker.parallel:
                             progress(Progress("layer", "extracting", layer, 0, layer.size))
                         unpacker.commit(i)
-                        progress(Progress("layer", "done", layer, layer.size, layer.size))
+                    progress(Progress("layer", "done", layer, layer.size, layer.size))
             except BaseException:
                 for fut in futures:
                     fut.cancel()
