@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := python3-venv runc crun \
 	golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev \
 	golang-github-gogo-googleapis-dev golang-github-containerd-cgroups-dev \
-	docker-registry skopeo umoci busybox-static containerd apache2-utils debootstrap
+	docker-registry skopeo umoci busybox-static containerd apache2-utils debootstrap openssl
 
 .PHONY: setup apt venv proto test lint run
 
