@@ -12,10 +12,10 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from berth import errdefs
 from berth.oci.image import Descriptor
+from berth.remotes.errors import network_reason, raise_for_status
 from berth.remotes.hosts import RegistryHost
 from berth.remotes.remotes import MAX_MANIFEST_SIZE, Fetcher
 from berth.remotes.repository import Repository, is_manifest
-from berth.remotes.session import network_reason, raise_for_status
 
 STREAM_BUFFER = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")

@@ -20,10 +20,10 @@ import urllib3
 from berth import errdefs
 from berth.oci.image import Descriptor
 from berth.remotes.auth import repository_scope
+from berth.remotes.errors import raise_for_status, read_error_body
 from berth.remotes.reference import is_tag
 from berth.remotes.remotes import MAX_MANIFEST_SIZE, Pusher
 from berth.remotes.repository import Repository, is_manifest
-from berth.remotes.session import raise_for_status, read_error_body
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,9 @@ from berth.oci.image import Descriptor
 
 MAX_MANIFEST_SIZE = 4 << 20
 
-# host -> (username, secret); an empty username with a secret is an identity token.
+# host -> (username, secret); an empty username with a secret is an identity token. The host
+# is the server's own host[:port] as the hosts configuration names it ("registry-1.docker.io"
+# for docker.io references, a mirror's address for a mirror), so one callback serves mirrors too.
 Credentials = Callable[[str], tuple[str, str] | None]
 
 

@@ -14,6 +14,7 @@ from berth.digest import validate_digest
 from berth.oci.image import Descriptor
 from berth.remotes import reference
 from berth.remotes.auth import Authorizer
+from berth.remotes.errors import network_reason, raise_for_status, read_error_body
 from berth.remotes.fetcher import RegistryFetcher
 from berth.remotes.hosts import (
     CAPABILITY_PULL,
@@ -25,13 +26,7 @@ from berth.remotes.hosts import (
 from berth.remotes.pusher import RegistryPusher
 from berth.remotes.remotes import MAX_MANIFEST_SIZE, Credentials, Resolver
 from berth.remotes.repository import RESOLVE_ACCEPT, Repository
-from berth.remotes.session import (
-    RegistrySession,
-    RetryPolicy,
-    network_reason,
-    raise_for_status,
-    read_error_body,
-)
+from berth.remotes.session import RegistrySession, RetryPolicy
 
 OCTET_STREAM = "application/octet-stream"
 

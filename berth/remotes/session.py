@@ -14,17 +14,13 @@ call to :meth:`RegistrySession.request` returns the final response of one logica
 * a loopback host marked ``http_fallback`` that does not speak TLS is used over HTTP from then
   on (never a certificate failure: that is reported, not downgraded).
 
-Every other status is returned to the caller, who maps it with :func:`raise_for_status`.
-urllib3 errors never escape this module: :func:`unreachable` translates them.
-
-Why errdefs.FailedPrecondition for 401/403: the closed set has no PermissionDenied or
-Unauthenticated, and "log in first" is a precondition the caller can fix; the message says how.
+Every other status is returned to the caller, who maps it with
+:func:`berth.remotes.errors.raise_for_status`. urllib3 errors never escape this module.
 """
 
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
 import random
 import ssl
@@ -43,13 +39,21 @@ from urllib3.util import parse_url
 
 from berth import errdefs
 from berth.remotes.auth import Authorizer, Prepared, TokenRequest
+from berth.remotes.errors import (
+    cert_error_reason,
+    is_cert_error,
+    login_name,
+    network_reason,
+    read_error_body,
+    registry_errors,
+    unreachable,
+)
 from berth.remotes.hosts import RegistryHost
 
 log = logging.getLogger(__name__)
 
 MAX_AUTH_ROUNDS = 2
 MAX_REDIRECTS = 10
-MAX_ERROR_BODY = 64 << 10
 MAX_TOKEN_RESPONSE = 1 << 20
 READ_CHUNK = 1 << 20
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -79,88 +83,6 @@ class RetryPolicy:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.backoff_max)
         return random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
-
-
-def login_name(host: str) -> str:
-    """The name a person logs in to for ``host`` (``docker.io`` for the Hub's registry)."""
-    return "docker.io" if host == "registry-1.docker.io" else host
-
-
-def network_reason(err: BaseException) -> str:
-    """The root cause of a network error in words ("Connection refused", not a repr chain)."""
-    cause, seen = err, {id(err)}
-    while True:
-        nested = [a for a in cause.args if isinstance(a, BaseException)]
-        nxt = cause.__cause__ or (nested[0] if nested else None) or cause.__context__
-        if nxt is None or id(nxt) in seen:
-            break
-        cause = nxt
-        seen.add(id(nxt))
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror
-    return str(cause) or type(cause).__name__
-
-
-def unreachable(host: str, err: BaseException) -> errdefs.Unavailable:
-    """The error for a registry that cannot be talked to."""
-    return errdefs.Unavailable(
-        f"registry {host} is unreachable: {network_reason(err)}; "
-        "check the address and that it is running"
-    )
-
-
-def registry_errors(body: bytes) -> str:
-    """The ``errors`` of a registry's JSON error body as ``CODE: message; ...`` ('' if none)."""
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return body[:200].decode(errors="replace").strip()
-    if not isinstance(doc, dict) or not isinstance(doc.get("errors"), list):
-        return ""
-    parts = []
-    for item in doc["errors"]:
-        if isinstance(item, dict):
-            code, message = item.get("code", ""), item.get("message", "")
-            parts.append(f"{code}: {message}" if code and message else str(code or message))
-    return "; ".join(p for p in parts if p)
-
-
-def read_error_body(resp: urllib3.BaseHTTPResponse) -> bytes:
-    """Up to MAX_ERROR_BODY bytes of a response we will not use; the connection is kept only
-    if the body was read to its end."""
-    if resp.closed:  # preloaded by RegistrySession.request (or already consumed)
-        return resp.data or b""
-    try:
-        data = resp.read(MAX_ERROR_BODY)
-        if resp.read(1):
-            resp.close()
-        return data
-    except Urllib3Error:
-        resp.close()
-        return b""
-    finally:
-        resp.release_conn()
-
-
-def raise_for_status(resp: urllib3.BaseHTTPResponse, what: str, host: str) -> None:
-    """Raise the errdefs error for a response that is not 2xx (the body is consumed)."""
-    if 200 <= resp.status < 300:
-        return
-    detail = registry_errors(read_error_body(resp))
-    suffix = f" ({detail})" if detail else ""
-    status = resp.status
-    if status == 404:
-        raise errdefs.NotFound(f"{what}: not found{suffix}")
-    if status in (400, 413, 414):
-        raise errdefs.InvalidArgument(f"{what}: registry {host} refused the request{suffix}")
-    if status == 403:
-        raise errdefs.FailedPrecondition(
-            f"denied: registry {host} refused access to {what}{suffix}: "
-            f"run `berth login {login_name(host)}` with an account that has access"
-        )
-    if status == 416:
-        raise errdefs.OutOfRange(f"{what}: requested range not satisfiable{suffix}")
-    raise errdefs.FailedPrecondition(f"{what}: unexpected HTTP {status} from {host}{suffix}")
 
 
 class RegistrySession:
@@ -277,10 +199,11 @@ class RegistrySession:
             except _Downgraded:
                 continue  # base_url() now gives the plain HTTP address
             except Urllib3Error as err:
-                if isinstance(err, Urllib3SSLError) and _is_cert_error(err):
+                if isinstance(err, Urllib3SSLError) and is_cert_error(err):
+                    reason = cert_error_reason(err)
                     raise errdefs.FailedPrecondition(
-                        f"registry {host.host}: TLS certificate not trusted ({_ssl_reason(err)});"
-                        f" add its CA with `ca` in certs.d/{host.host}/hosts.toml"
+                        f"registry {host.host}: TLS certificate not trusted ({reason}); "
+                        f"add its CA with `ca` in certs.d/{host.host}/hosts.toml"
                     ) from err
                 if attempt >= max_retries:
                     raise unreachable(host.host, err) from err
@@ -462,7 +385,7 @@ class RegistrySession:
             )
         except Urllib3SSLError as err:
             fallback = tls_host is not None and tls_host.http_fallback
-            if fallback and url.startswith("https:") and not _is_cert_error(err):
+            if fallback and url.startswith("https:") and not is_cert_error(err):
                 # A loopback registry that does not speak TLS: HTTP from now on.
                 assert tls_host is not None
                 with self._lock:
@@ -528,25 +451,3 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-def _ssl_errors(err: BaseException) -> list[ssl.SSLError]:
-    seen: list[BaseException] = []
-    cur: BaseException | None = err
-    while cur is not None and cur not in seen:
-        seen.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return [e for e in seen if isinstance(e, ssl.SSLError)] + [
-        a for e in seen for a in getattr(e, "args", ()) if isinstance(a, ssl.SSLError)
-    ]
-
-
-def _is_cert_error(err: BaseException) -> bool:
-    return any(isinstance(e, ssl.SSLCertVerificationError) for e in _ssl_errors(err))
-
-
-def _ssl_reason(err: BaseException) -> str:
-    for e in _ssl_errors(err):
-        if isinstance(e, ssl.SSLCertVerificationError):
-            return e.verify_message or str(e)
-    return str(err)
