@@ -714,3 +714,20 @@ def test_one_resolver_from_many_threads(
         with ThreadPoolExecutor(8) as pool:
             fetched = list(pool.map(lambda d: read_all(fetcher.fetch(d)), descs * 3))
     assert fetched == blobs * 3
+
+
+def test_pull_only_mirror_is_not_asked_for_tags(
+    registry: Registry, certs_d: Path, sleeps: Sleeps
+) -> None:
+    img = Image(registry.url, "caps/app", "v1")
+    with ScriptedServer(lambda req: Reply(404)) as mirror:
+        hosts_toml(
+            certs_d, registry.host, f'[host."http://{mirror.host}"]\ncapabilities = ["pull"]\n'
+        )
+        with resolver(certs_d, sleeps) as r:
+            assert r.resolve(f"{registry.host}/caps/app:v1")[1] == img.manifest
+            assert mirror.requests == []  # a tag means what a resolve host says it means
+            read_all(r.fetcher(f"{registry.host}/caps/app").fetch(img.layers[0]))
+            assert [q.path for q in mirror.requests] == [
+                f"/v2/caps/app/blobs/{img.layers[0].digest}"
+            ]

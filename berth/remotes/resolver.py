@@ -83,25 +83,25 @@ class RegistryResolver(Resolver):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _repository(self, ref: reference.Reference, capability: str) -> Repository:
-        hosts = [h for h in self._hosts.hosts(ref.host) if capability in h.capabilities]
+    def _repository(self, ref: reference.Reference, *capabilities: str) -> Repository:
+        hosts = [h for h in self._hosts.hosts(ref.host) if h.capabilities.issuperset(capabilities)]
         if not hosts:
             raise errdefs.FailedPrecondition(
-                f"no host in the hosts configuration for {ref.host} has the {capability!r} "
-                "capability"
+                f"no host in the hosts configuration for {ref.host} has the capabilities "
+                f"{', '.join(capabilities)}"
             )
         return Repository(self.session, ref, hosts)
 
     def resolve(self, ref: str) -> tuple[str, Descriptor]:
         """HEAD (GET when needed) ``/manifests/<tag|digest>`` on each resolve host in order.
 
-        A tag needs the ``resolve`` capability (only trusted hosts may say what a tag means);
+        A tag needs ``pull`` and ``resolve`` (only trusted hosts may say what a tag means);
         a digest pins the content, so any ``pull`` host will do, and a digest that is not a
         manifest is looked up under ``/blobs/`` as a last resort. NotFound when no host has it.
         """
         parsed = reference.parse(ref)
-        capability = CAPABILITY_PULL if parsed.digest else CAPABILITY_RESOLVE
-        repo = self._repository(parsed, capability)
+        needed = (CAPABILITY_PULL,) if parsed.digest else (CAPABILITY_PULL, CAPABILITY_RESOLVE)
+        repo = self._repository(parsed, *needed)
         try:
             desc = repo.each_host(
                 lambda host, last: self._resolve_at(repo, host, last, "manifests")
