@@ -48,6 +48,9 @@ from berth.remotes.errors import (
     registry_errors,
     unreachable,
 )
+
+# Re-exported: callers that use a session directly (berth login) map statuses with it.
+from berth.remotes.errors import raise_for_status as raise_for_status
 from berth.remotes.hosts import RegistryHost
 
 log = logging.getLogger(__name__)
