@@ -1,0 +1,313 @@
+"""The task manager: the local object behind the Tasks service.
+
+It creates a bundle and starts a shim per task, keeps a ttrpc connection to every shim, and
+forwards each task operation to the shim that owns it. Shims outlive berthd: on start, the
+manager finds every bundle left in its state directory, reconnects to live shims, and cleans up
+after dead ones (the shim binary's ``delete``, then ``/tasks/exit`` and ``/tasks/delete``
+events on their behalf, as containerd does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import any_pb2
+
+from berth import errdefs, namespaces
+from berth.api.events import task_pb2 as events_pb
+from berth.api.runtime.task.v2 import shim_pb2
+from berth.api.types import mount_pb2
+from berth.events import Exchange
+from berth.metadata.store import Metadata
+from berth.runtime import bundle as bundles
+from berth.runtime.bundle import ADDRESS_FILE, BINARY_FILE, Bundle
+from berth.runtime.shim import ShimBinary, ShimLog, resolve_binary, socket_path
+from berth.runtime.ttrpcconn import ShimConnection
+
+log = logging.getLogger(__name__)
+
+# Runtimes Berth's own shim serves unless the configuration says otherwise.
+DEFAULT_SHIMS = {"io.containerd.runc.v2": "containerd-shim-berth-v2",
+                 "io.containerd.runc.v1": "containerd-shim-berth-v2"}
+
+
+@dataclass
+class Task:
+    id: str
+    namespace: str
+    bundle: Bundle
+    shim: ShimConnection
+    runtime: str
+    pid: int = 0
+    logs: ShimLog | None = field(default=None, repr=False)
+
+
+@dataclass
+class CreateRequest:
+    container_id: str
+    rootfs: list[mount_pb2.Mount]
+    stdin: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    terminal: bool = False
+    options: any_pb2.Any | None = None
+    runtime_path: str = ""
+
+
+class TaskManager:
+    def __init__(self, state: str, metadata: Metadata, exchange: Exchange, grpc_address: str,
+                 ttrpc_address: str, shims: Mapping[str, str] | None = None) -> None:
+        self.state = state
+        self.md = metadata
+        self.exchange = exchange
+        self.grpc_address = grpc_address
+        self.ttrpc_address = ttrpc_address
+        self.shims = {**DEFAULT_SHIMS, **(shims or {})}
+        self._tasks: dict[tuple[str, str], Task] = {}
+        self._lock = threading.Lock()
+        os.makedirs(state, mode=0o711, exist_ok=True)
+
+    def _binary(self, path: str) -> ShimBinary:
+        return ShimBinary(path, self.grpc_address, self.ttrpc_address,
+                          os.path.abspath(sys.argv[0]))
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    def get(self, container_id: str) -> Task:
+        ns = namespaces.current()
+        with self._lock:
+            task = self._tasks.get((ns, container_id))
+        if task is None:
+            raise errdefs.NotFound(f"no running task found: task {container_id} not found")
+        return task
+
+    def list(self) -> list[Task]:
+        ns = namespaces.current()
+        with self._lock:
+            return [t for (tns, _), t in sorted(self._tasks.items()) if tns == ns]
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def create(self, req: CreateRequest) -> Task:
+        ns = namespaces.current()
+        container = self.md.containers.get(req.container_id)
+        with self._lock:
+            if (ns, req.container_id) in self._tasks:
+                raise errdefs.AlreadyExists(f"task {req.container_id} already exists")
+        rootfs = list(req.rootfs)
+        if not rootfs and container.snapshot_key:
+            sn = self.md.snapshotters.get(container.snapshotter)
+            if sn is None:
+                raise errdefs.InvalidArgument(
+                    f"container {container.id}: snapshotter {container.snapshotter!r} is not "
+                    "loaded")
+            from berth.services.convert import mounts as to_pb
+
+            rootfs = to_pb(sn.mounts(container.snapshot_key))
+        binary = self._binary(resolve_binary(container.runtime.name, req.runtime_path,
+                                             self.shims))
+        bundle = bundles.create(self.state, container.id, container.spec.value)
+        logs = ShimLog(bundle)
+        shim: ShimConnection | None = None
+        try:
+            address = binary.start(bundle)
+            shim = ShimConnection.connect(address, ns)
+            options = req.options if req.options is not None and req.options.type_url \
+                else _any(container.runtime.options)
+            resp = shim.call("Create", shim_pb2.CreateTaskRequest(
+                id=container.id, bundle=bundle.path, rootfs=rootfs, terminal=req.terminal,
+                stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, options=options))
+        except BaseException:
+            self._abandon(bundle, binary, shim, logs)
+            raise
+        task = Task(container.id, ns, bundle, shim, container.runtime.name, resp.pid, logs)
+        with self._lock:
+            self._tasks[(ns, container.id)] = task
+        return task
+
+    def _abandon(self, bundle: Bundle, binary: ShimBinary, shim: ShimConnection | None,
+                 logs: ShimLog) -> None:
+        """Undo a create that failed part way."""
+        if shim is not None:
+            with contextlib.suppress(errdefs.BerthError):
+                shim.call("Shutdown", shim_pb2.ShutdownRequest(id=bundle.id, now=True))
+            shim.close()
+        if bundle.read(ADDRESS_FILE):
+            try:
+                binary.delete(bundle)
+            except errdefs.BerthError as err:
+                log.warning("cleanup of failed task %s: %s", bundle.id, err)
+        logs.close()
+        try:
+            bundle.delete()
+        except (OSError, errdefs.BerthError) as err:
+            log.warning("could not remove the bundle of failed task %s: %s", bundle.id, err)
+
+    def delete(self, container_id: str) -> shim_pb2.DeleteResponse:
+        task = self.get(container_id)
+        resp = task.shim.call("Delete", shim_pb2.DeleteRequest(id=container_id))
+        self._release(task)
+        return resp
+
+    def _release(self, task: Task) -> None:
+        """Stop the task's shim and forget the task."""
+        with contextlib.suppress(errdefs.BerthError):
+            task.shim.call("Shutdown", shim_pb2.ShutdownRequest(id=task.id))
+        task.shim.close()
+        if task.logs is not None:
+            task.logs.close()
+        with self._lock:
+            self._tasks.pop((task.namespace, task.id), None)
+        try:
+            task.bundle.delete()
+        except (OSError, errdefs.BerthError) as err:
+            log.warning("task %s: bundle not removed: %s", task.id, err)
+
+    # -- operations on a task's processes ----------------------------------------------------
+
+    def state(self, container_id: str, exec_id: str = "") -> shim_pb2.StateResponse:
+        task = self.get(container_id)
+        resp: shim_pb2.StateResponse = task.shim.call(
+            "State", shim_pb2.StateRequest(id=container_id, exec_id=exec_id))
+        return resp
+
+    def start(self, container_id: str, exec_id: str = "") -> int:
+        task = self.get(container_id)
+        resp = task.shim.call("Start", shim_pb2.StartRequest(id=container_id, exec_id=exec_id))
+        if not exec_id:
+            task.pid = resp.pid
+        return int(resp.pid)
+
+    def kill(self, container_id: str, exec_id: str, signal: int, all_: bool) -> None:
+        self.get(container_id).shim.call("Kill", shim_pb2.KillRequest(
+            id=container_id, exec_id=exec_id, signal=signal, all=all_))
+
+    def exec(self, container_id: str, exec_id: str, spec: any_pb2.Any, *, stdin: str,
+             stdout: str, stderr: str, terminal: bool) -> None:
+        if not exec_id:
+            raise errdefs.InvalidArgument("exec id must not be empty")
+        self.get(container_id).shim.call("Exec", shim_pb2.ExecProcessRequest(
+            id=container_id, exec_id=exec_id, terminal=terminal, stdin=stdin, stdout=stdout,
+            stderr=stderr, spec=spec))
+
+    def delete_process(self, container_id: str, exec_id: str) -> shim_pb2.DeleteResponse:
+        if not exec_id:
+            raise errdefs.InvalidArgument("delete the task itself, not its init process")
+        resp: shim_pb2.DeleteResponse = self.get(container_id).shim.call(
+            "Delete", shim_pb2.DeleteRequest(id=container_id, exec_id=exec_id))
+        return resp
+
+    def resize_pty(self, container_id: str, exec_id: str, width: int, height: int) -> None:
+        self.get(container_id).shim.call("ResizePty", shim_pb2.ResizePtyRequest(
+            id=container_id, exec_id=exec_id, width=width, height=height))
+
+    def close_io(self, container_id: str, exec_id: str, stdin: bool) -> None:
+        self.get(container_id).shim.call("CloseIO", shim_pb2.CloseIORequest(
+            id=container_id, exec_id=exec_id, stdin=stdin))
+
+    def pause(self, container_id: str) -> None:
+        self.get(container_id).shim.call("Pause", shim_pb2.PauseRequest(id=container_id))
+
+    def resume(self, container_id: str) -> None:
+        self.get(container_id).shim.call("Resume", shim_pb2.ResumeRequest(id=container_id))
+
+    def pids(self, container_id: str) -> shim_pb2.PidsResponse:
+        resp: shim_pb2.PidsResponse = self.get(container_id).shim.call(
+            "Pids", shim_pb2.PidsRequest(id=container_id))
+        return resp
+
+    def update(self, container_id: str, resources: any_pb2.Any,
+               annotations: Mapping[str, str]) -> None:
+        self.get(container_id).shim.call("Update", shim_pb2.UpdateTaskRequest(
+            id=container_id, resources=resources, annotations=dict(annotations)))
+
+    def stats(self, task: Task) -> any_pb2.Any:
+        resp = task.shim.call("Stats", shim_pb2.StatsRequest(id=task.id))
+        stats: any_pb2.Any = resp.stats
+        return stats
+
+    def wait(self, container_id: str, exec_id: str = "") -> shim_pb2.WaitResponse:
+        """Block until the process exits (no timeout: a task may run for days)."""
+        task = self.get(container_id)
+        resp: shim_pb2.WaitResponse = task.shim.call(
+            "Wait", shim_pb2.WaitRequest(id=container_id, exec_id=exec_id), timeout=None)
+        return resp
+
+    # -- restart ----------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Reconnect to the shims of tasks that outlived the last berthd; clean up the rest."""
+        for bundle in bundles.load_all(self.state):
+            with namespaces.use(bundle.namespace):
+                try:
+                    self._reconnect(bundle)
+                except errdefs.BerthError as err:
+                    log.warning("task %s/%s: shim is gone (%s); cleaning up", bundle.namespace,
+                                bundle.id, err)
+                    self._cleanup_dead(bundle)
+
+    def _reconnect(self, bundle: Bundle) -> None:
+        address = bundle.read(ADDRESS_FILE)
+        if not address:
+            raise errdefs.NotFound("the shim never reported its address")
+        shim = ShimConnection.connect(socket_path(address), bundle.namespace)
+        try:
+            state = shim.call("State", shim_pb2.StateRequest(id=bundle.id))
+        except BaseException:
+            shim.close()
+            raise
+        runtime = ""
+        with contextlib.suppress(errdefs.NotFound):
+            runtime = self.md.containers.get(bundle.id).runtime.name
+        task = Task(bundle.id, bundle.namespace, bundle, shim, runtime, state.pid,
+                    ShimLog(bundle))
+        with self._lock:
+            self._tasks[(bundle.namespace, bundle.id)] = task
+        log.info("task %s/%s: reconnected to its shim (pid %d)", bundle.namespace, bundle.id,
+                 state.pid)
+
+    def _cleanup_dead(self, bundle: Bundle) -> None:
+        path = bundle.read(BINARY_FILE)
+        resp = shim_pb2.DeleteResponse(exit_status=137)
+        if path and os.path.exists(path):
+            try:
+                resp = self._binary(path).delete(bundle)
+            except errdefs.BerthError as err:
+                log.warning("task %s: shim delete failed: %s", bundle.id, err)
+        self.exchange.publish("/tasks/exit", events_pb.TaskExit(
+            container_id=bundle.id, id=bundle.id, pid=resp.pid, exit_status=resp.exit_status,
+            exited_at=resp.exited_at))
+        self.exchange.publish("/tasks/delete", events_pb.TaskDelete(
+            container_id=bundle.id, id=bundle.id, pid=resp.pid, exit_status=resp.exit_status,
+            exited_at=resp.exited_at))
+        try:
+            bundle.delete()
+        except (OSError, errdefs.BerthError) as err:
+            log.warning("task %s: bundle not removed: %s", bundle.id, err)
+
+    def close(self) -> None:
+        """Drop the connections (the shims and their tasks keep running)."""
+        with self._lock:
+            tasks, self._tasks = list(self._tasks.values()), {}
+        for task in tasks:
+            task.shim.close()
+            if task.logs is not None:
+                task.logs.close()
+
+
+def _any(value: Any) -> any_pb2.Any | None:
+    if value is None:
+        return None
+    if isinstance(value, any_pb2.Any):
+        return value
+    type_url, data = value
+    return any_pb2.Any(type_url=type_url, value=data)
+
+

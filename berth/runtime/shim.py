@@ -1,0 +1,155 @@
+"""Shims as the daemon sees them: the binary's command-line contract, and the ttrpc connection.
+
+The contract (runtime v2, as containerd runs shims):
+
+* ``<binary> -namespace NS -address GRPC -publish-binary DAEMON -id ID start`` runs in the
+  bundle directory with ``TTRPC_ADDRESS`` (where the shim forwards events) in its environment.
+  It starts (or finds) the long-lived shim process and prints its ttrpc address, then exits.
+  The shim writes its own log into the bundle's ``log`` FIFO, which the daemon keeps open.
+* ``<binary> ... -id ID delete`` cleans up after a shim that died (kills and deletes the
+  container, unmounts the rootfs) and prints a ``DeleteResponse`` (protobuf) on stdout.
+* Everything else goes over ttrpc: ``containerd.task.v2.Task``.
+
+Runtime names map to binaries as in containerd: ``io.containerd.NAME.vN`` is
+``containerd-shim-NAME-vN`` on PATH (berthd's own bin directory is searched first), unless the
+configuration names a binary for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+
+from berth import errdefs
+from berth.api.runtime.task.v2 import shim_pb2
+from berth.runtime.bundle import ADDRESS_FILE, BINARY_FILE, Bundle
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 20.0
+
+
+def binary_name(runtime: str) -> str:
+    """``io.containerd.runc.v2`` -> ``containerd-shim-runc-v2``."""
+    parts = runtime.split(".")
+    if len(parts) < 2 or not parts[-1].startswith("v") or not parts[-2]:
+        raise errdefs.InvalidArgument(
+            f"runtime {runtime!r} is not of the form io.containerd.NAME.vN")
+    return f"containerd-shim-{parts[-2]}-{parts[-1]}"
+
+
+def resolve_binary(runtime: str, runtime_path: str, overrides: Mapping[str, str]) -> str:
+    """The shim binary for a task: an explicit path, the configured one, or by name."""
+    if runtime_path:
+        if not os.access(runtime_path, os.X_OK):
+            raise errdefs.NotFound(f"runtime binary {runtime_path} is not executable")
+        return runtime_path
+    name = overrides.get(runtime) or binary_name(runtime)
+    if os.path.isabs(name):
+        return name
+    search = os.pathsep.join([os.path.dirname(os.path.abspath(sys.argv[0])),
+                              os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")])
+    found = shutil.which(name, path=search)
+    if found is None:
+        raise errdefs.NotFound(
+            f"runtime {runtime!r}: shim binary {name} not found on PATH; install it or map the "
+            "runtime to a binary in the config")
+    return found
+
+
+class ShimBinary:
+    def __init__(self, path: str, grpc_address: str, ttrpc_address: str,
+                 daemon_binary: str) -> None:
+        self.path = path
+        self.grpc_address = grpc_address
+        self.ttrpc_address = ttrpc_address
+        self.daemon_binary = daemon_binary
+
+    def _command(self, bundle: Bundle, action: str) -> list[str]:
+        return [self.path, "-namespace", bundle.namespace, "-address", self.grpc_address,
+                "-publish-binary", self.daemon_binary, "-id", bundle.id, action]
+
+    def _env(self, bundle: Bundle) -> dict[str, str]:
+        return {**os.environ, "TTRPC_ADDRESS": self.ttrpc_address,
+                "GRPC_ADDRESS": self.grpc_address, "NAMESPACE": bundle.namespace,
+                "MAX_SHIM_VERSION": "2"}
+
+    def start(self, bundle: Bundle) -> str:
+        """Start the shim for ``bundle``; its ttrpc socket path."""
+        proc = subprocess.run(self._command(bundle, "start"), cwd=bundle.path,
+                              env=self._env(bundle), capture_output=True, timeout=START_TIMEOUT,
+                              stdin=subprocess.DEVNULL, check=False)
+        if proc.returncode != 0:
+            raise errdefs.Internal(
+                f"shim {os.path.basename(self.path)} failed to start task {bundle.id}: "
+                f"{(proc.stderr or proc.stdout).decode(errors='replace').strip()}")
+        address = proc.stdout.decode().strip()
+        bundle.write(ADDRESS_FILE, address)
+        bundle.write(BINARY_FILE, self.path)
+        return socket_path(address)
+
+    def delete(self, bundle: Bundle) -> shim_pb2.DeleteResponse:
+        """Clean up after a dead shim with the binary's ``delete`` action."""
+        proc = subprocess.run(self._command(bundle, "delete"), cwd=bundle.path,
+                              env=self._env(bundle), capture_output=True, timeout=START_TIMEOUT,
+                              stdin=subprocess.DEVNULL, check=False)
+        if proc.returncode != 0:
+            raise errdefs.Internal(
+                f"shim delete for task {bundle.id} failed: "
+                f"{proc.stderr.decode(errors='replace').strip()}")
+        resp = shim_pb2.DeleteResponse()
+        resp.ParseFromString(proc.stdout)
+        return resp
+
+
+def socket_path(address: str) -> str:
+    for prefix in ("unix://", "unix:"):
+        if address.startswith(prefix):
+            return address[len(prefix):]
+    if address.startswith("/"):
+        return address
+    raise errdefs.Internal(f"shim printed an address berthd cannot use: {address!r}")
+
+
+class ShimLog:
+    """Copies a shim's own log (the bundle's ``log`` FIFO) into berthd's log until closed. The
+    FIFO is held open read-write so the shim never blocks on it, whoever reads."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        path = os.path.join(bundle.path, "log")
+        if not os.path.exists(path):
+            os.mkfifo(path, 0o600)
+        self._id = bundle.id
+        self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name=f"shim-log-{bundle.id}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        shim_log = logging.getLogger("berth.shim")
+        pending = b""
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._fd], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self._fd, 65536)
+            except BlockingIOError:
+                continue
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    shim_log.info("task %s: %s", self._id, line.decode(errors="replace"))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        os.close(self._fd)
