@@ -1,0 +1,588 @@
+"""The OCI runtime spec a container runs with: containerd's Linux defaults and the options that
+shape it.
+
+A spec is the runtime-spec ``config.json`` as a JSON-ready ``dict`` (:data:`Spec`). A
+:data:`SpecOpt` takes a spec and returns the changed copy; it never alters its argument, so
+options compose freely (:func:`compose`, :func:`generate_spec`) and a spec can be reused as a
+template. Applying an option does no I/O. Making one may read, once: user and group names are
+looked up in the image's ``/etc/passwd`` and ``/etc/group`` under the ``rootfs`` a caller passes
+when :func:`with_user`, :func:`with_additional_gids` or :func:`with_image_config` is called (so a
+missing user is reported there), and those files are resolved *inside* that directory (symlinks
+cannot lead out of it; see :func:`berth.diff.rootpath.resolve_in_root`), opened without following
+a final symlink, and must be regular files of bounded size.
+
+The defaults are what containerd 1.6.20's ``oci.WithDefaultSpec`` + ``oci.WithDefaultUnixDevices``
+give on Linux (as ``ctr containers create`` sends them, measured here): process as root (0:0) in
+``/`` with ``noNewPrivileges``, containerd's 14 default capabilities, ``RLIMIT_NOFILE`` 1024/1024;
+root ``rootfs`` (relative to the bundle), read-write; mounts ``/proc``, ``/dev`` (tmpfs),
+``/dev/pts``, ``/dev/shm``, ``/dev/mqueue``, ``/sys`` (read-only) and ``/run`` (tmpfs); new pid,
+ipc, uts, mount and network namespaces; the masked and read-only ``/proc`` paths; all devices
+denied but the usual character devices (null, zero, full, random, urandom, tty, console, ptmx,
+the pts); and ``cgroupsPath`` ``/<namespace>/<id>``. Like containerd 1.6.20's, it mounts no cgroup
+filesystem at ``/sys/fs/cgroup``; add one where a container needs it.
+
+User strings follow the OCI image spec and containerd's ``WithUser``: ``user``, ``uid``,
+``user:group``, ``uid:gid``, ``uid:group``, ``user:gid``. A numeric uid alone takes its primary
+group from ``/etc/passwd`` (gid 0 if the uid is not listed or there is no file); a name that is
+not listed is an error (``NotFound``). Supplementary groups are the ``/etc/group`` entries that
+list the user as a member; the primary gid is always among ``additionalGids``.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import os
+import re
+import stat
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from berth import errdefs, namespaces
+from berth.diff.rootpath import clean_name, resolve_in_root
+
+Spec = dict[str, Any]
+SpecOpt = Callable[[Spec], Spec]
+
+SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+OCI_VERSION = "1.0.2-dev"  # the runtime-spec version containerd 1.6 writes
+DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_ROOTFS = "rootfs"
+
+MAX_ACCOUNT_FILE = 4 << 20  # /etc/passwd or /etc/group larger than this is refused
+_MAX_ID = (1 << 32) - 1
+_NUMBER = re.compile(r"^[+-]?[0-9]+$")
+
+DEFAULT_CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+)
+DEFAULT_NAMESPACES = ("pid", "ipc", "uts", "mount", "network")
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+# (major, minor or None for all) of the character devices a container may use.
+DEFAULT_DEVICES = ((1, 3), (1, 8), (1, 7), (5, 0), (1, 5), (1, 9), (5, 1), (136, None), (5, 2))
+
+
+def _default_mounts() -> list[dict[str, Any]]:
+    def mount(dest: str, type_: str, source: str, *options: str) -> dict[str, Any]:
+        return {"destination": dest, "type": type_, "source": source, "options": list(options)}
+
+    return [
+        mount("/proc", "proc", "proc", "nosuid", "noexec", "nodev"),
+        mount("/dev", "tmpfs", "tmpfs", "nosuid", "strictatime", "mode=755", "size=65536k"),
+        mount("/dev/pts", "devpts", "devpts", "nosuid", "noexec", "newinstance",
+              "ptmxmode=0666", "mode=0620", "gid=5"),
+        mount("/dev/shm", "tmpfs", "shm", "nosuid", "noexec", "nodev", "mode=1777",
+              "size=65536k"),
+        mount("/dev/mqueue", "mqueue", "mqueue", "nosuid", "noexec", "nodev"),
+        mount("/sys", "sysfs", "sysfs", "nosuid", "noexec", "nodev", "ro"),
+        mount("/run", "tmpfs", "tmpfs", "nosuid", "strictatime", "mode=755", "size=65536k"),
+    ]
+
+
+def _default_devices() -> list[dict[str, Any]]:
+    devices: list[dict[str, Any]] = [{"allow": False, "access": "rwm"}]
+    for major, minor in DEFAULT_DEVICES:
+        entry: dict[str, Any] = {"allow": True, "type": "c", "major": major}
+        if minor is not None:
+            entry["minor"] = minor
+        entry["access"] = "rwm"
+        devices.append(entry)
+    return devices
+
+
+def cgroups_path(namespace: str, container_id: str) -> str:
+    """containerd's default cgroup for a container: ``/<namespace>/<id>``."""
+    namespaces.validate(namespace)
+    if not container_id or "/" in container_id or container_id in (".", ".."):
+        raise errdefs.InvalidArgument(
+            f"container id {container_id!r} cannot name a cgroup: it must be a single, "
+            "non-empty path component")
+    return f"/{namespace}/{container_id}"
+
+
+def default_spec(namespace: str, container_id: str) -> Spec:
+    """A new copy of the default Linux spec for ``container_id`` in ``namespace``."""
+    return {
+        "ociVersion": OCI_VERSION,
+        "process": {
+            "user": {"uid": 0, "gid": 0},
+            "cwd": "/",
+            "capabilities": {
+                "bounding": list(DEFAULT_CAPABILITIES),
+                "effective": list(DEFAULT_CAPABILITIES),
+                "permitted": list(DEFAULT_CAPABILITIES),
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": DEFAULT_ROOTFS},
+        "mounts": _default_mounts(),
+        "linux": {
+            "resources": {"devices": _default_devices()},
+            "cgroupsPath": cgroups_path(namespace, container_id),
+            "namespaces": [{"type": t} for t in DEFAULT_NAMESPACES],
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+        },
+    }
+
+
+def compose(*opts: SpecOpt) -> SpecOpt:
+    """One option that applies ``opts`` in order."""
+
+    def apply_all(spec: Spec) -> Spec:
+        for opt in opts:
+            spec = opt(spec)
+        return spec
+
+    return apply_all
+
+
+def generate_spec(namespace: str, container_id: str, *opts: SpecOpt) -> Spec:
+    """The default spec with ``opts`` applied in order (containerd's ``GenerateSpec``)."""
+    return compose(*opts)(default_spec(namespace, container_id))
+
+
+def _edit(change: Callable[[Spec], None]) -> SpecOpt:
+    """An option that applies ``change`` to a deep copy of its argument."""
+
+    def opt(spec: Spec) -> Spec:
+        out = copy.deepcopy(spec)
+        change(out)
+        return out
+
+    return opt
+
+
+def _process(spec: Spec) -> dict[str, Any]:
+    process = spec.setdefault("process", {})
+    if not isinstance(process, dict):
+        raise errdefs.InvalidArgument("the spec's process is not an object")
+    return process
+
+
+def _user(spec: Spec) -> dict[str, Any]:
+    user = _process(spec).setdefault("user", {"uid": 0, "gid": 0})
+    if not isinstance(user, dict):
+        raise errdefs.InvalidArgument("the spec's process.user is not an object")
+    return user
+
+
+# -- environment -------------------------------------------------------------------------------
+
+
+def replace_or_append_env(defaults: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """``defaults`` with each ``KEY=VALUE`` of ``overrides`` replacing the entry of that key (or
+    appended); a bare ``KEY`` removes it. Order is kept. This is containerd's
+    ``replaceOrAppendEnvValues``, except that a key set twice among ``overrides`` appears once,
+    with the last value."""
+    result: list[str | None] = list(defaults)
+    index = {entry.split("=", 1)[0]: i for i, entry in enumerate(defaults)}
+    for value in overrides:
+        key = value.split("=", 1)[0]
+        if "=" not in value:
+            if key in index:
+                result[index[key]] = None
+        elif key in index:
+            result[index[key]] = value
+        else:
+            index[key] = len(result)
+            result.append(value)
+    return [e for e in result if e is not None]
+
+
+def with_env(env: Sequence[str]) -> SpecOpt:
+    """Set (``KEY=VALUE``) or unset (``KEY``) environment variables of the process."""
+    for entry in env:
+        if not entry or entry.startswith("=") or "\0" in entry:
+            raise errdefs.InvalidArgument(
+                f"environment entry {entry!r} is invalid: use KEY=VALUE, or KEY to unset")
+    overrides = list(env)
+
+    def change(spec: Spec) -> None:
+        if overrides:
+            process = _process(spec)
+            process["env"] = replace_or_append_env(process.get("env") or [], overrides)
+
+    return _edit(change)
+
+
+# -- process -----------------------------------------------------------------------------------
+
+
+def with_process_args(*args: str) -> SpecOpt:
+    """Replace the process's command line."""
+    if not args:
+        raise errdefs.InvalidArgument("a process needs at least one argument (its program)")
+    argv = list(args)
+
+    def change(spec: Spec) -> None:
+        _process(spec)["args"] = list(argv)
+
+    return _edit(change)
+
+
+def with_cwd(cwd: str) -> SpecOpt:
+    """Run the process in ``cwd``, an absolute path inside the container."""
+    if not cwd.startswith("/") or "\0" in cwd:
+        raise errdefs.InvalidArgument(
+            f"working directory {cwd!r} must be an absolute path inside the container")
+
+    def change(spec: Spec) -> None:
+        _process(spec)["cwd"] = cwd
+
+    return _edit(change)
+
+
+def with_tty() -> SpecOpt:
+    """Give the process a terminal (and ``TERM=xterm``, as containerd does on Linux)."""
+
+    def change(spec: Spec) -> None:
+        process = _process(spec)
+        process["terminal"] = True
+        if "linux" in spec:
+            process["env"] = [*(process.get("env") or []), "TERM=xterm"]
+
+    return _edit(change)
+
+
+def with_hostname(hostname: str) -> SpecOpt:
+    """Set the container's hostname (in its own uts namespace)."""
+    if not hostname or len(hostname) > 64 or any(ch.isspace() or ch in "\0/" for ch in hostname):
+        raise errdefs.InvalidArgument(
+            f"hostname {hostname!r} is invalid: 1 to 64 characters, no spaces or '/'")
+
+    def change(spec: Spec) -> None:
+        spec["hostname"] = hostname
+
+    return _edit(change)
+
+
+def with_root_path(path: str, *, readonly: bool = False) -> SpecOpt:
+    """Use ``path`` (absolute, or relative to the bundle) as the root filesystem."""
+    if not path or "\0" in path:
+        raise errdefs.InvalidArgument(f"root path {path!r} is invalid")
+
+    def change(spec: Spec) -> None:
+        spec["root"] = {"path": path, "readonly": True} if readonly else {"path": path}
+
+    return _edit(change)
+
+
+# -- mounts and namespaces ---------------------------------------------------------------------
+
+
+def parse_bind_mount(text: str) -> dict[str, Any]:
+    """A bind mount from ``SRC:DST[:ro|rw]`` (both paths absolute): ``rbind``, read-write unless
+    ``ro``."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not all(parts[:2]):
+        raise errdefs.InvalidArgument(f"bind mount {text!r} is invalid: use SRC:DST[:ro]")
+    source, destination = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise errdefs.InvalidArgument(
+            f"bind mount {text!r}: unknown mode {mode!r} (use ro or rw)")
+    for what, path in (("source", source), ("destination", destination)):
+        if not path.startswith("/") or "\0" in path:
+            raise errdefs.InvalidArgument(
+                f"bind mount {text!r}: the {what} must be an absolute path")
+    return {"destination": destination, "type": "bind", "source": source,
+            "options": ["rbind", mode]}
+
+
+def with_mounts(binds: Sequence[str]) -> SpecOpt:
+    """Add bind mounts, each ``SRC:DST[:ro|rw]`` (see :func:`parse_bind_mount`)."""
+    mounts = [parse_bind_mount(b) for b in binds]
+
+    def change(spec: Spec) -> None:
+        spec["mounts"] = [*(spec.get("mounts") or []), *copy.deepcopy(mounts)]
+
+    return _edit(change)
+
+
+def with_host_network(hostname: str | None = None) -> SpecOpt:
+    """Share the host's network namespace, with its ``/etc/hosts`` and ``/etc/resolv.conf``
+    bound read-only, as ``ctr run --net-host`` does (``HOSTNAME`` set when given)."""
+
+    def change(spec: Spec) -> None:
+        linux = spec.setdefault("linux", {})
+        linux["namespaces"] = [n for n in linux.get("namespaces") or []
+                               if n.get("type") != "network"]
+        spec["mounts"] = [*(spec.get("mounts") or []), *(
+            {"destination": path, "type": "bind", "source": path, "options": ["rbind", "ro"]}
+            for path in ("/etc/hosts", "/etc/resolv.conf"))]
+
+    opt = _edit(change)
+    return compose(opt, with_env([f"HOSTNAME={hostname}"])) if hostname else opt
+
+
+# -- users and groups --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PasswdEntry:
+    name: str
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class GroupEntry:
+    name: str
+    gid: int
+    members: tuple[str, ...]
+
+
+def _read_account_file(rootfs: str, path: str) -> str | None:
+    """The text of ``path`` (e.g. ``/etc/passwd``) resolved inside ``rootfs``; None if there is
+    no such file. InvalidArgument for anything but a bounded regular file."""
+    if not os.path.isabs(rootfs):
+        raise errdefs.InvalidArgument(f"rootfs {rootfs!r} must be an absolute path")
+    real = resolve_in_root(os.path.realpath(rootfs), clean_name(path, what="path"), name=path)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(real, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # swapped for a symlink since it was resolved
+            raise errdefs.InvalidArgument(
+                f"the image's {path} changed while it was read; try again") from None
+        raise errdefs.InvalidArgument(f"cannot read the image's {path}: {err.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise errdefs.InvalidArgument(f"the image's {path} is not a regular file")
+        data = b""
+        while len(data) <= MAX_ACCOUNT_FILE:
+            chunk = os.read(fd, MAX_ACCOUNT_FILE + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        if len(data) > MAX_ACCOUNT_FILE:
+            raise errdefs.InvalidArgument(
+                f"the image's {path} is larger than {MAX_ACCOUNT_FILE} bytes")
+    finally:
+        os.close(fd)
+    return data.decode("utf-8", errors="replace")
+
+
+def _account_id(text: str) -> int | None:
+    if not _NUMBER.match(text):
+        return None
+    value = int(text)
+    return value if 0 <= value <= _MAX_ID else None
+
+
+def _account_lines(text: str) -> list[list[str]]:
+    lines = (line.strip() for line in text.splitlines())
+    return [line.split(":") for line in lines if line and not line.startswith("#")]
+
+
+def read_passwd(rootfs: str) -> list[PasswdEntry] | None:
+    """The entries of ``rootfs``'s ``/etc/passwd`` in file order (malformed lines skipped), or
+    None when it has none."""
+    text = _read_account_file(rootfs, "/etc/passwd")
+    if text is None:
+        return None
+    entries = []
+    for fields in _account_lines(text):
+        if len(fields) < 4:
+            continue
+        uid, gid = _account_id(fields[2]), _account_id(fields[3])
+        if uid is not None and gid is not None:
+            entries.append(PasswdEntry(fields[0], uid, gid))
+    return entries
+
+
+def read_group(rootfs: str) -> list[GroupEntry] | None:
+    """The entries of ``rootfs``'s ``/etc/group`` in file order (malformed lines skipped), or
+    None when it has none."""
+    text = _read_account_file(rootfs, "/etc/group")
+    if text is None:
+        return None
+    entries = []
+    for fields in _account_lines(text):
+        if len(fields) < 3:
+            continue
+        gid = _account_id(fields[2])
+        if gid is None:
+            continue
+        members = tuple(m.strip() for m in fields[3].split(",") if m.strip()) \
+            if len(fields) > 3 else ()
+        entries.append(GroupEntry(fields[0], gid, members))
+    return entries
+
+
+def _numeric(part: str, user: str) -> int | None:
+    """The id ``part`` names if it is a number (InvalidArgument if out of range), else None."""
+    if not _NUMBER.match(part):
+        return None
+    value = _account_id(part)
+    if value is None:
+        raise errdefs.InvalidArgument(
+            f"user {user!r}: id {part} is out of range (0 to {_MAX_ID})")
+    return value
+
+
+def _lookup_user(rootfs: str | None, name: str) -> PasswdEntry:
+    entries = read_passwd(rootfs) if rootfs else None
+    if entries is None:
+        raise errdefs.NotFound(
+            f"user {name!r} cannot be resolved: the image has no /etc/passwd "
+            "(give a numeric uid instead)")
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    raise errdefs.NotFound(f"user {name!r} not found in the image's /etc/passwd")
+
+
+def _lookup_group(rootfs: str | None, name: str) -> int:
+    entries = read_group(rootfs) if rootfs else None
+    if entries is None:
+        raise errdefs.NotFound(
+            f"group {name!r} cannot be resolved: the image has no /etc/group "
+            "(give a numeric gid instead)")
+    for entry in entries:
+        if entry.name == name:
+            return entry.gid
+    raise errdefs.NotFound(f"group {name!r} not found in the image's /etc/group")
+
+
+def _primary_gid(rootfs: str | None, uid: int) -> int:
+    for entry in (read_passwd(rootfs) if rootfs else None) or ():
+        if entry.uid == uid:
+            return entry.gid
+    return 0
+
+
+def resolve_user(user: str, rootfs: str | None) -> tuple[int, int]:
+    """``(uid, gid)`` for an OCI image ``user`` string, names looked up under ``rootfs`` (None:
+    no files to read, so only numeric ids resolve)."""
+    parts = user.split(":")
+    if len(parts) > 2 or not all(parts):
+        raise errdefs.InvalidArgument(
+            f"user {user!r} is invalid: use user, uid, user:group, uid:gid, uid:group or "
+            "user:gid")
+    uid = _numeric(parts[0], user)
+    if len(parts) == 1:
+        if uid is None:
+            entry = _lookup_user(rootfs, parts[0])
+            return entry.uid, entry.gid
+        return uid, _primary_gid(rootfs, uid)
+    gid = _numeric(parts[1], user)
+    if uid is None:
+        uid = _lookup_user(rootfs, parts[0]).uid
+    if gid is None:
+        gid = _lookup_group(rootfs, parts[1])
+    return uid, gid
+
+
+def supplementary_gids(user: str, rootfs: str | None) -> list[int]:
+    """The gids of the ``/etc/group`` entries that list ``user`` (a name, or a uid looked up in
+    ``/etc/passwd``) as a member, excluding a group named like the user."""
+    if not rootfs:
+        return []
+    name = user
+    if _NUMBER.match(user):
+        uid = _account_id(user)
+        found = [e for e in read_passwd(rootfs) or () if e.uid == uid]
+        if not found:
+            return []
+        name = found[0].name
+    return [g.gid for g in read_group(rootfs) or () if g.name != name and name in g.members]
+
+
+def _ensure_primary_gid(user: dict[str, Any]) -> None:
+    gids = list(user.get("additionalGids") or [])
+    if user.get("gid", 0) not in gids:
+        gids.insert(0, user.get("gid", 0))
+    user["additionalGids"] = gids
+
+
+def with_user(user: str, rootfs: str | None = None) -> SpecOpt:
+    """Run as ``user`` (see the module's user rules), resolved against ``rootfs``. Resets
+    ``additionalGids`` to the primary gid (add more with :func:`with_additional_gids`)."""
+    return _with_ids(*resolve_user(user, rootfs))
+
+
+def _with_ids(uid: int, gid: int) -> SpecOpt:
+    def change(spec: Spec) -> None:
+        u = _user(spec)
+        u["uid"], u["gid"] = uid, gid
+        u.pop("additionalGids", None)
+        _ensure_primary_gid(u)
+
+    return _edit(change)
+
+
+def with_additional_gids(user: str, rootfs: str | None) -> SpecOpt:
+    """Set ``additionalGids`` to the primary gid and ``user``'s supplementary groups from
+    ``rootfs``'s ``/etc/group`` (containerd's ``WithAdditionalGIDs``)."""
+    gids = supplementary_gids(user, rootfs)
+
+    def change(spec: Spec) -> None:
+        u = _user(spec)
+        u["additionalGids"] = list(gids)
+        _ensure_primary_gid(u)
+
+    return _edit(change)
+
+
+# -- image configuration -----------------------------------------------------------------------
+
+
+def _string_list(config: Mapping[str, Any], key: str) -> list[str]:
+    value = config.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise errdefs.InvalidArgument(f"image config: {key} must be a list of strings")
+    return list(value)
+
+
+def _string(config: Mapping[str, Any], key: str) -> str:
+    value = config.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise errdefs.InvalidArgument(f"image config: {key} must be a string")
+    return value
+
+
+def with_image_config(config_doc: Mapping[str, Any], rootfs: str | None = None,
+                      args: Sequence[str] = ()) -> SpecOpt:
+    """Apply an image's configuration (the OCI image config document, whose ``config`` holds
+    ``Env``, ``Entrypoint``, ``Cmd``, ``WorkingDir``, ``User``), as containerd's
+    ``WithImageConfigArgs``: the image's ``Env`` (or the default ``PATH``) with the spec's own
+    variables over it; ``Entrypoint`` + (``args`` or ``Cmd``); ``WorkingDir`` or ``/``; ``User``
+    resolved against ``rootfs`` (root otherwise), with supplementary groups."""
+    config = config_doc.get("config") or {}
+    if not isinstance(config, Mapping):
+        raise errdefs.InvalidArgument("image config: config must be an object")
+    image_env = _string_list(config, "Env")
+    argv = _string_list(config, "Entrypoint") + (list(args) or _string_list(config, "Cmd"))
+    cwd = _string(config, "WorkingDir") or "/"
+    user = _string(config, "User")
+    if user:
+        uid, gid = resolve_user(user, rootfs)
+        user_opt = compose(_with_ids(uid, gid), with_additional_gids(str(uid), rootfs))
+    else:
+        user_opt = with_additional_gids("root", rootfs)
+
+    def change(spec: Spec) -> None:
+        process = _process(spec)
+        process["env"] = replace_or_append_env(image_env or [DEFAULT_PATH_ENV],
+                                               process.get("env") or [])
+        process["args"] = argv
+        process["cwd"] = cwd
+
+    return compose(_edit(change), user_opt)
