@@ -8,6 +8,8 @@ referenced by digest and key. The schema, as a tree:
         ├── images(name) ─ target descriptor, labels, created/updated
         ├── content(digest) ─ size, labels      (a shared blob, visible in this namespace)
         ├── snapshots(snapshotter, key) ─ backend key, parent, kind, labels
+        ├── containers(id) ─ image, runtime (name, options Any), spec Any, snapshotter and
+        │                    snapshot key, extensions (name → Any), labels, created/updated
         └── leases(id) ─ labels
             └── lease_resources(type, id)           (content / ingests / snapshots/<snapshotter>)
 
@@ -67,6 +69,23 @@ CREATE TABLE IF NOT EXISTS snapshots (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (namespace, snapshotter, key)
+);
+CREATE TABLE IF NOT EXISTS containers (
+    namespace TEXT NOT NULL,
+    id TEXT NOT NULL,
+    labels TEXT NOT NULL DEFAULT '{}',
+    image TEXT NOT NULL DEFAULT '',
+    runtime_name TEXT NOT NULL,
+    runtime_options_type TEXT,
+    runtime_options BLOB,
+    spec_type TEXT NOT NULL,
+    spec BLOB NOT NULL,
+    snapshotter TEXT NOT NULL DEFAULT '',
+    snapshot_key TEXT NOT NULL DEFAULT '',
+    extensions TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (namespace, id)
 );
 CREATE TABLE IF NOT EXISTS leases (
     namespace TEXT NOT NULL,

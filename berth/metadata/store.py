@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from berth.content.content import Store
 from berth.events import Publisher
 from berth.gc import Collector
+from berth.metadata.containers import ContainerStore
 from berth.metadata.content import NamespacedContentStore
 from berth.metadata.db import DB
 from berth.metadata.images import ImageStore
@@ -36,8 +37,11 @@ class Metadata:
         }
         self.images = ImageStore(self.db, publisher, self.collect)
         self.leases = LeaseManager(self.db)
+        self.containers = ContainerStore(self.db, publisher, self.collect)
         self.namespaces = NamespaceStore(self.db)
+        self.namespaces.register_owner("containers", "containers")
         self.collector = Collector(self.db, content, snapshotters)
+        self.collector.add_root_source(self.containers.gc_roots)
 
     def set_scheduler(self, trigger: Callable[[bool], None]) -> None:
         self._trigger = trigger
