@@ -13,7 +13,6 @@ from berth.plugin import registry as p
 from berth.plugin.registry import InitContext, Registration, Registry
 from berth.services.server import Edge
 
-
 TRANSFER = "io.containerd.transfer.v1"
 DEFAULT_CERTS_D = "/etc/berth/certs.d"
 
@@ -139,6 +138,15 @@ def _images_service(ctx: InitContext) -> GRPCService:
                        "containerd.services.images.v1.Images")
 
 
+def _containers_service(ctx: InitContext) -> GRPCService:
+    from berth.api.services.containers.v1 import containers_pb2_grpc
+    from berth.services.containers import ContainersService
+
+    return GRPCService(ContainersService(ctx.get(p.METADATA).containers),
+                       containers_pb2_grpc.add_ContainersServicer_to_server,
+                       "containerd.services.containers.v1.Containers")
+
+
 def _snapshots_service(ctx: InitContext) -> GRPCService:
     from berth.api.services.snapshots.v1 import snapshots_pb2_grpc
     from berth.services.snapshots import SnapshotsService
@@ -227,6 +235,7 @@ def registry() -> Registry:
         Registration(TRANSFER, "local", _transfer, requires=(p.METADATA, p.DIFFER)),
         _grpc("content", _content_service),
         _grpc("images", _images_service),
+        _grpc("containers", _containers_service),
         _grpc("snapshots", _snapshots_service),
         _grpc("diff", _diff_service),
         _grpc("leases", _leases_service),
