@@ -16,7 +16,6 @@ import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from google.protobuf import any_pb2
 
@@ -24,6 +23,7 @@ from berth import errdefs, namespaces
 from berth.api.events import task_pb2 as events_pb
 from berth.api.runtime.task.v2 import shim_pb2
 from berth.api.types import mount_pb2
+from berth.containers import AnyValue
 from berth.events import Exchange
 from berth.metadata.store import Metadata
 from berth.runtime import bundle as bundles
@@ -64,7 +64,7 @@ class CreateRequest:
 class TaskManager:
     def __init__(self, state: str, metadata: Metadata, exchange: Exchange, grpc_address: str,
                  ttrpc_address: str, shims: Mapping[str, str] | None = None) -> None:
-        self.state = state
+        self.state_dir = state
         self.md = metadata
         self.exchange = exchange
         self.grpc_address = grpc_address
@@ -113,7 +113,10 @@ class TaskManager:
             rootfs = to_pb(sn.mounts(container.snapshot_key))
         binary = self._binary(resolve_binary(container.runtime.name, req.runtime_path,
                                              self.shims))
-        bundle = bundles.create(self.state, container.id, container.spec.value)
+        if container.spec is None:
+            raise errdefs.FailedPrecondition(
+                f"container {container.id} has no OCI spec: create it with one")
+        bundle = bundles.create(self.state_dir, container.id, container.spec.value)
         logs = ShimLog(bundle)
         shim: ShimConnection | None = None
         try:
@@ -152,7 +155,8 @@ class TaskManager:
 
     def delete(self, container_id: str) -> shim_pb2.DeleteResponse:
         task = self.get(container_id)
-        resp = task.shim.call("Delete", shim_pb2.DeleteRequest(id=container_id))
+        resp: shim_pb2.DeleteResponse = task.shim.call(
+            "Delete", shim_pb2.DeleteRequest(id=container_id))
         self._release(task)
         return resp
 
@@ -244,7 +248,7 @@ class TaskManager:
 
     def recover(self) -> None:
         """Reconnect to the shims of tasks that outlived the last berthd; clean up the rest."""
-        for bundle in bundles.load_all(self.state):
+        for bundle in bundles.load_all(self.state_dir):
             with namespaces.use(bundle.namespace):
                 try:
                     self._reconnect(bundle)
@@ -302,12 +306,9 @@ class TaskManager:
                 task.logs.close()
 
 
-def _any(value: Any) -> any_pb2.Any | None:
+def _any(value: AnyValue | None) -> any_pb2.Any | None:
     if value is None:
         return None
-    if isinstance(value, any_pb2.Any):
-        return value
-    type_url, data = value
-    return any_pb2.Any(type_url=type_url, value=data)
+    return any_pb2.Any(type_url=value.type_url, value=value.value)
 
 
