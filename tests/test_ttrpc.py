@@ -34,6 +34,7 @@ from berth.ttrpc import (
     SyncStub,
     codec,
 )
+from berth.ttrpc import server as server_module
 from berth.ttrpc.codec import Frame, FrameType
 
 TASK = shim_pb2.DESCRIPTOR.services_by_name["Task"]
@@ -574,6 +575,50 @@ def test_server_protocol_edges(sockdir: str) -> None:
             assert reply.version == "z"
 
     run(main())
+
+
+def test_server_backpressure_on_a_peer_that_does_not_read(
+    sockdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replies pile up while the peer does not read; the server stops reading requests meanwhile
+    and catches up once the peer reads: nothing is lost or stuck."""
+    path = os.path.join(sockdir, "s")
+    paused: list[bool] = []
+    original = server_module._Connection.pause_writing
+
+    def pause_writing(self: Any) -> None:
+        paused.append(True)
+        original(self)
+
+    monkeypatch.setattr(server_module._Connection, "pause_writing", pause_writing)
+    size = 1 << 20
+    count = 24
+
+    async def main() -> None:
+        async with serving(path):
+            reader, writer = await asyncio.open_unix_connection(path)
+            for i in range(count):
+                writer.write(request_frame(2 * i + 1, "State",
+                                           shim_pb2.StateRequest(id=str(i), exec_id=str(size))))
+            await writer.drain()
+            await asyncio.sleep(0.3)  # the server's send buffer fills up meanwhile
+            decoder = codec.FrameDecoder()
+            got: list[Frame] = []
+            async with asyncio.timeout(20):
+                while len(got) < count:
+                    data = await reader.read(1 << 20)
+                    assert data
+                    got.extend(f for f in decoder.feed(data) if isinstance(f, Frame))
+            writer.close()
+            ids = set()
+            for f in got:
+                reply = shim_pb2.StateResponse.FromString(codec.decode_response(f.payload).payload)
+                assert len(reply.bundle) == size
+                ids.add(reply.id)
+            assert ids == {str(i) for i in range(count)}
+
+    run(main())
+    assert paused
 
 
 def struct_header(length: int, sid: int, type_: int, flags: int = 0) -> bytes:

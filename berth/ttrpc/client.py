@@ -110,6 +110,11 @@ class _Connection(asyncio.Protocol):
         self.writable.set()
 
 
+def _expire(fut: asyncio.Future[bytes], message: str) -> None:
+    if not fut.done():
+        fut.set_exception(errdefs.DeadlineExceeded(message))
+
+
 class Client:
     """One ttrpc connection. Build with :meth:`connect` or :meth:`from_socket`; use from the
     event loop it was made on. See the module docstring for the call contract."""
@@ -180,21 +185,19 @@ class Client:
         if sid > _MAX_STREAM_ID:
             raise errdefs.Unavailable("ttrpc: stream ids exhausted on this connection; reconnect")
         self._next_id += 2
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes] = loop.create_future()
         conn.pending[sid] = fut
         conn.transport.write(codec.encode_frame(sid, FrameType.REQUEST, envelope))
+        # A plain timer, cheaper than asyncio.timeout; expiry fails the future.
+        timer = None if timeout is None else loop.call_later(
+            timeout, _expire, fut, f"ttrpc: {service}/{method}: no reply within {timeout}s")
         try:
-            if timeout is None:
-                data = await fut
-            else:
-                try:
-                    async with asyncio.timeout(timeout):
-                        data = await fut
-                except TimeoutError:
-                    raise errdefs.DeadlineExceeded(
-                        f"ttrpc: {service}/{method}: no reply within {timeout}s") from None
+            data = await fut
         finally:
             conn.pending.pop(sid, None)
+            if timer is not None:
+                timer.cancel()
         try:
             resp = codec.decode_response(data)
         except codec.ProtocolError as err:

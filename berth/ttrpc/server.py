@@ -220,15 +220,15 @@ class Server:
         metadata: dict[str, list[str]] = {}
         for kv in req.metadata:
             metadata.setdefault(kv.key, []).append(kv.value)
+        ns = metadata.get(namespaces.TTRPC_HEADER)
         ctx = RequestContext(
             service=method.service,
             method=method.name,
             metadata=metadata,
             timeout_nano=req.timeout_nano,
             deadline=(time.monotonic() + req.timeout_nano / 1e9) if req.timeout_nano else None,
-            namespace=None,
+            namespace=ns[0] if ns else None,
         )
-        ctx.namespace = ctx.get(namespaces.TTRPC_HEADER)
         with contextlib.ExitStack() as stack:
             if ctx.namespace is not None:
                 stack.enter_context(namespaces.use(ctx.namespace))
