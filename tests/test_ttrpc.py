@@ -113,6 +113,17 @@ class FakeTask:
         return shim_pb2.StateResponse(id=req.id, bundle="x" * int(req.exec_id or 0))
 
 
+class ShutsDownInline:
+    """The mistake Server.shutdown refuses: awaiting it from a handler."""
+
+    server: Server
+
+    async def Forward(self, ctx: RequestContext, req: events_pb2.ForwardRequest
+                      ) -> empty_pb2.Empty:
+        await self.server.shutdown()
+        return empty_pb2.Empty()
+
+
 class Recorder:
     """containerd's Events service, as the shim's publisher calls it."""
 
@@ -419,6 +430,22 @@ def test_shutdown_lets_running_calls_finish(sockdir: str) -> None:
         await asyncio.wait_for(client.wait_closed(), 2)
         with pytest.raises(errdefs.FailedPrecondition):
             await server.serve(path)
+
+    run(main())
+
+
+def test_shutdown_from_a_handler_is_refused(sockdir: str) -> None:
+    path = os.path.join(sockdir, "s")
+
+    async def main() -> None:
+        impl = ShutsDownInline()
+        impl.server = Server()
+        impl.server.register(EVENTS, impl)
+        await impl.server.serve(path)
+        client = await Client.connect(path)
+        with pytest.raises(errdefs.BerthError, match="from one of its own handlers"):
+            await Stub(client, EVENTS).Forward(events_pb2.ForwardRequest())
+        await impl.server.shutdown()
 
     run(main())
 

@@ -155,8 +155,12 @@ class Server:
         and close every connection. Requests arriving meanwhile answer UNAVAILABLE.
 
         Do not await this from a handler: the handler's own call would never finish. Signal
-        the code that owns the server instead (the shim's Shutdown RPC sets an event).
+        the code that owns the server instead (the shim's Shutdown RPC sets an event);
+        RuntimeError if you do.
         """
+        current = asyncio.current_task()
+        if any(current in conn.handlers.values() for conn in self._connections):
+            raise RuntimeError("ttrpc: Server.shutdown awaited from one of its own handlers")
         self._closing = True
         for listener in self._listeners:
             listener.close()
