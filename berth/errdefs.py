@@ -1,101 +1,148 @@
-"""Berth's closed set of errors, and the one place that maps them to gRPC status codes.
+"""Berth's closed set of errors, and the one place that maps them to status codes.
 
-Every subsystem raises these (never a bare ``Exception`` for a user-facing failure). The gRPC edge
-turns them into status codes with :func:`to_grpc_code`; clients turn codes back with
-:func:`from_grpc_code`. The message is for a person: say what went wrong and, where it helps, what
-to do about it.
+Every subsystem raises these (never a bare ``Exception`` for a user-facing failure). Each error
+class carries its :class:`Code` (the gRPC numbering, which ttrpc shares). The gRPC edge turns an
+error into a ``grpc.StatusCode`` with :func:`to_grpc_code`; ttrpc uses :func:`code_of` directly;
+clients turn codes back into errors with :func:`from_code` / :func:`from_grpc_code`. This module
+does not import grpc at load time, so the lean shim process never pays for it.
+
+The message is for a person: say what went wrong and, where it helps, what to do about it.
 """
 
 from __future__ import annotations
 
-import grpc
+import enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grpc
+
+
+class Code(enum.IntEnum):
+    """Status codes, numbered as gRPC (and ttrpc) put them on the wire."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
 
 
 class BerthError(Exception):
     """Base of every error Berth reports to a caller."""
 
-    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    code: Code = Code.UNKNOWN
 
 
 class NotFound(BerthError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = Code.NOT_FOUND
 
 
 class AlreadyExists(BerthError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    code = Code.ALREADY_EXISTS
 
 
 class InvalidArgument(BerthError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = Code.INVALID_ARGUMENT
 
 
 class FailedPrecondition(BerthError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = Code.FAILED_PRECONDITION
 
 
 class Conflict(BerthError):
     """The object changed underneath the caller (an update raced another)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = Code.FAILED_PRECONDITION
 
 
 class OutOfRange(BerthError):
-    code = grpc.StatusCode.OUT_OF_RANGE
+    code = Code.OUT_OF_RANGE
 
 
 class Unavailable(BerthError):
     """Retry later: the resource is busy (for example, a ref being written by someone else)."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    code = Code.UNAVAILABLE
+
+
+class ResourceExhausted(BerthError):
+    code = Code.RESOURCE_EXHAUSTED
 
 
 class NotImplementedByBerth(BerthError):
-    code = grpc.StatusCode.UNIMPLEMENTED
+    code = Code.UNIMPLEMENTED
 
 
 class Aborted(BerthError):
-    code = grpc.StatusCode.ABORTED
+    code = Code.ABORTED
 
 
 class Canceled(BerthError):
-    code = grpc.StatusCode.CANCELLED
+    code = Code.CANCELLED
 
 
 class DeadlineExceeded(BerthError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = Code.DEADLINE_EXCEEDED
 
 
 class Internal(BerthError):
-    code = grpc.StatusCode.INTERNAL
+    code = Code.INTERNAL
 
 
-_BY_CODE: dict[grpc.StatusCode, type[BerthError]] = {
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
-    grpc.StatusCode.UNIMPLEMENTED: NotImplementedByBerth,
-    grpc.StatusCode.ABORTED: Aborted,
-    grpc.StatusCode.CANCELLED: Canceled,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.INTERNAL: Internal,
+_BY_CODE: dict[Code, type[BerthError]] = {
+    cls.code: cls
+    for cls in (NotFound, AlreadyExists, InvalidArgument, FailedPrecondition, OutOfRange,
+                Unavailable, ResourceExhausted, NotImplementedByBerth, Aborted, Canceled,
+                DeadlineExceeded, Internal)
 }
 
 
-def to_grpc_code(err: BaseException) -> grpc.StatusCode:
-    """The status code a servicer answers with for ``err``."""
+def code_of(err: BaseException) -> Code:
+    """The status code a failed call answers with for ``err``."""
     if isinstance(err, BerthError):
         return err.code
+    if isinstance(err, NotImplementedError):
+        return Code.UNIMPLEMENTED
     if isinstance(err, FileNotFoundError):
-        return grpc.StatusCode.NOT_FOUND
+        return Code.NOT_FOUND
     if isinstance(err, FileExistsError):
-        return grpc.StatusCode.ALREADY_EXISTS
+        return Code.ALREADY_EXISTS
+    return Code.UNKNOWN
+
+
+def from_code(code: int, message: str) -> BerthError:
+    """The Berth error a client raises for a status it received."""
+    try:
+        cls = _BY_CODE.get(Code(code), BerthError)
+    except ValueError:
+        cls = BerthError
+    return cls(message)
+
+
+def to_grpc_code(err: BaseException) -> grpc.StatusCode:
+    """The gRPC status code for ``err`` (the gRPC edge's view of :func:`code_of`)."""
+    import grpc
+
+    number = code_of(err)
+    for status in grpc.StatusCode:
+        if status.value[0] == number:
+            return status
     return grpc.StatusCode.UNKNOWN
 
 
 def from_grpc_code(code: grpc.StatusCode, message: str) -> BerthError:
-    """The Berth error a client raises for a status it received."""
-    cls = _BY_CODE.get(code, BerthError)
-    return cls(message)
+    """The Berth error a gRPC client raises for a status it received."""
+    return from_code(int(code.value[0]), message)

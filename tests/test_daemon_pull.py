@@ -10,7 +10,7 @@ The registries here log every request (docker-registry's access log, one combine
 per request), so the tests can count what berthd fetched: a second pull downloads no layer, two
 pulls at once download each layer once, an interrupted download resumes with a Range request.
 
-Bugs found are marked `xfail(strict=True)` with their diagnosis (concurrent pulls of one image).
+Concurrent pulls of one image share their downloads and both succeed.
 
 Layout: one berthd for the module, whose transfer plugin reads `hosts.toml` files from a
 directory the tests write into; each test works in a namespace of its own. The tests that need
@@ -967,41 +967,17 @@ def test_two_pulls_at_once_fetch_each_layer_once(twin_pulls: TwinPulls,
     assert_pulled(t, ok[0], tmp_path / "mnt")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Fails through either of two bugs, depending on timing. (1) berth/images/pull.py:134-137, "
-    "see test_a_pull_joining_a_running_download_succeeds. (2) a race in "
-    "berth/metadata/content.py:136-148 (NamespacedContentStore.writer): it checks "
-    "local.info(expected) (not there yet), waits for the database while the other "
-    "namespace's pull commits the same config, then local.writer() raises AlreadyExists "
-    "(berth/content/local.py:132-133), which escapes without _record()ing the blob in this "
-    "namespace; Puller._store (berth/images/pull.py:216-218) catches AlreadyExists and calls "
-    "content.update(): 'content sha256:<config> not found in namespace'. Fix: in writer(), "
-    "catch AlreadyExists from self.local.writer() and self._record(ns, expected, {}, "
-    "must_be_new=False) before re-raising, as the local.info() branch does."))
 def test_two_pulls_at_once_both_succeed(twin_pulls: TwinPulls, tmp_path: Path) -> None:
     for ns in twin_pulls.results:
         assert_pulled(twin_pulls, ns, tmp_path / f"mnt-{ns}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "berth/images/pull.py:134-137 (Puller._download): a pull that waited for another pull's "
-    "download of the same layer (_Inflight.claim yields False) reports 'exists' without "
-    "calling _have(), so the blob is never recorded in its namespace nor its lease, and its "
-    "unpack fails with 'content sha256:<layer> not found in namespace'. (If the other "
-    "download failed, the waiter also wrongly assumes the blob is there.) Fix: after the "
-    "wait, call self._have(desc), and download it here when that is False (loop on claim)."))
 def test_a_pull_joining_a_running_download_succeeds(staggered_pulls: TwinPulls,
                                                     tmp_path: Path) -> None:
     for ns in staggered_pulls.results:
         assert_pulled(staggered_pulls, ns, tmp_path / f"mnt-{ns}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "berth/images/pull.py:288 (Puller._pull_manifest): the config blob is always fetched from "
-    "the registry with _document(), never taken from the content store nor shared through "
-    "_Inflight, so two pulls at once (and every re-pull) GET it again. Fix: if "
-    "self._have(m.config), read the stored (verified) config instead; claim it through "
-    "self._inflight like layers otherwise."))
 def test_two_pulls_at_once_fetch_the_config_once(twin_pulls: TwinPulls) -> None:
     gets = twin_pulls.gets.get(twin_pulls.config, [])
     assert len(gets) <= 1, gets

@@ -547,7 +547,7 @@ def test_large_messages_and_the_size_limit(sockdir: str) -> None:
             # A reply over 4 MiB: the server answers RESOURCE_EXHAUSTED instead.
             with pytest.raises(errdefs.BerthError, match="exceeds") as info:
                 await stub.State(shim_pb2.StateRequest(exec_id=str(codec.MAX_MESSAGE)))
-            assert type(info.value) is errdefs.BerthError
+            assert type(info.value) is errdefs.ResourceExhausted
             # A request over 4 MiB is refused before it is sent.
             with pytest.raises(errdefs.BerthError, match="exceeds the maximum"):
                 await stub.State(shim_pb2.StateRequest(id="x" * codec.MAX_MESSAGE))

@@ -189,7 +189,7 @@ def test_status_to_error(code: int, cls: type[errdefs.BerthError]) -> None:
     assert str(err) == "msg"
 
 
-@pytest.mark.parametrize("code", [2, codec.RESOURCE_EXHAUSTED, 16, 999])
+@pytest.mark.parametrize("code", [2, 7, 16, 999])
 def test_status_without_a_class_is_a_plain_berth_error(code: int) -> None:
     err = codec.status_to_error(code, "msg")
     assert type(err) is errdefs.BerthError

@@ -43,8 +43,8 @@ MOVING = frozenset({"downloading", "uploading"})
 # Statuses after which the piece's bytes are all where they should be.
 COMPLETE = frozenset({"verifying", "downloaded", "extracting", "exists", "mounted", "done"})
 _STYLE = {"waiting": "dim", "resolving": "yellow", "downloading": "blue", "uploading": "blue",
-          "verifying": "cyan", "downloaded": "cyan", "extracting": "cyan", "exists": "green", "mounted": "green",
-          "done": "green"}
+          "verifying": "cyan", "downloaded": "cyan", "extracting": "cyan", "exists": "green",
+          "mounted": "green", "done": "green"}
 
 
 def label(msg: transfer_pb2.Progress) -> str:

@@ -131,34 +131,42 @@ class Puller:
 
     def _download(self, fetcher: Fetcher, desc: Descriptor, kind: str,
                   progress: ProgressFn, labels: dict[str, str]) -> None:
-        with self._inflight.claim(desc.digest) as mine:
-            if not mine or self._have(desc):
-                progress(Progress(kind, "exists", desc, desc.size, desc.size))
-                return
-            ref = f"pull-{desc.digest}"
-            for attempt in range(1, FETCH_ATTEMPTS + 1):
-                w = self.md.content.writer(ref, total=desc.size, expected=desc.digest)
-                try:
-                    offset = w.status().offset
-                    if offset > desc.size:
-                        w.truncate(0)
-                        offset = 0
-                    if offset < desc.size:
-                        self._copy(fetcher, desc, kind, w, offset, progress)
-                    w.commit(desc.size, desc.digest, labels)
-                    progress(Progress(kind, "downloaded", desc, desc.size, desc.size))
-                    return
-                except errdefs.AlreadyExists:
+        while True:
+            with self._inflight.claim(desc.digest) as mine:
+                if self._have(desc):
                     progress(Progress(kind, "exists", desc, desc.size, desc.size))
                     return
-                except errdefs.Unavailable as err:
-                    if attempt == FETCH_ATTEMPTS:
-                        raise
-                    log.warning("pull: %s: %s; resuming (attempt %d of %d)", desc.digest, err,
-                                attempt + 1, FETCH_ATTEMPTS)
-                    time.sleep(0.2 * attempt)
-                finally:
-                    w.close()
+                if mine:
+                    self._fetch_blob(fetcher, desc, kind, progress, labels)
+                    return
+            # Another pull was fetching it and did not store it (it failed): try ourselves.
+
+    def _fetch_blob(self, fetcher: Fetcher, desc: Descriptor, kind: str,
+                    progress: ProgressFn, labels: dict[str, str]) -> None:
+        ref = f"pull-{desc.digest}"
+        for attempt in range(1, FETCH_ATTEMPTS + 1):
+            w = self.md.content.writer(ref, total=desc.size, expected=desc.digest)
+            try:
+                offset = w.status().offset
+                if offset > desc.size:
+                    w.truncate(0)
+                    offset = 0
+                if offset < desc.size:
+                    self._copy(fetcher, desc, kind, w, offset, progress)
+                w.commit(desc.size, desc.digest, labels)
+                progress(Progress(kind, "downloaded", desc, desc.size, desc.size))
+                return
+            except errdefs.AlreadyExists:
+                progress(Progress(kind, "exists", desc, desc.size, desc.size))
+                return
+            except errdefs.Unavailable as err:
+                if attempt == FETCH_ATTEMPTS:
+                    raise
+                log.warning("pull: %s: %s; resuming (attempt %d of %d)", desc.digest, err,
+                            attempt + 1, FETCH_ATTEMPTS)
+                time.sleep(0.2 * attempt)
+            finally:
+                w.close()
 
     def _copy(self, fetcher: Fetcher, desc: Descriptor, kind: str, w: Writer, offset: int,
               progress: ProgressFn) -> None:
@@ -190,6 +198,20 @@ class Puller:
         if offset < desc.size:
             raise errdefs.Unavailable(
                 f"download of {desc.digest} ended early at byte {offset} of {desc.size}")
+
+    def _stored_document(self, fetcher: Fetcher, desc: Descriptor, kind: str,
+                         labels: dict[str, str]) -> bytes:
+        """A document read from the content store if it is there, else fetched, verified and
+        stored with ``labels``; one fetch for concurrent pulls."""
+        while True:
+            with self._inflight.claim(desc.digest) as mine:
+                if self._have(desc):
+                    with self.md.content.reader(desc.digest) as r:
+                        return r.read_at(0, r.size)
+                if mine:
+                    data = self._document(fetcher, desc, kind)
+                    self._store(desc, data, labels)
+                    return data
 
     def _document(self, fetcher: Fetcher, desc: Descriptor, kind: str) -> bytes:
         """A manifest, index or config: read whole (bounded), verified, not yet stored."""
@@ -285,7 +307,7 @@ class Puller:
                        progress: ProgressFn, source: dict[str, str], *, unpack: bool) -> None:
         data = self._document(fetcher, desc, "manifest")
         m = manifest.parse_manifest(data)
-        config_data = self._document(fetcher, m.config, "config")
+        config_data = self._stored_document(fetcher, m.config, "config", source)
         config = manifest.parse_config(config_data)
         unpacker = None
         if unpack:
@@ -293,7 +315,6 @@ class Puller:
             if sn is None:
                 raise errdefs.InvalidArgument(f"snapshotter {opts.snapshotter!r} is not loaded")
             unpacker = Unpacker(self.md.content, sn, self.differ, m.layers, config.diff_ids)
-        self._store(m.config, config_data, source)
         def job(index: int, layer: Descriptor) -> None:
             self._download(fetcher, layer, "layer", progress, source)
             if unpacker is not None and unpacker.needed(index):

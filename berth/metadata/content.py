@@ -145,7 +145,12 @@ class NamespacedContentStore(Store):
         with self.db.tx() as c:
             self.db.ensure_namespace(c, ns)
             add_to_current_lease(c, ns, Resource(ref, "ingests"))
-        inner = self.local.writer(f"{ns}/{ref}", total=total, expected=expected)
+        try:
+            inner = self.local.writer(f"{ns}/{ref}", total=total, expected=expected)
+        except errdefs.AlreadyExists:
+            # Committed by someone else since the check above: shared content all the same.
+            self._record(ns, expected, {}, must_be_new=False)
+            raise
         return NamespacedWriter(self, ns, ref, inner)
 
     # -- Manager -----------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import grpc
 from google.protobuf.message import DecodeError
 
 from berth import errdefs
@@ -196,30 +195,22 @@ def decode_response(data: bytes) -> ttrpc_pb2.Response:
 
 
 # -- statuses ----------------------------------------------------------------------------------
-# errdefs speaks grpc.StatusCode; the wire speaks the codes' numbers. This is the only place in
-# berth.ttrpc that touches grpc, and only for that translation.
+# The wire speaks the codes' numbers, which errdefs.Code shares.
 
-OK = 0
-_BY_NUMBER: dict[int, grpc.StatusCode] = {sc.value[0]: sc for sc in grpc.StatusCode}
-# errdefs has no class for it; Go's ttrpc answers it for oversized messages.
-RESOURCE_EXHAUSTED: int = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
-
-
-def code_number(code: grpc.StatusCode) -> int:
-    """The wire number of a status code."""
-    number: int = code.value[0]
-    return number
+OK = int(errdefs.Code.OK)
+# Go's ttrpc answers it for oversized messages.
+RESOURCE_EXHAUSTED = int(errdefs.Code.RESOURCE_EXHAUSTED)
 
 
 def error_to_status(err: BaseException) -> tuple[int, str]:
     """The (code, message) that answers a call which failed with ``err``."""
-    return code_number(errdefs.to_grpc_code(err)), str(err)
+    return int(errdefs.code_of(err)), str(err)
 
 
 def status_to_error(code: int, message: str) -> errdefs.BerthError:
     """The Berth error a caller gets for a non-OK status. A code errdefs has no class for
-    (RESOURCE_EXHAUSTED, PERMISSION_DENIED, ...) gives a plain BerthError."""
-    return errdefs.from_grpc_code(_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN), message)
+    (PERMISSION_DENIED, ...) gives a plain BerthError."""
+    return errdefs.from_code(code, message)
 
 
 # -- addresses ---------------------------------------------------------------------------------
