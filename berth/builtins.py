@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from berth import errdefs
 from berth.plugin import registry as p
 from berth.plugin.registry import InitContext, Registration, Registry
 from berth.services.server import Edge
@@ -115,9 +116,26 @@ def _resolvers(config_path: list[str]) -> Callable[[bool, dict[str, tuple[str, s
     return make
 
 
+def _tasks(ctx: InitContext) -> Any:
+    from berth.runtime.events import EventsEndpoint
+    from berth.runtime.manager import TaskManager
+    from berth.ttrpc import BackgroundLoop
+
+    shims = ctx.config.get("shims", {})
+    if not isinstance(shims, dict):
+        raise errdefs.InvalidArgument("runtime config: shims must map runtime names to binaries")
+    loop = BackgroundLoop("ttrpc")
+    events = EventsEndpoint(loop, ctx.ttrpc_address, ctx.get(p.EVENT))
+    manager = TaskManager(ctx.state, ctx.get(p.METADATA), ctx.get(p.EVENT), ctx.address,
+                          ctx.ttrpc_address, {str(k): str(v) for k, v in shims.items()},
+                          on_close=[events.close, loop.close])
+    manager.recover()
+    return manager
+
+
 def _grpc(name: str, make: Callable[[InitContext], GRPCService]) -> Registration:
     return Registration(p.GRPC, name, make,
-                        requires=(p.METADATA, p.EVENT, p.DIFFER, p.GC, TRANSFER))
+                        requires=(p.METADATA, p.EVENT, p.DIFFER, p.GC, TRANSFER, p.RUNTIME))
 
 
 def _content_service(ctx: InitContext) -> GRPCService:
@@ -202,6 +220,14 @@ def _transfer_service(ctx: InitContext) -> GRPCService:
                        "berth.services.transfer.v1.Transfer")
 
 
+def _tasks_service(ctx: InitContext) -> GRPCService:
+    from berth.api.services.tasks.v1 import tasks_pb2_grpc
+    from berth.services.tasks import TasksService
+
+    return GRPCService(TasksService(ctx.get(p.RUNTIME)), tasks_pb2_grpc.add_TasksServicer_to_server,
+                       "containerd.services.tasks.v1.Tasks")
+
+
 def _version_service(ctx: InitContext) -> GRPCService:
     from berth.api.services.version.v1 import version_pb2_grpc
     from berth.services.version import VersionService
@@ -233,6 +259,8 @@ def registry() -> Registry:
         Registration(p.GC, "scheduler", _gc, requires=(p.METADATA,)),
         Registration(p.DIFFER, "walking", _walking, requires=(p.METADATA,), platforms=linux),
         Registration(TRANSFER, "local", _transfer, requires=(p.METADATA, p.DIFFER)),
+        Registration(p.RUNTIME, "task", _tasks, requires=(p.METADATA, p.EVENT),
+                     platforms=linux),
         _grpc("content", _content_service),
         _grpc("images", _images_service),
         _grpc("containers", _containers_service),
@@ -241,6 +269,7 @@ def registry() -> Registry:
         _grpc("leases", _leases_service),
         _grpc("namespaces", _namespaces_service),
         _grpc("events", _events_service),
+        _grpc("tasks", _tasks_service),
         _grpc("transfer", _transfer_service),
         _grpc("version", _version_service),
         _grpc("introspection", _introspection_service),

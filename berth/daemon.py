@@ -59,7 +59,8 @@ class Daemon:
         for key in cfg.unknown_keys:
             log.warning("config: unknown key %r ignored", key)
         self.registry = builtins.registry()
-        self.registry.init_all(cfg.root, cfg.state, cfg.plugins, cfg.disabled_plugins)
+        self.registry.init_all(cfg.root, cfg.state, cfg.plugins, cfg.disabled_plugins,
+                               address=cfg.address, ttrpc_address=cfg.address + ".ttrpc")
         server = new_server()
         for name, svc in self.registry.get_all(p.GRPC).items():
             svc.register(server)

@@ -50,6 +50,8 @@ class InitContext:
     config: Mapping[str, Any]
     registry: Registry
     exports: dict[str, str] = field(default_factory=dict)
+    address: str = ""  # the daemon's gRPC socket
+    ttrpc_address: str = ""  # where shims forward events
 
     def get(self, type_: str, id_: str | None = None) -> Any:
         """The instance of a required plugin; NotFound if it is absent or failed."""
@@ -120,7 +122,8 @@ class Registry:
         return done
 
     def init_all(self, root: str, state: str, configs: Mapping[str, Mapping[str, Any]],
-                 disabled: Sequence[str] = ()) -> None:
+                 disabled: Sequence[str] = (), *, address: str = "",
+                 ttrpc_address: str = "") -> None:
         for reg in self._sorted():
             plugin = Plugin(reg)
             self._plugins[reg.uri] = plugin
@@ -131,7 +134,8 @@ class Registry:
                 continue
             ctx = InitContext(
                 root=os.path.join(root, reg.uri), state=os.path.join(state, reg.uri),
-                config=configs.get(reg.uri, {}), registry=self,
+                config=configs.get(reg.uri, {}), registry=self, address=address,
+                ttrpc_address=ttrpc_address,
             )
             try:
                 plugin.instance = reg.init(ctx)

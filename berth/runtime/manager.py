@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2
@@ -63,7 +63,8 @@ class CreateRequest:
 
 class TaskManager:
     def __init__(self, state: str, metadata: Metadata, exchange: Exchange, grpc_address: str,
-                 ttrpc_address: str, shims: Mapping[str, str] | None = None) -> None:
+                 ttrpc_address: str, shims: Mapping[str, str] | None = None,
+                 on_close: Sequence[Callable[[], None]] = ()) -> None:
         self.state_dir = state
         self.md = metadata
         self.exchange = exchange
@@ -72,6 +73,7 @@ class TaskManager:
         self.shims = {**DEFAULT_SHIMS, **(shims or {})}
         self._tasks: dict[tuple[str, str], Task] = {}
         self._lock = threading.Lock()
+        self._on_close = list(on_close)
         os.makedirs(state, mode=0o711, exist_ok=True)
 
     def _binary(self, path: str) -> ShimBinary:
@@ -304,6 +306,8 @@ class TaskManager:
             task.shim.close()
             if task.logs is not None:
                 task.logs.close()
+        for close in self._on_close:
+            close()
 
 
 def _any(value: AnyValue | None) -> any_pb2.Any | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from google.protobuf import message_factory
 
-from berth import errdefs, namespaces
+from berth import namespaces
 from berth.api.runtime.task.v2 import shim_pb2
 from berth.ttrpc.client import SyncClient
 
@@ -27,11 +27,8 @@ class ShimConnection:
 
     @classmethod
     def connect(cls, path: str, namespace: str) -> ShimConnection:
-        try:
-            client = SyncClient.connect(path)
-        except OSError as err:
-            raise errdefs.Unavailable(f"cannot connect to shim at {path}: {err}") from None
-        return cls(client, namespace, path)
+        """Unavailable if nothing answers at ``path``."""
+        return cls(SyncClient.connect(path), namespace, path)
 
     def call(self, method: str, request: Any, timeout: float | None = CALL_TIMEOUT) -> Any:
         """Call ``method`` on the shim; ``timeout`` None waits as long as it takes (Wait)."""
