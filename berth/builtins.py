@@ -12,7 +12,7 @@ import grpc
 from berth import errdefs
 from berth.plugin import registry as p
 from berth.plugin.registry import InitContext, Registration, Registry
-from berth.services.server import Edge
+from berth.services.server import Edge, Observer
 
 TRANSFER = "io.containerd.transfer.v1"
 DEFAULT_CERTS_D = "/etc/berth/certs.d"
@@ -27,8 +27,8 @@ class GRPCService:
         self._add = add
         self.name = name
 
-    def register(self, server: grpc.Server) -> None:
-        self._add(Edge(self.servicer, self.name), server)
+    def register(self, server: grpc.Server, observe: Observer | None = None) -> None:
+        self._add(Edge(self.servicer, self.name, observe), server)
 
 
 def _exchange(ctx: InitContext) -> Any:

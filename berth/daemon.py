@@ -14,6 +14,7 @@ from types import FrameType
 import grpc
 
 from berth import builtins, errdefs
+from berth.metrics.metrics import DaemonMetrics, MetricsServer
 from berth.plugin import registry as p
 from berth.plugin.config import Config
 from berth.plugin.registry import Registry
@@ -33,6 +34,7 @@ class Daemon:
         self.server: grpc.Server | None = None
         self._lock_fd: int | None = None
         self._stopped = threading.Event()
+        self.metrics_server: MetricsServer | None = None
 
     def _lock_root(self) -> None:
         os.makedirs(self.config.root, mode=0o711, exist_ok=True)
@@ -61,9 +63,10 @@ class Daemon:
         self.registry = builtins.registry()
         self.registry.init_all(cfg.root, cfg.state, cfg.plugins, cfg.disabled_plugins,
                                address=cfg.address, ttrpc_address=cfg.address + ".ttrpc")
+        self.metrics = DaemonMetrics()
         server = new_server()
         for name, svc in self.registry.get_all(p.GRPC).items():
-            svc.register(server)
+            svc.register(server, self.metrics.observe)
             log.debug("grpc service %s registered", name)
         address = cfg.address
         os.makedirs(os.path.dirname(address) or ".", mode=0o711, exist_ok=True)
@@ -75,6 +78,13 @@ class Daemon:
         if cfg.grpc_gid:
             os.chown(address, 0, cfg.grpc_gid)
         self.server = server
+        if cfg.metrics_address:
+            runtime = self.registry.get_all(p.RUNTIME).get("task")
+            if runtime is not None:
+                self.metrics.add_containers(runtime.all_stats)
+            self.metrics_server = MetricsServer(cfg.metrics_address, self.metrics.registry)
+            log.info("metrics on http://%s:%d/v1/metrics", cfg.metrics_address.rpartition(":")[0]
+                     or "127.0.0.1", self.metrics_server.port)
         # Sweep what an earlier crash may have left (orphan snapshots, unreferenced blobs).
         self.registry.get(p.METADATA).collect(False)
         log.info("berthd serving on %s (root %s, state %s)", address, cfg.root, cfg.state)
@@ -83,6 +93,9 @@ class Daemon:
         self._stopped.wait()
 
     def stop(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         if self.server is not None:
             self.server.stop(grace=2).wait()
             self.server = None

@@ -9,6 +9,7 @@ events on their behalf, as containerd does).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -245,6 +246,19 @@ class TaskManager:
         resp: shim_pb2.WaitResponse = task.shim.call(
             "Wait", shim_pb2.WaitRequest(id=container_id, exec_id=exec_id), timeout=None)
         return resp
+
+    def all_stats(self) -> builtins.list[tuple[str, str, any_pb2.Any]]:
+        """(namespace, container id, cgroup stats) of every task in every namespace; a task
+        whose shim does not answer is left out (and logged)."""
+        with self._lock:
+            tasks = list(self._tasks.values())
+        out = []
+        for task in tasks:
+            try:
+                out.append((task.namespace, task.id, self.stats(task)))
+            except errdefs.BerthError as err:
+                log.warning("metrics: task %s/%s: %s", task.namespace, task.id, err)
+        return out
 
     # -- restart ----------------------------------------------------------------------------
 

@@ -58,12 +58,17 @@ class _Context:
                 return fn()
 
 
+# (method, status code name, seconds) after each call: the daemon's request metrics.
+Observer = Callable[[str, str, float], None]
+
+
 class Edge:
     """Wraps a servicer so each method runs bound to its request and maps errors."""
 
-    def __init__(self, servicer: object, service: str) -> None:
+    def __init__(self, servicer: object, service: str, observe: Observer | None = None) -> None:
         self._servicer = servicer
         self._service = service
+        self._observe = observe
 
     def __getattr__(self, name: str) -> Callable[[Any, grpc.ServicerContext], Any]:
         method = getattr(self._servicer, name)
@@ -78,14 +83,20 @@ class Edge:
             except grpc.RpcError:
                 raise  # context.abort() already decided the status
             except Exception as err:
+                self._record(full, errdefs.code_of(err).name, start)
                 _fail(context, full, err)
                 raise  # unreachable: abort raises
             if inspect.isgenerator(result):
                 return _stream(result, scope, context, full)
+            self._record(full, "OK", start)
             log.debug("rpc %s ns=%s %.1fms", full, ns, (time.monotonic() - start) * 1e3)
             return result
 
         return call
+
+    def _record(self, method: str, code: str, start: float) -> None:
+        if self._observe is not None:
+            self._observe(method, code, time.monotonic() - start)
 
 
 def _stream(gen: Iterator[Any], scope: _Context, context: grpc.ServicerContext,

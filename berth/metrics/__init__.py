@@ -1,0 +1,1 @@
+"""Prometheus metrics: per-container cgroup statistics and the daemon's own."""
