@@ -450,10 +450,24 @@ class Berthd(ManagedProcess):
             remove_tree(self.base)
 
 
+# The contenders: which daemon, and which client pulls.
+#   containerd: `ctr images pull` on containerd (the reference)
+#   berthd:     `ctr images pull` on berthd (ctr fetches; berthd stores and unpacks)
+#   berth:      `berth pull` on berthd (berthd fetches, verifies and unpacks by itself)
+CONTENDERS = ("containerd", "berthd", "berth")
+BERTH_CLI = REPO_ROOT / ".venv" / "bin" / "berth"
+
+
 def make_daemon(name: str, base: Path) -> Daemon:
     if name == "containerd":
         return ReferenceContainerd(base)
     return Berthd(base)
+
+
+def pull_command(name: str, address: str, ref: str) -> list[str]:
+    if name == "berth":
+        return [str(BERTH_CLI), "--address", address, "pull", "--plain-http", "-q", ref]
+    return [CTR_BINARY, "--address", address, "images", "pull", "--plain-http", ref]
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -559,7 +573,7 @@ def measure_pull(
         if not drop_caches():
             log("warning: cannot drop the page cache; timings include a warm cache")
         cpu_before = cpu_seconds(daemon.pid)
-        cmd = [CTR_BINARY, "--address", daemon.address, "images", "pull", "--plain-http", ref]
+        cmd = pull_command(name, daemon.address, ref)
         with TreeRssSampler(daemon.pid) as sampler:
             started = time.monotonic()
             proc = subprocess.run(
@@ -630,9 +644,10 @@ def report(samples: list[Sample], daemons: list[str], stats: ImageStats) -> None
             f"with children {max(s.tree_peak_rss_kib for s in mine) / 1024:.0f} MiB, "
             f"daemon CPU median {statistics.median(s.daemon_cpu_seconds for s in mine):.2f} s"
         )
-    if "containerd" in medians and "berthd" in medians:
-        ratio = medians["berthd"] / medians["containerd"]
-        print(f"ratio berthd/containerd (median pull time): {ratio:.2f}")
+    for contender in ("berthd", "berth"):
+        if "containerd" in medians and contender in medians:
+            ratio = medians[contender] / medians["containerd"]
+            print(f"ratio {contender}/containerd (median pull time): {ratio:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -640,7 +655,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", choices=("containerd", "berthd"), help="benchmark one daemon")
+    parser.add_argument("--only", choices=CONTENDERS, action="append",
+                        help="benchmark only these contenders (repeatable)")
     parser.add_argument(
         "--cache", type=Path, default=DEFAULT_CACHE, help="image and registry cache"
     )
@@ -650,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (mounts, drop_caches, debootstrap)")
-    daemons = [args.only] if args.only else ["containerd", "berthd"]
+    daemons = args.only or list(CONTENDERS)
     args.cache.mkdir(parents=True, exist_ok=True)
 
     samples: list[Sample] = []

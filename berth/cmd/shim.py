@@ -1,4 +1,4 @@
-"""containerd-shim-berth-v2: Berth's runtime v2 shim (task support is not built yet)."""
+"""containerd-shim-berth-v2: Berth's runtime v2 shim (see berth.shim.main for the contract)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import sys
 
 
 def main() -> int:
-    print("containerd-shim-berth-v2: running tasks is not supported by this Berth build yet",
-          file=sys.stderr)
-    return 1
+    # Imported here, not at the top: the shim's entry must stay as light as its modules are.
+    from berth.shim.main import main as shim_main
+
+    return shim_main(sys.argv[1:])
 
 
 if __name__ == "__main__":

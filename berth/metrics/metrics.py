@@ -1,7 +1,8 @@
 """The ``[metrics] address`` endpoint: Prometheus text at ``/v1/metrics``.
 
-Per-container series (gauges, as containerd exports them) come from each running task's cgroup statistics, asked of its shim at
-scrape time (cgroups v1 ``io.containerd.cgroups.v1.Metrics`` or v2), labelled with the
+Per-container series (gauges, as containerd exports them) come from each running task's cgroup
+statistics, asked of its shim at scrape time (cgroups v1 ``io.containerd.cgroups.v1.Metrics``
+or v2), labelled with the
 container id and namespace, named like containerd's (``container_cpu_total_nanoseconds``,
 ``container_memory_usage_bytes``, ``container_pids_current``, ``container_blkio_...``).
 Daemon series: gRPC requests by method and code, and the Python process collector's CPU/RSS.
