@@ -1,0 +1,17 @@
+"""Berth's runtime v2 shim (``containerd-shim-berth-v2``): one small process per container
+(or pod) that drives runc, owns the container's stdio and reaps its exits.
+
+* :mod:`~berth.shim.main`: the command line (``start``, ``delete``) and the socket address.
+* :mod:`~berth.shim.server`: the shim process's loop, ttrpc on the socket ``start`` bound.
+* :mod:`~berth.shim.service`: the ``containerd.task.v2.Task`` RPCs.
+* :mod:`~berth.shim.container`, :mod:`~berth.shim.process`: a container, its init and exec
+  processes and their lifecycle.
+* :mod:`~berth.shim.runc`: the OCI runtime binary (runc, crun).
+* :mod:`~berth.shim.stdio`: FIFOs, files, logging binaries and terminals.
+* :mod:`~berth.shim.reaper`: the one collector of child exits (the shim is a subreaper).
+* :mod:`~berth.shim.cgroups`: statistics and OOM events.
+* :mod:`~berth.shim.events`: events forwarded to the daemon.
+* :mod:`~berth.shim.lean`: what the shim process does without, to stay small.
+
+Nothing here is imported by the daemon: the modules load in the shim's own process.
+"""

@@ -1,0 +1,330 @@
+"""``containerd-shim-berth-v2``: the command line a runtime v2 daemon runs, and the shim's life.
+
+The daemon (containerd, berthd) runs the binary in the task's bundle directory as::
+
+    containerd-shim-berth-v2 -namespace NS -address DAEMON_GRPC -publish-binary DAEMON -id ID start
+    containerd-shim-berth-v2 -namespace NS -address DAEMON_GRPC -publish-binary DAEMON \
+        -id ID -bundle BUNDLE delete
+
+with ``TTRPC_ADDRESS`` (where events go) in the environment.
+
+``start`` binds the shim's socket and starts the long-lived shim process on it (a new session,
+the bundle as working directory, stdin/stdout on /dev/null, stderr on the bundle's ``log`` FIFO
+when there is one), writes the bundle's ``address`` file and prints the address
+(``unix:///run/berth/s/<sha256>``). The socket's name is the sha256 of the daemon's address,
+the namespace and the grouping key (the container id, or the pod given by the
+``io.containerd.runc.v2.group`` / ``io.kubernetes.cri.sandbox-id`` annotations), so tasks of one
+pod share one shim, and berthd and containerd never share a shim. When a shim already serves
+that socket, ``start`` prints its address and starts nothing. Runtime options (protobuf ``Any``)
+may come on stdin: a ``shim_cgroup`` there moves the shim into that cgroup.
+
+``delete`` cleans up after a shim that died: ``runc delete --force``, rootfs unmounted, and a
+``DeleteResponse`` (exit status 137, as for SIGKILL) as protobuf on stdout.
+
+The shim process itself (this same program, run with the flags and no action) serves
+``containerd.task.v2.Task`` over ttrpc on the inherited socket (fd 3) until Shutdown finds no
+task left, or SIGTERM. It is a child subreaper, so container processes are its children.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+SOCKET_DIR = "/run/berth/s"
+LISTEN_FD = 3
+GROUP_LABELS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
+VERSION = "berth shim v2"
+
+
+@dataclass
+class Flags:
+    namespace: str = ""
+    id: str = ""
+    address: str = ""
+    publish_binary: str = ""
+    bundle: str = ""
+    socket: str = ""
+    debug: bool = False
+    version: bool = False
+    action: str = ""
+
+
+_STRING_FLAGS = {"namespace", "id", "address", "publish-binary", "bundle", "socket"}
+_BOOL_FLAGS = {"debug", "v"}
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_flags(argv: list[str]) -> Flags:
+    """Go ``flag`` syntax: ``-name value``, ``-name=value``, ``--name`` too; flags stop at the
+    first non-flag word (the action)."""
+    flags = Flags()
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            i += 1
+            break
+        if not word.startswith("-") or word == "-":
+            break
+        name, eq, value = word.lstrip("-").partition("=")
+        if name in _BOOL_FLAGS:
+            on = value.lower() not in ("false", "0") if eq else True
+            setattr(flags, "version" if name == "v" else name, on)
+        elif name in _STRING_FLAGS:
+            if not eq:
+                i += 1
+                if i >= len(argv):
+                    raise UsageError(f"flag needs an argument: -{name}")
+                value = argv[i]
+            setattr(flags, name.replace("-", "_"), value)
+        else:
+            raise UsageError(f"flag provided but not defined: -{name}")
+        i += 1
+    rest = argv[i:]
+    flags.action = rest[0] if rest else ""
+    return flags
+
+
+def socket_address(daemon_address: str, namespace: str, group: str) -> str:
+    import hashlib  # here: it loads OpenSSL, which the shim process has no use for
+
+    digest = hashlib.sha256(f"{daemon_address}/{namespace}/{group}".encode()).hexdigest()
+    return f"unix://{SOCKET_DIR}/{digest}"
+
+
+def _grouping(container_id: str) -> str:
+    try:
+        with open("config.json") as f:
+            annotations = json.load(f).get("annotations") or {}
+    except (OSError, ValueError):
+        return container_id
+    for label in GROUP_LABELS:
+        if annotations.get(label):
+            return str(annotations[label])
+    return container_id
+
+
+def _write_atomically(path: str, data: str) -> None:
+    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}")
+    with open(tmp, "w") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _can_connect(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+        return True
+
+
+def _listen(path: str) -> socket.socket | None:
+    """A listening socket at ``path``; None if a live shim already serves it."""
+    os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
+    for _attempt in range(2):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+        except OSError as err:
+            sock.close()
+            if err.errno != 98:  # EADDRINUSE
+                raise
+            if _can_connect(path):
+                return None
+            os.unlink(path)  # a dead shim's socket
+            continue
+        os.chmod(path, 0o600)
+        sock.listen(128)
+        return sock
+    raise OSError(f"cannot bind {path}")
+
+
+def _python_command() -> list[str]:
+    """How to run the shim process: this interpreter without site initialisation (which
+    costs the long-running process memory and start-up time) but with today's import path."""
+    import berth
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(berth.__file__)))
+    paths = [root, *[p for p in sys.path if p and os.path.isdir(p) and p != root]]
+    bootstrap = (f"import sys; sys.path[:0] = {paths!r}; "
+                 "from berth.shim.main import serve_main; sys.exit(serve_main(sys.argv[1:]))")
+    return [sys.executable, "-I", "-S", "-c", bootstrap]
+
+
+def _log_fd() -> int | None:
+    """The bundle's ``log`` FIFO, opened read-write so that opening never blocks and writes
+    cannot fail for want of a reader (they are dropped when it is full: see serve)."""
+    import stat
+
+    try:
+        if not stat.S_ISFIFO(os.stat("log").st_mode):
+            return None
+        return os.open("log", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _read_start_options() -> bytes:
+    if sys.stdin is None or sys.stdin.isatty():
+        return b""
+    try:
+        return sys.stdin.buffer.read()
+    except OSError:
+        return b""
+
+
+def _join_cgroup(pid: int, cgroup: str) -> None:
+    """Move ``pid`` into ``cgroup`` in every hierarchy that has it (the shim_cgroup option)."""
+    with open("/proc/self/mountinfo") as f:
+        mountpoints = [line.split(" - ")[0].split()[4] for line in f
+                       if " - cgroup " in line or " - cgroup2 " in line]
+    joined = False
+    for mountpoint in mountpoints:
+        procs = os.path.join(mountpoint, cgroup.lstrip("/"), "cgroup.procs")
+        if os.path.exists(procs):
+            with open(procs, "w") as f:
+                f.write(str(pid))
+            joined = True
+    if not joined:
+        raise OSError(f"shim cgroup {cgroup} does not exist")
+
+
+def _apply_start_options(pid: int, data: bytes) -> None:
+    if not data:
+        return
+    from google.protobuf import any_pb2
+
+    options = any_pb2.Any.FromString(data)
+    if options.type_url.rsplit("/", 1)[-1] != "containerd.runc.v1.Options":
+        return
+    from berth.api.runtime.runc.options import oci_pb2
+
+    shim_cgroup = oci_pb2.Options.FromString(options.value).shim_cgroup
+    if shim_cgroup:
+        _join_cgroup(pid, shim_cgroup)
+
+
+def _adjust_oom_score(pid: int) -> None:
+    """As containerd does: the shim is a little likelier to be OOM-killed than its daemon
+    (whose score we inherited), never less."""
+    try:
+        with open("/proc/self/oom_score_adj") as f:
+            score = int(f.read().strip())
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(min(score + 1, 1000)))
+    except (OSError, ValueError):
+        pass
+
+
+def start(flags: Flags) -> int:
+    from berth.shim.reaper import close_on_exec_all, spawn_process
+
+    close_on_exec_all()
+    address = socket_address(flags.address, flags.namespace, _grouping(flags.id))
+    path = address.removeprefix("unix://")
+    options = _read_start_options()
+    sock = _listen(path)
+    if sock is not None:
+        log_fd = _log_fd()
+        argv = [*_python_command(), "-namespace", flags.namespace, "-id", flags.id,
+                "-address", flags.address]
+        if flags.debug:
+            argv.append("-debug")
+        try:
+            pid = spawn_process(argv, stderr=log_fd, fds={LISTEN_FD: sock.fileno()},
+                                setsid=True)
+            # Not waited for: it outlives us. (Our own exit hands it to init.)
+            _apply_start_options(pid, options)
+            _adjust_oom_score(pid)
+        except BaseException:
+            os.unlink(path)
+            raise
+        finally:
+            sock.close()
+            if log_fd is not None:
+                os.close(log_fd)
+    _write_atomically("address", address)
+    sys.stdout.write(address)
+    sys.stdout.flush()
+    return 0
+
+
+def delete(flags: Flags) -> int:
+    from google.protobuf import timestamp_pb2
+
+    from berth.api.runtime.task.v2 import shim_pb2
+    from berth.shim.container import RuntimeOptions
+
+    bundle = flags.bundle or os.getcwd()
+    runc = RuntimeOptions.load(bundle).runc(bundle, flags.namespace)
+    problem = runc.delete_now(flags.id, force=True)
+    if problem and "does not exist" not in problem:
+        print(f"runc delete {flags.id}: {problem}", file=sys.stderr)
+    rootfs = os.path.join(bundle, "rootfs")
+    from berth.mount import unmount
+
+    try:
+        unmount(rootfs)  # a no-op when nothing is mounted there
+    except Exception as err:
+        print(f"unmount {rootfs}: {err}", file=sys.stderr)
+    pid = 0
+    try:
+        with open(os.path.join(bundle, "init.pid")) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        pass
+    exited_at = timestamp_pb2.Timestamp()
+    exited_at.FromNanoseconds(time.time_ns())
+    response = shim_pb2.DeleteResponse(pid=pid, exit_status=128 + 9, exited_at=exited_at)
+    sys.stdout.buffer.write(response.SerializeToString())
+    sys.stdout.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        flags = parse_flags(argv)
+    except UsageError as err:
+        print(f"containerd-shim-berth-v2: {err}", file=sys.stderr)
+        return 2
+    if flags.version:
+        print(f"{os.path.basename(sys.argv[0])}:\n  Version:  {VERSION}\n")
+        return 0
+    if not flags.namespace:
+        print("containerd-shim-berth-v2: shim namespace cannot be empty", file=sys.stderr)
+        return 1
+    try:
+        if flags.action == "start":
+            return start(flags)
+        if flags.action == "delete":
+            return delete(flags)
+        if flags.action:
+            print(f"containerd-shim-berth-v2: unknown action {flags.action!r}", file=sys.stderr)
+            return 1
+        return serve_main(argv)
+    except Exception as err:  # a daemon shows our stderr (start: our output) to its user
+        print(f"containerd-shim-berth-v2: {flags.action or 'serve'}: {err}", file=sys.stderr)
+        return 1
+
+
+def serve_main(argv: list[str]) -> int:
+    """The shim process: serve until shut down."""
+    from berth.shim import lean
+
+    lean.use_status_codes_without_grpc()
+    lean.block_ssl()
+    from berth.shim.server import serve
+
+    flags = parse_flags(argv)
+    return serve(flags.namespace, flags.id, debug=flags.debug)

@@ -1,0 +1,309 @@
+"""The ``containerd.task.v2.Task`` service: what containerd and berthd call on the shim.
+
+Each RPC is ``async def Name(self, ctx, request) -> response`` (the shape :mod:`berth.ttrpc`
+serves). A shim usually holds one container; with grouping (a pod) it holds several, keyed by
+container id. ``exec_id`` selects an exec'd process; empty means the container's init.
+
+Errors follow containerd's shim: an unknown container or exec id is NotFound, a duplicate exec
+id AlreadyExists, a call the process's state forbids FailedPrecondition, a runtime failure
+carries the runtime's message (UNKNOWN). Checkpoint is Unimplemented.
+
+Events (``/tasks/create``, ``start``, ``exec-added``, ``exec-started``, ``paused``,
+``resumed``, ``oom``, ``exit``, ``delete``) go to the :class:`~berth.shim.events.Publisher`; a
+process's exit is never published before its start: exits that come while Start runs wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from google.protobuf import empty_pb2
+
+from berth import errdefs
+from berth.api.events import task_pb2 as events
+from berth.api.runtime.task.v2 import shim_pb2 as api
+from berth.api.types.task import task_pb2 as types
+from berth.shim.container import Container
+from berth.shim.events import Publisher
+from berth.shim.process import Process, in_background, signal_number
+from berth.shim.reaper import Exit, Reaper
+from berth.shim.stdio import StdioRequest
+
+log = logging.getLogger("berth.shim")
+
+_EMPTY = empty_pb2.Empty()
+_STATUS = {"created": types.CREATED, "running": types.RUNNING, "stopped": types.STOPPED,
+           "paused": types.PAUSED, "pausing": types.PAUSING}
+PROCESS_DETAILS_TYPE = "containerd.runc.v1.ProcessDetails"
+
+
+S = TypeVar("S")
+
+
+def _uninterrupted(method: Callable[[S, Any, Any], Awaitable[Any]]
+                   ) -> Callable[[S, Any, Any], Awaitable[Any]]:
+    """Let a call that changes the container finish even if its caller goes away or times
+    out (ttrpc cancels the handler then): half a ``runc create`` helps nobody."""
+
+    async def call(self: S, ctx: Any, request: Any) -> Any:
+        task = asyncio.ensure_future(method(self, ctx, request))
+        task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
+    call.__name__ = method.__name__
+    call.__doc__ = method.__doc__
+    return call
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("abandoned call failed: %s", task.exception())
+
+
+def _timestamp(target: Any, at: float | None) -> None:
+    if at is not None:
+        target.FromNanoseconds(int(at * 1e9))
+
+
+class TaskService:
+    def __init__(self, namespace: str, reaper: Reaper, publisher: Publisher,
+                 on_idle_shutdown: Callable[[], None]) -> None:
+        self.namespace = namespace
+        self.reaper = reaper
+        self.publisher = publisher
+        self._shutdown = on_idle_shutdown
+        self.containers: dict[str, Container] = {}
+        self._creating: set[str] = set()
+        # processes whose Start is running, with the exit events held back meanwhile
+        self._starting: dict[Process, list[Any]] = {}
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _container(self, container_id: str) -> Container:
+        container = self.containers.get(container_id)
+        if container is None:
+            raise errdefs.NotFound("container not created")
+        return container
+
+    def _publish(self, event: Any) -> None:
+        self.publisher.publish(event)
+
+    def _watch(self, container: Container, process: Process) -> None:
+        self.reaper.watch(process.pid, lambda exit_: self._exited(container, process, exit_))
+
+    def _exited(self, container: Container, process: Process, exit_: Exit) -> None:
+        log.debug("%s/%s (pid %d) exited with %d", container.id, process.id, exit_.pid,
+                  exit_.status)
+        if self.containers.get(container.id) is not container:
+            return  # deleted before it exited (a created container's init)
+        process.set_exited(exit_)
+        if process is container.init and container.kill_all_on_exit:
+            in_background(self._kill_all(container))
+        event = events.TaskExit(container_id=container.id, id=process.id, pid=exit_.pid,
+                                exit_status=exit_.status)
+        _timestamp(event.exited_at, exit_.at)
+        held = self._starting.get(process)
+        if held is not None:
+            held.append(event)
+        else:
+            self._publish(event)
+
+    async def _kill_all(self, container: Container) -> None:
+        try:
+            await container.ctx.runc.kill(self.reaper, container.id, 9, all_processes=True)
+        except errdefs.BerthError as err:
+            log.debug("kill --all after init exit of %s: %s", container.id, err)
+
+    # -- RPCs ------------------------------------------------------------------------------
+
+    async def State(self, ctx: Any, request: Any) -> Any:
+        container = self._container(request.id)
+        process = container.process(request.exec_id)
+        response = api.StateResponse(
+            id=process.id, bundle=container.bundle, pid=process.pid,
+            status=_STATUS.get(process.status(), types.UNKNOWN), stdin=process.stdio.stdin,
+            stdout=process.stdio.stdout, stderr=process.stdio.stderr,
+            terminal=process.stdio.terminal, exit_status=process.exit_status,
+            exec_id=request.exec_id)
+        _timestamp(response.exited_at, process.exited_at)
+        return response
+
+    @_uninterrupted
+    async def Create(self, ctx: Any, request: Any) -> Any:
+        if not request.id:
+            raise errdefs.InvalidArgument("container id is required")
+        if request.checkpoint:
+            raise errdefs.NotImplementedByBerth("restoring from a checkpoint is not supported")
+        if request.id in self.containers or request.id in self._creating:
+            raise errdefs.AlreadyExists(f"container {request.id} already exists in this shim")
+        self._creating.add(request.id)
+        try:
+            container = await Container.create(request, self.namespace, self.reaper)
+        finally:
+            self._creating.discard(request.id)
+        self.containers[request.id] = container
+        self._watch(container, container.init)
+        event = events.TaskCreate(
+            container_id=request.id, bundle=request.bundle, rootfs=request.rootfs,
+            io=events.TaskIO(stdin=request.stdin, stdout=request.stdout,
+                             stderr=request.stderr, terminal=request.terminal),
+            checkpoint=request.checkpoint, pid=container.init.pid)
+        self._publish(event)
+        return api.CreateTaskResponse(pid=container.init.pid)
+
+    @_uninterrupted
+    async def Start(self, ctx: Any, request: Any) -> Any:
+        container = self._container(request.id)
+        process = container.process(request.exec_id)
+        held: list[Any] = []
+        self._starting[process] = held
+        try:
+            await process.start()
+            if request.exec_id:
+                self._watch(container, process)
+                self._publish(events.TaskExecStarted(container_id=container.id,
+                                                     exec_id=request.exec_id, pid=process.pid))
+            else:
+                if container.oom is None and container.cgroup is not None:
+                    container.oom = container.cgroup.watch_oom(
+                        lambda: self._publish(events.TaskOOM(container_id=container.id)))
+                self._publish(events.TaskStart(container_id=container.id, pid=process.pid))
+        finally:
+            del self._starting[process]
+            for event in held:
+                self._publish(event)
+        return api.StartResponse(pid=process.pid)
+
+    @_uninterrupted
+    async def Delete(self, ctx: Any, request: Any) -> Any:
+        container = self._container(request.id)
+        process = await container.delete(request.exec_id)
+        if not request.exec_id:
+            if self.containers.get(request.id) is container:
+                del self.containers[request.id]
+            event = events.TaskDelete(container_id=container.id, pid=process.pid,
+                                      exit_status=process.exit_status, id=container.id)
+            _timestamp(event.exited_at, process.exited_at)
+            self._publish(event)
+        response = api.DeleteResponse(pid=process.pid, exit_status=process.exit_status)
+        _timestamp(response.exited_at, process.exited_at)
+        return response
+
+    async def Pids(self, ctx: Any, request: Any) -> Any:
+        container = self._container(request.id)
+        pids = await container.ctx.runc.ps(self.reaper, container.id)
+        by_pid = {p.pid: p.id for p in container.execs.values() if p.pid}
+        response = api.PidsResponse()
+        for pid in pids:
+            info = response.processes.add(pid=pid)
+            exec_id = by_pid.get(pid)
+            if exec_id is not None:
+                from berth.api.runtime.runc.options import oci_pb2
+
+                info.info.type_url = PROCESS_DETAILS_TYPE
+                info.info.value = oci_pb2.ProcessDetails(exec_id=exec_id).SerializeToString()
+        return response
+
+    @_uninterrupted
+    async def Pause(self, ctx: Any, request: Any) -> Any:
+        container = self._container(request.id)
+        await container.init.pause()
+        self._publish(events.TaskPaused(container_id=container.id))
+        return _EMPTY
+
+    @_uninterrupted
+    async def Resume(self, ctx: Any, request: Any) -> Any:
+        container = self._container(request.id)
+        await container.init.resume()
+        self._publish(events.TaskResumed(container_id=container.id))
+        return _EMPTY
+
+    async def Checkpoint(self, ctx: Any, request: Any) -> Any:
+        self._container(request.id)
+        raise errdefs.NotImplementedByBerth("checkpoint is not supported by the berth shim")
+
+    @_uninterrupted
+    async def Kill(self, ctx: Any, request: Any) -> Any:
+        container = self._container(request.id)
+        sig = signal_number(request.signal)
+        if request.exec_id:
+            exec_process = container.execs.get(request.exec_id)
+            if exec_process is None:
+                raise errdefs.NotFound(f"process does not exist {request.exec_id}")
+            await exec_process.kill(sig)
+        else:
+            await container.init.kill(sig, all_processes=request.all)
+        return _EMPTY
+
+    @_uninterrupted
+    async def Exec(self, ctx: Any, request: Any) -> Any:
+        container = self._container(request.id)
+        if not request.exec_id:
+            raise errdefs.InvalidArgument("exec id is required")
+        stdio = StdioRequest(request.stdin, request.stdout, request.stderr, request.terminal)
+        container.add_exec(request.exec_id, stdio, request.spec.value)
+        self._publish(events.TaskExecAdded(container_id=container.id, exec_id=request.exec_id))
+        return _EMPTY
+
+    async def ResizePty(self, ctx: Any, request: Any) -> Any:
+        container = self._container(request.id)
+        container.process(request.exec_id).resize(request.width, request.height)
+        return _EMPTY
+
+    async def CloseIO(self, ctx: Any, request: Any) -> Any:
+        container = self._container(request.id)
+        process = container.process(request.exec_id)
+        if request.stdin:
+            process.close_stdin()
+        return _EMPTY
+
+    @_uninterrupted
+    async def Update(self, ctx: Any, request: Any) -> Any:
+        container = self._container(request.id)
+        await container.init.update(request.resources.value)
+        return _EMPTY
+
+    async def Wait(self, ctx: Any, request: Any) -> Any:
+        container = self._container(request.id)
+        process = container.process(request.exec_id)
+        await process.wait()
+        response = api.WaitResponse(exit_status=process.exit_status)
+        _timestamp(response.exited_at, process.exited_at)
+        return response
+
+    async def Stats(self, ctx: Any, request: Any) -> Any:
+        container = self._container(request.id)
+        cgroup = container.cgroup
+        if cgroup is None or not cgroup.exists():
+            raise errdefs.NotFound("cgroup does not exist")
+        metrics = cgroup.stats()
+        response = api.StatsResponse()
+        response.stats.type_url = cgroup.type_url
+        response.stats.value = metrics.SerializeToString()
+        return response
+
+    async def Connect(self, ctx: Any, request: Any) -> Any:
+        container = self.containers.get(request.id)
+        return api.ConnectResponse(shim_pid=os.getpid(),
+                                   task_pid=container.init.pid if container else 0)
+
+    async def Shutdown(self, ctx: Any, request: Any) -> Any:
+        if not self.containers and not self._creating:
+            self._shutdown()
+        return _EMPTY
+
+    # -- the end ---------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop watching; the containers themselves live on (a shim exits, its tasks stay)."""
+        for container in self.containers.values():
+            container.stop_watching()
+            for process in container.processes():
+                with contextlib.suppress(Exception):
+                    process.close_stdin()
+
