@@ -15,18 +15,23 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import any_pb2
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from berth import errdefs, leases, namespaces
+from berth.api.services.containers.v1 import containers_pb2, containers_pb2_grpc
 from berth.api.services.content.v1 import content_pb2, content_pb2_grpc
 from berth.api.services.diff.v1 import diff_pb2, diff_pb2_grpc
+from berth.api.services.events.v1 import events_pb2, events_pb2_grpc
 from berth.api.services.images.v1 import images_pb2, images_pb2_grpc
 from berth.api.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from berth.api.services.namespaces.v1 import namespace_pb2, namespace_pb2_grpc
 from berth.api.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
+from berth.api.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from berth.api.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 from berth.api.services.version.v1 import version_pb2_grpc
-from berth.api.types import descriptor_pb2, mount_pb2
+from berth.api.types import descriptor_pb2, metrics_pb2, mount_pb2
+from berth.api.types.task import task_pb2
 from berth.plugin.config import DEFAULT_ADDRESS
 
 T = TypeVar("T")
@@ -52,6 +57,9 @@ class Client:
         self.namespaces = namespace_pb2_grpc.NamespacesStub(self._channel)
         self.transfer = transfer_pb2_grpc.TransferStub(self._channel)
         self.version = version_pb2_grpc.VersionStub(self._channel)
+        self.containers = containers_pb2_grpc.ContainersStub(self._channel)
+        self.tasks = tasks_pb2_grpc.TasksStub(self._channel)
+        self.events = events_pb2_grpc.EventsStub(self._channel)
 
     # -- calling -----------------------------------------------------------------------------
 
@@ -260,6 +268,11 @@ class Client:
         self.call(self.snapshots.Remove,
                   snapshots_pb2.RemoveSnapshotRequest(snapshotter=snapshotter, key=key))
 
+    def snapshot_mounts(self, snapshotter: str, key: str) -> list[mount_pb2.Mount]:
+        resp = self.call(self.snapshots.Mounts,
+                         snapshots_pb2.MountsRequest(snapshotter=snapshotter, key=key))
+        return list(resp.mounts)
+
     def apply_diff(self, diff: descriptor_pb2.Descriptor,
                    mounts: Iterable[mount_pb2.Mount]) -> descriptor_pb2.Descriptor:
         """Apply a layer blob onto mounts; the answer's digest is the layer's diff ID."""
@@ -275,6 +288,113 @@ class Client:
     def push(self, request: transfer_pb2.PushRequest) -> Iterator[transfer_pb2.Progress]:
         return self.stream(self.transfer.Push, request)
 
+    # -- containers --------------------------------------------------------------------------
+
+    def get_container(self, container_id: str) -> containers_pb2.Container:
+        resp: containers_pb2.GetContainerResponse = self.call(
+            self.containers.Get, containers_pb2.GetContainerRequest(id=container_id))
+        return resp.container
+
+    def list_containers(self, filters: Iterable[str] = ()) -> list[containers_pb2.Container]:
+        resp = self.call(self.containers.List,
+                         containers_pb2.ListContainersRequest(filters=list(filters)))
+        return list(resp.containers)
+
+    def create_container(self, container: containers_pb2.Container) -> containers_pb2.Container:
+        resp: containers_pb2.CreateContainerResponse = self.call(
+            self.containers.Create, containers_pb2.CreateContainerRequest(container=container))
+        return resp.container
+
+    def delete_container(self, container_id: str) -> None:
+        self.call(self.containers.Delete, containers_pb2.DeleteContainerRequest(id=container_id))
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def create_task(self, container_id: str, *, stdin: str = "", stdout: str = "",
+                    stderr: str = "", terminal: bool = False,
+                    rootfs: Iterable[mount_pb2.Mount] = ()) -> int:
+        """Create the container's task (its shim and init process, not yet started); the
+        pid. Task creation starts a shim and runs the runtime: no client deadline."""
+        resp: tasks_pb2.CreateTaskResponse = self.call(
+            self.tasks.Create, tasks_pb2.CreateTaskRequest(
+                container_id=container_id, rootfs=list(rootfs), stdin=stdin, stdout=stdout,
+                stderr=stderr, terminal=terminal), timeout=None)
+        return resp.pid
+
+    def start_task(self, container_id: str, exec_id: str = "") -> int:
+        resp: tasks_pb2.StartResponse = self.call(
+            self.tasks.Start, tasks_pb2.StartRequest(container_id=container_id, exec_id=exec_id),
+            timeout=None)
+        return resp.pid
+
+    def get_task(self, container_id: str, exec_id: str = "") -> task_pb2.Process:
+        resp: tasks_pb2.GetResponse = self.call(
+            self.tasks.Get, tasks_pb2.GetRequest(container_id=container_id, exec_id=exec_id))
+        return resp.process
+
+    def find_task(self, container_id: str) -> task_pb2.Process | None:
+        """The container's task, or None when it has none."""
+        try:
+            return self.get_task(container_id)
+        except errdefs.NotFound:
+            return None
+
+    def list_tasks(self, filter: str = "") -> list[task_pb2.Process]:
+        resp = self.call(self.tasks.List, tasks_pb2.ListTasksRequest(filter=filter))
+        return list(resp.tasks)
+
+    def kill_task(self, container_id: str, signal: int, *, exec_id: str = "",
+                  all: bool = False) -> None:
+        self.call(self.tasks.Kill, tasks_pb2.KillRequest(
+            container_id=container_id, exec_id=exec_id, signal=signal, all=all))
+
+    def delete_task(self, container_id: str) -> tasks_pb2.DeleteResponse:
+        resp: tasks_pb2.DeleteResponse = self.call(
+            self.tasks.Delete, tasks_pb2.DeleteTaskRequest(container_id=container_id),
+            timeout=None)
+        return resp
+
+    def wait_task(self, container_id: str, exec_id: str = "") -> Waiter:
+        """Start waiting for a process to exit; call this *before* starting the process, so
+        that an exit that comes quickly is not missed."""
+        future = self.tasks.Wait.future(
+            tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id),
+            metadata=self._metadata())
+        return Waiter(self, future)
+
+    def exec_process(self, container_id: str, exec_id: str, spec: any_pb2.Any, *,
+                     stdin: str = "", stdout: str = "", stderr: str = "",
+                     terminal: bool = False) -> None:
+        self.call(self.tasks.Exec, tasks_pb2.ExecProcessRequest(
+            container_id=container_id, exec_id=exec_id, spec=spec, stdin=stdin, stdout=stdout,
+            stderr=stderr, terminal=terminal), timeout=None)
+
+    def delete_process(self, container_id: str, exec_id: str) -> tasks_pb2.DeleteResponse:
+        resp: tasks_pb2.DeleteResponse = self.call(
+            self.tasks.DeleteProcess,
+            tasks_pb2.DeleteProcessRequest(container_id=container_id, exec_id=exec_id))
+        return resp
+
+    def resize_pty(self, container_id: str, width: int, height: int,
+                   exec_id: str = "") -> None:
+        self.call(self.tasks.ResizePty, tasks_pb2.ResizePtyRequest(
+            container_id=container_id, exec_id=exec_id, width=width, height=height))
+
+    def close_stdin(self, container_id: str, exec_id: str = "") -> None:
+        self.call(self.tasks.CloseIO, tasks_pb2.CloseIORequest(
+            container_id=container_id, exec_id=exec_id, stdin=True))
+
+    def task_metrics(self, filters: Iterable[str] = ()) -> list[metrics_pb2.Metric]:
+        resp = self.call(self.tasks.Metrics, tasks_pb2.MetricsRequest(filters=list(filters)))
+        return list(resp.metrics)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def subscribe(self, filters: Iterable[str] = ()) -> Iterator[events_pb2.Envelope]:
+        """Events as they are published, until the iterator is closed."""
+        return self.stream(self.events.Subscribe,
+                           events_pb2.SubscribeRequest(filters=list(filters)))
+
     # -- namespaces --------------------------------------------------------------------------
 
     def list_namespaces(self) -> list[namespace_pb2.Namespace]:
@@ -284,3 +404,27 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
+
+
+class Waiter:
+    """A Tasks.Wait call in flight (:meth:`Client.wait_task`)."""
+
+    def __init__(self, client: Client, future: Any) -> None:
+        self._client = client
+        self._future = future
+
+    def done(self) -> bool:
+        return bool(self._future.done())
+
+    def result(self, timeout: float | None = None) -> tasks_pb2.WaitResponse:
+        """The exit; TimeoutError if it has not come within ``timeout`` seconds."""
+        try:
+            resp: tasks_pb2.WaitResponse = self._future.result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise TimeoutError(f"the process did not exit within {timeout} s") from None
+        except grpc.RpcError as err:
+            raise self._client._error(err) from None
+        return resp
+
+    def cancel(self) -> None:
+        self._future.cancel()
