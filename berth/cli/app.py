@@ -20,7 +20,8 @@ from google.protobuf.empty_pb2 import Empty
 from rich.markup import escape
 
 from berth import errdefs
-from berth.cli import images, login, transfer
+from berth.cli import containers, events, images, login, stats, transfer
+from berth.cli import run as run_cmd
 from berth.cli.state import console, err_console, state
 from berth.plugin.config import DEFAULT_ADDRESS
 
@@ -28,6 +29,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=True, rich_markup_mode="m
                   help="Berth: pull, store and run containers (talks to berthd).")
 image_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Manage images.")
 app.add_typer(image_app, name="image")
+container_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+                            help="Manage containers.")
+app.add_typer(container_app, name="container")
 
 
 @app.callback()
@@ -73,6 +77,28 @@ for _fn, _name, _aliases in _COMMANDS:
     app.command(_name)(_fn)
     for _i, _alias in enumerate(_aliases):
         image_app.command(_alias, hidden=_i > 0)(_fn)
+
+# Commands that take a command line after their arguments stop reading options there
+# (`berth run busybox ls -l`).
+_COMMAND_LINE = {"allow_interspersed_args": False}
+# (function, top-level name, names under `berth container`, context settings)
+_CONTAINER_COMMANDS: list[tuple[Callable[..., Any], str, tuple[str, ...], dict[str, Any]]] = [
+    (run_cmd.run, "run", ("run",), _COMMAND_LINE),
+    (run_cmd.start, "start", ("start",), {}),
+    (run_cmd.exec_, "exec", ("exec",), _COMMAND_LINE),
+    (containers.ps, "ps", ("ls", "list", "ps"), {}),
+    (containers.logs, "logs", ("logs",), {}),
+    (containers.stop, "stop", ("stop",), {}),
+    (containers.kill, "kill", ("kill",), {}),
+    (containers.rm, "rm", ("rm", "remove"), {}),
+    (stats.stats, "stats", ("stats",), {}),
+    (events.events, "events", (), {}),
+]
+for _fn, _name, _aliases, _settings in _CONTAINER_COMMANDS:
+    app.command(_name, context_settings=_settings)(_fn)
+    for _i, _alias in enumerate(_aliases):
+        container_app.command(_alias, hidden=_i > 0 and _alias != _name,
+                              context_settings=_settings)(_fn)
 
 
 def run(argv: list[str]) -> int:
