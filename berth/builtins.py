@@ -124,11 +124,11 @@ def _tasks(ctx: InitContext) -> Any:
     shims = ctx.config.get("shims", {})
     if not isinstance(shims, dict):
         raise errdefs.InvalidArgument("runtime config: shims must map runtime names to binaries")
-    loop = BackgroundLoop("ttrpc")
+    loop = BackgroundLoop.default()
     events = EventsEndpoint(loop, ctx.ttrpc_address, ctx.get(p.EVENT))
     manager = TaskManager(ctx.state, ctx.get(p.METADATA), ctx.get(p.EVENT), ctx.address,
                           ctx.ttrpc_address, {str(k): str(v) for k, v in shims.items()},
-                          on_close=[events.close, loop.close])
+                          on_close=[events.close], loop=loop)
     manager.recover()
     return manager
 

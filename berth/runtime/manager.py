@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ from berth.runtime import bundle as bundles
 from berth.runtime.bundle import ADDRESS_FILE, BINARY_FILE, Bundle
 from berth.runtime.shim import ShimBinary, ShimLog, resolve_binary, socket_path
 from berth.runtime.ttrpcconn import ShimConnection
+from berth.ttrpc import BackgroundLoop
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,8 @@ class CreateRequest:
 class TaskManager:
     def __init__(self, state: str, metadata: Metadata, exchange: Exchange, grpc_address: str,
                  ttrpc_address: str, shims: Mapping[str, str] | None = None,
-                 on_close: Sequence[Callable[[], None]] = ()) -> None:
+                 on_close: Sequence[Callable[[], None]] = (),
+                 loop: BackgroundLoop | None = None) -> None:
         self.state_dir = state
         self.md = metadata
         self.exchange = exchange
@@ -75,6 +78,7 @@ class TaskManager:
         self._tasks: dict[tuple[str, str], Task] = {}
         self._lock = threading.Lock()
         self._on_close = list(on_close)
+        self.loop = loop or BackgroundLoop.default()
         os.makedirs(state, mode=0o711, exist_ok=True)
 
     def _binary(self, path: str) -> ShimBinary:
@@ -120,11 +124,13 @@ class TaskManager:
             raise errdefs.FailedPrecondition(
                 f"container {container.id} has no OCI spec: create it with one")
         bundle = bundles.create(self.state_dir, container.id, container.spec.value)
-        logs = ShimLog(bundle)
+        logs = ShimLog(bundle, self.loop.loop)
         shim: ShimConnection | None = None
         try:
+            started = time.monotonic()
             address = binary.start(bundle)
-            shim = ShimConnection.connect(address, ns)
+            shim_started = time.monotonic()
+            shim = ShimConnection.connect(address, ns, self.loop)
             options = req.options if req.options is not None and req.options.type_url \
                 else _any(container.runtime.options)
             resp = shim.call("Create", shim_pb2.CreateTaskRequest(
@@ -133,6 +139,8 @@ class TaskManager:
         except BaseException:
             self._abandon(bundle, binary, shim, logs)
             raise
+        log.debug("task %s created: shim start %.1fms, create %.1fms", container.id,
+                  (shim_started - started) * 1e3, (time.monotonic() - shim_started) * 1e3)
         task = Task(container.id, ns, bundle, shim, container.runtime.name, resp.pid, logs)
         with self._lock:
             self._tasks[(ns, container.id)] = task
@@ -277,7 +285,7 @@ class TaskManager:
         address = bundle.read(ADDRESS_FILE)
         if not address:
             raise errdefs.NotFound("the shim never reported its address")
-        shim = ShimConnection.connect(socket_path(address), bundle.namespace)
+        shim = ShimConnection.connect(socket_path(address), bundle.namespace, self.loop)
         try:
             state = shim.call("State", shim_pb2.StateRequest(id=bundle.id))
         except BaseException:
@@ -287,7 +295,7 @@ class TaskManager:
         with contextlib.suppress(errdefs.NotFound):
             runtime = self.md.containers.get(bundle.id).runtime.name
         task = Task(bundle.id, bundle.namespace, bundle, shim, runtime, state.pid,
-                    ShimLog(bundle))
+                    ShimLog(bundle, self.loop.loop))
         with self._lock:
             self._tasks[(bundle.namespace, bundle.id)] = task
         log.info("task %s/%s: reconnected to its shim (pid %d)", bundle.namespace, bundle.id,

@@ -17,9 +17,9 @@ configuration names a binary for it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-import select
 import shutil
 import subprocess
 import sys
@@ -119,37 +119,38 @@ def socket_path(address: str) -> str:
 
 class ShimLog:
     """Copies a shim's own log (the bundle's ``log`` FIFO) into berthd's log until closed. The
-    FIFO is held open read-write so the shim never blocks on it, whoever reads."""
+    FIFO is held open read-write so the shim never blocks on it, whoever reads. Reading happens
+    on ``loop`` (no thread per task)."""
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, loop: asyncio.AbstractEventLoop) -> None:
         path = os.path.join(bundle.path, "log")
         if not os.path.exists(path):
             os.mkfifo(path, 0o600)
         self._id = bundle.id
+        self._loop = loop
         self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._pump, name=f"shim-log-{bundle.id}",
-                                        daemon=True)
-        self._thread.start()
+        self._pending = b""
+        loop.call_soon_threadsafe(loop.add_reader, self._fd, self._read)
 
-    def _pump(self) -> None:
+    def _read(self) -> None:
+        try:
+            chunk = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        self._pending += chunk
+        *lines, self._pending = self._pending.split(b"\n")
         shim_log = logging.getLogger("berth.shim")
-        pending = b""
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self._fd], [], [], 0.5)
-            if not ready:
-                continue
-            try:
-                chunk = os.read(self._fd, 65536)
-            except BlockingIOError:
-                continue
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                if line.strip():
-                    shim_log.info("task %s: %s", self._id, line.decode(errors="replace"))
+        for line in lines:
+            if line.strip():
+                shim_log.info("task %s: %s", self._id, line.decode(errors="replace"))
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        os.close(self._fd)
+        done = threading.Event()
+
+        def stop() -> None:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            done.set()
+
+        self._loop.call_soon_threadsafe(stop)
+        done.wait(5)

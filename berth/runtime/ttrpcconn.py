@@ -12,7 +12,7 @@ from google.protobuf import message_factory
 
 from berth import namespaces
 from berth.api.runtime.task.v2 import shim_pb2
-from berth.ttrpc.client import SyncClient
+from berth.ttrpc.client import BackgroundLoop, SyncClient
 
 SERVICE = shim_pb2.DESCRIPTOR.services_by_name["Task"]
 CALL_TIMEOUT = 30.0
@@ -26,9 +26,10 @@ class ShimConnection:
         self.address = address
 
     @classmethod
-    def connect(cls, path: str, namespace: str) -> ShimConnection:
+    def connect(cls, path: str, namespace: str,
+                loop: BackgroundLoop | None = None) -> ShimConnection:
         """Unavailable if nothing answers at ``path``."""
-        return cls(SyncClient.connect(path), namespace, path)
+        return cls(SyncClient.connect(path, loop=loop), namespace, path)
 
     def call(self, method: str, request: Any, timeout: float | None = CALL_TIMEOUT) -> Any:
         """Call ``method`` on the shim; ``timeout`` None waits as long as it takes (Wait)."""
