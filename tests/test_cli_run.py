@@ -13,13 +13,16 @@ Logs go to a private directory (`BERTH_LOG_DIR`). Each daemon's containers are a
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import select
 import shutil
 import signal
+import struct
 import subprocess
+import termios
 import threading
 import time
 import uuid
@@ -261,6 +264,43 @@ def test_tty(env: Env) -> None:
                             input=b"echo typed-$((6*7))\nexit 6\n")
     assert code == 6, out
     assert b"typed-42" in out
+
+
+def _set_size(fd: int, cols: int, rows: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def test_tty_size_follows_the_terminal(env: Env) -> None:
+    master, slave = pty.openpty()
+    _set_size(master, 123, 45)
+    script = ("stty -a | head -1; "
+              'while ! stty -a | grep -q "columns 77"; do sleep 0.1; done; echo resized')
+    proc = subprocess.Popen(env.argv("run", "--rm", "-t", env.ref, "sh", "-c", script),
+                            stdin=slave, stdout=slave, stderr=slave, env=env.env(),
+                            start_new_session=True)
+    os.close(slave)
+    out = b""
+    try:
+        deadline = time.monotonic() + 30
+        resized = False
+        while time.monotonic() < deadline and b"resized" not in out:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    out += os.read(master, 4096)
+                except OSError:
+                    break
+            if not resized and b"rows 45; columns 123" in out:
+                _set_size(master, 77, 22)
+                proc.send_signal(signal.SIGWINCH)  # no controlling terminal: say it ourselves
+                resized = True
+        assert proc.wait(timeout=20) == 0, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert b"rows 45; columns 123" in out and b"resized" in out, out
 
 
 def test_tty_detached_logs(env: Env, name: str) -> None:

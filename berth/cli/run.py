@@ -155,14 +155,14 @@ def attached(client: Client, container_id: str, exec_id: str, attach: Attach,
             with _Signals(forward=True, resize=attach.tty) as signals, \
                     cio.raw_terminal(0) if raw else contextlib.nullcontext():
                 try:
+                    if attach.tty:  # the pty exists from create on: size it before start
+                        _resize(client, container_id, exec_id)
                     client.start_task(container_id, exec_id)
                 except BaseException:
                     waiter.cancel()
                     with contextlib.suppress(errdefs.BerthError):
                         on_failure()
                     raise
-                if attach.tty:
-                    _resize(client, container_id, exec_id)
                 if stdin_fd is not None:
                     on_eof = None if attach.tty else (
                         lambda: client.close_stdin(container_id, exec_id))
