@@ -563,23 +563,10 @@ def test_events_for_run_with_exec(s: Session, reference: Reference) -> None:
     s.assert_clean()
 
 
-def _xfail(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
 @pytest.mark.parametrize("case", [
-    pytest.param("task-not-found", marks=_xfail(
-        "berth/runtime/manager.py:95 (TaskManager.get) raises NotFound('no running task "
-        "found: task ID not found'); ctr adds 'no running task found: ' itself, so it prints "
-        "it twice. containerd's message is 'task ID not found'.")),
-    pytest.param("task-exists", marks=_xfail(
-        "berth/runtime/manager.py:110 (TaskManager.create) and berth/runtime/bundle.py:68 "
-        "(bundle.create) say 'task ID already exists', and ctr appends the code ('task ID "
-        "already exists: already exists'). containerd sends 'task ID: already exists', which "
-        "ctr prints as is.")),
-    pytest.param("container-not-found", marks=_xfail(
-        "berth/metadata/containers.py:108 (Containers.get) quotes with Python's !r ('ID'); "
-        "containerd uses Go's %q: 'container \"ID\" in namespace \"NS\": not found'.")),
+    "task-not-found",
+    "task-exists",
+    "container-not-found",
     "rm-running",
     "exec-id-taken",
 ])
@@ -664,14 +651,6 @@ def test_killed_shim_cleaned_up_on_restart(own: Session) -> None:
     s.assert_clean((pid,))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "berth/runtime/manager.py:133 (TaskManager.create) and :288 (_reconnect) never watch the "
-    "shim's ttrpc connection: when a shim dies while berthd runs, the task stays in _tasks, "
-    "nothing publishes /tasks/exit, and every `ctr tasks ls` in the namespace fails with "
-    "Unavailable ('ttrpc: connection closed by the server') until berthd restarts. "
-    "containerd's shim manager reacts to the connection closing (cleanupAfterDeadShim): shim "
-    "`delete`, /tasks/exit + /tasks/delete with exit status 137, bundle removed, task "
-    "dropped."))
 def test_killed_shim_publishes_exit_while_berthd_runs(own: Session) -> None:
     s = own
     cid = s.run_detached("orphan", *SLEEP)

@@ -105,7 +105,7 @@ class ContainerStore:
             "SELECT * FROM containers WHERE namespace = ? AND id = ?",
             (ns, container_id)).fetchone()
         if row is None:
-            raise errdefs.NotFound(f"container {container_id!r} in namespace {ns!r}: not found")
+            raise errdefs.NotFound(f'container "{container_id}" in namespace "{ns}": not found')
         return row
 
     def get(self, container_id: str) -> Container:
@@ -144,7 +144,7 @@ class ContainerStore:
                 )
             except sqlite3.IntegrityError:
                 raise errdefs.AlreadyExists(
-                    f"container {container.id!r} in namespace {ns!r}: already exists") from None
+                    f'container "{container.id}" in namespace "{ns}": already exists') from None
             created = _row_to_container(self._row(c, ns, container.id))
         runtime = container_pb2.ContainerCreate.Runtime(name=created.runtime.name)
         if options is not None:
@@ -230,7 +230,7 @@ class ContainerStore:
                             (ns, container_id))
             if cur.rowcount == 0:
                 raise errdefs.NotFound(
-                    f"container {container_id!r} in namespace {ns!r}: not found")
+                    f'container "{container_id}" in namespace "{ns}": not found')
         self._publisher.publish("/containers/delete",
                                 container_pb2.ContainerDelete(id=container_id))
         self._on_delete(False)

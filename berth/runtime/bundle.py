@@ -65,7 +65,7 @@ def create(state: str, container_id: str, spec: bytes) -> Bundle:
     try:
         os.mkdir(path, 0o711)
     except FileExistsError:
-        raise errdefs.AlreadyExists(f"task {container_id} already exists") from None
+        raise errdefs.AlreadyExists(f"task {container_id}: already exists") from None
     try:
         os.mkdir(os.path.join(path, "rootfs"), 0o711)
         with open(os.path.join(path, "config.json"), "wb") as f:

@@ -92,7 +92,8 @@ class TaskManager:
         with self._lock:
             task = self._tasks.get((ns, container_id))
         if task is None:
-            raise errdefs.NotFound(f"no running task found: task {container_id} not found")
+            # ctr prefixes "no running task found: " itself.
+            raise errdefs.NotFound(f"task {container_id} not found")
         return task
 
     def list(self) -> list[Task]:
@@ -107,7 +108,7 @@ class TaskManager:
         container = self.md.containers.get(req.container_id)
         with self._lock:
             if (ns, req.container_id) in self._tasks:
-                raise errdefs.AlreadyExists(f"task {req.container_id} already exists")
+                raise errdefs.AlreadyExists(f"task {req.container_id}: already exists")
         rootfs = list(req.rootfs)
         if not rootfs and container.snapshot_key:
             sn = self.md.snapshotters.get(container.snapshotter)
@@ -142,9 +143,25 @@ class TaskManager:
         log.debug("task %s created: shim start %.1fms, create %.1fms", container.id,
                   (shim_started - started) * 1e3, (time.monotonic() - shim_started) * 1e3)
         task = Task(container.id, ns, bundle, shim, container.runtime.name, resp.pid, logs)
-        with self._lock:
-            self._tasks[(ns, container.id)] = task
+        self._track(task)
         return task
+
+    def _track(self, task: Task) -> None:
+        with self._lock:
+            self._tasks[(task.namespace, task.id)] = task
+        task.shim.on_lost(lambda: self._shim_lost(task))
+
+    def _shim_lost(self, task: Task) -> None:
+        """The shim of a task died under us: forget the task and clean up after it."""
+        with self._lock:
+            if self._tasks.get((task.namespace, task.id)) is not task:
+                return  # released on purpose meanwhile
+            del self._tasks[(task.namespace, task.id)]
+        log.warning("task %s/%s: its shim went away; cleaning up", task.namespace, task.id)
+        if task.logs is not None:
+            task.logs.close()
+        with namespaces.use(task.namespace):
+            self._cleanup_dead(task.bundle)
 
     def _abandon(self, bundle: Bundle, binary: ShimBinary, shim: ShimConnection | None,
                  logs: ShimLog) -> None:
@@ -172,14 +189,15 @@ class TaskManager:
         return resp
 
     def _release(self, task: Task) -> None:
-        """Stop the task's shim and forget the task."""
+        """Forget the task (first, so its shim going away is not taken for a death) and stop
+        its shim."""
+        with self._lock:
+            self._tasks.pop((task.namespace, task.id), None)
         with contextlib.suppress(errdefs.BerthError):
             task.shim.call("Shutdown", shim_pb2.ShutdownRequest(id=task.id))
         task.shim.close()
         if task.logs is not None:
             task.logs.close()
-        with self._lock:
-            self._tasks.pop((task.namespace, task.id), None)
         try:
             task.bundle.delete()
         except (OSError, errdefs.BerthError) as err:
@@ -296,8 +314,7 @@ class TaskManager:
             runtime = self.md.containers.get(bundle.id).runtime.name
         task = Task(bundle.id, bundle.namespace, bundle, shim, runtime, state.pid,
                     ShimLog(bundle, self.loop.loop))
-        with self._lock:
-            self._tasks[(bundle.namespace, bundle.id)] = task
+        self._track(task)
         log.info("task %s/%s: reconnected to its shim (pid %d)", bundle.namespace, bundle.id,
                  state.pid)
 

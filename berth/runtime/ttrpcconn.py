@@ -6,6 +6,8 @@ Every call carries the task's namespace (``containerd-namespace-ttrpc``).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf import message_factory
@@ -36,6 +38,19 @@ class ShimConnection:
         return self._client.call(SERVICE.full_name, method, request, _OUTPUTS[method],
                                  metadata={namespaces.TTRPC_HEADER: self.namespace},
                                  timeout=timeout)
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in a thread of its own) if the shim hangs up or dies; not when
+        the connection is closed from this side."""
+        client = self._client.client
+
+        async def watch() -> None:
+            await client.wait_closed()
+            if client.closed_by_peer:
+                threading.Thread(target=callback, name="shim-lost", daemon=True).start()
+
+        self._client.loop.loop.call_soon_threadsafe(
+            lambda: self._client.loop.loop.create_task(watch()))
 
     def close(self) -> None:
         self._client.close()

@@ -222,6 +222,11 @@ class Client:
         """Return when the connection is gone (the peer hung up, or :meth:`close`)."""
         await self._conn.lost.wait()
 
+    @property
+    def closed_by_peer(self) -> bool:
+        """True once the connection is gone for any reason but our own :meth:`close`."""
+        return self._conn.lost.is_set() and not self._conn.closed_by_us
+
 
 class _UnaryMethod:
     """``await method(request, *, metadata=None, timeout=...)`` → the reply message."""
