@@ -302,6 +302,20 @@ def container_spec(base: dict[str, Any], args: list[str], *, terminal: bool = Fa
     return spec
 
 
+def write_logger(directory: Path) -> Path:
+    """A logging binary for ``binary://PATH?path=BASE``: stdout to BASE.out, stderr to
+    BASE.err, its environment and arguments to BASE.env."""
+    logger = directory / "logger.sh"
+    logger.write_text(
+        "#!/bin/sh\n"
+        'echo "$CONTAINER_NAMESPACE/$CONTAINER_ID $*" > "$2.env"\n'
+        # fd 5 is the readiness pipe: closing it (in every process) says "ready".
+        'cat <&3 5>&- > "$2.out" &\ncat <&4 5>&- > "$2.err" &\n'
+        "exec 5>&-\nwait\n")
+    logger.chmod(0o755)
+    return logger
+
+
 class Fifo:
     """A FIFO the test reads (a client's stdout) or writes (stdin)."""
 
@@ -583,6 +597,32 @@ def test_stdin_and_close_io(shim_kind: str, workdir: Path, busybox_rootfs: Path,
     run(main())
 
 
+def test_runtime_failure_stays_out_of_the_streams(shim_kind: str, workdir: Path,
+                                                  busybox_rootfs: Path,
+                                                  default_spec: dict[str, Any]) -> None:
+    """When runc cannot start the process, its message is the RPC's error, and nothing of it
+    reaches the client's stdout or stderr; the rootfs is unmounted again."""
+    spec = container_spec(default_spec, ["no-such-command"])
+
+    async def main() -> None:
+        async with Shim(shim_kind, workdir, busybox_rootfs, spec) as shim:
+            out = Fifo(workdir / "stdout", "r")
+            err = Fifo(workdir / "stderr", "r")
+            with pytest.raises(errdefs.BerthError,
+                               match=r"OCI runtime create failed: .*no-such-command"):
+                await shim.task.Create(shim.create_request(stdout=str(out.path),
+                                                           stderr=str(err.path)))
+            assert await out.read_all() == b""
+            assert await err.read_all() == b""
+            assert not is_mounted(shim.bundle / "rootfs")
+            with pytest.raises(errdefs.NotFound):
+                await shim.task.State(api.StateRequest(id=shim.id))
+            out.close()
+            err.close()
+
+    run(main())
+
+
 def test_lifecycle_errors(shim_kind: str, workdir: Path, busybox_rootfs: Path,
                           default_spec: dict[str, Any]) -> None:
     """Unknown containers are NotFound, Checkpoint is refused, a runtime failure carries
@@ -615,6 +655,37 @@ def test_lifecycle_errors(shim_kind: str, workdir: Path, busybox_rootfs: Path,
             with pytest.raises(errdefs.NotFound, match="process already finished"):
                 await task.Kill(api.KillRequest(id=shim.id, signal=signal.SIGKILL))
             await task.Delete(api.DeleteRequest(id=shim.id))
+
+    run(main())
+
+
+def test_terminal_to_logging_binary_or_file(shim_kind: str, workdir: Path,
+                                            busybox_rootfs: Path,
+                                            default_spec: dict[str, Any]) -> None:
+    """A terminal's output can go to a ``binary://`` logger, and (Berth's shim, as
+    containerd's later shims) to a ``file://``."""
+    spec = container_spec(default_spec, ["sh", "-c", "tty; echo on-a-pty"], terminal=True)
+    logger = write_logger(workdir)
+
+    async def main() -> None:
+        async with Shim(shim_kind, workdir, busybox_rootfs, spec) as shim:
+            base = workdir / "bin-log"
+            await shim.task.Create(shim.create_request(
+                terminal=True, stdout=f"binary://{logger}?path={base}"))
+            await shim.task.Start(api.StartRequest(id=shim.id))
+            assert (await shim.task.Wait(api.WaitRequest(id=shim.id))).exit_status == 0
+            await shim.task.Delete(api.DeleteRequest(id=shim.id))
+            assert Path(f"{base}.out").read_text().split() == ["/dev/pts/0", "on-a-pty"]
+            assert Path(f"{base}.err").read_text() == ""
+            if shim_kind == "go":
+                return  # containerd 1.6's shim takes only FIFOs and loggers for a terminal
+            log_file = workdir / "logs" / "tty.log"
+            await shim.task.Create(shim.create_request(terminal=True,
+                                                       stdout=f"file://{log_file}"))
+            await shim.task.Start(api.StartRequest(id=shim.id))
+            assert (await shim.task.Wait(api.WaitRequest(id=shim.id))).exit_status == 0
+            await shim.task.Delete(api.DeleteRequest(id=shim.id))
+            assert log_file.read_text().split() == ["/dev/pts/0", "on-a-pty"]
 
     run(main())
 
@@ -735,14 +806,7 @@ def test_file_and_binary_logging(workdir: Path, busybox_rootfs: Path,
     """``file://`` appends both streams to a file; ``binary://`` runs a logging program with
     the streams on fds 3 and 4, the container's id and namespace in its environment."""
     spec = container_spec(default_spec, ["sh", "-c", "echo out; echo err >&2"])
-    logger = workdir / "logger.sh"
-    logger.write_text(
-        "#!/bin/sh\n"
-        'echo "$CONTAINER_NAMESPACE/$CONTAINER_ID $*" > "$2.env"\n'
-        # fd 5 is the readiness pipe: closing it (in every process) says "ready".
-        'cat <&3 5>&- > "$2.out" &\ncat <&4 5>&- > "$2.err" &\n'
-        "exec 5>&-\nwait\n")
-    logger.chmod(0o755)
+    logger = write_logger(workdir)
 
     async def main() -> None:
         async with Shim("berth", workdir, busybox_rootfs, spec) as shim:

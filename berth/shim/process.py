@@ -70,6 +70,7 @@ class Process:
         self._exited = asyncio.Event()
         self.io: ProcessIO | None = None
         self.console: Console | None = None
+        self._console_output: int | None = None  # until the console takes it
 
     @property
     def exited(self) -> bool:
@@ -119,6 +120,9 @@ class Process:
 
     async def _setup_stdio(self) -> ConsoleSocket | None:
         if self.stdio.terminal:
+            self.io, self._console_output = await ProcessIO.for_console(
+                self.stdio, process_id=self.id, namespace=self.ctx.namespace,
+                reaper=self.ctx.reaper)
             return ConsoleSocket()
         self.io = await ProcessIO.open(self.stdio, process_id=self.id,
                                        namespace=self.ctx.namespace, reaper=self.ctx.reaper)
@@ -147,7 +151,12 @@ class Process:
             raise
         finally:
             socket.close()
-        self.console = Console(master, self.stdio)
+        try:
+            self.console = Console(master, self.stdio.stdin, self._console_output)
+        except BaseException:
+            os.close(master)
+            raise
+        self._console_output = None  # the console's now
 
     def _read_pid(self, path: str) -> int:
         try:
@@ -158,6 +167,10 @@ class Process:
                 f"failed to retrieve OCI runtime process pid from {path}: {err}") from None
 
     async def _close_io(self) -> None:
+        if self._console_output is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._console_output)
+            self._console_output = None
         if self.console is not None:
             await self.console.drain(IO_DRAIN_TIMEOUT)
             self.console.close()
@@ -186,20 +199,20 @@ class InitProcess(Process):
 
     async def create(self) -> None:
         """``runc create``; afterwards :attr:`pid` is set and the process waits for start."""
-        socket = await self._setup_stdio()
-        stdio = self.io.fds if self.io is not None else (None, None, None)
-        command = asyncio.ensure_future(self.ctx.runc.create(
-            self.ctx.reaper, self.id, self.ctx.bundle, pid_file=self.pid_file, stdio=stdio,
-            console_socket=socket.path if socket else "", no_pivot=self.no_pivot,
-            no_new_keyring=self.no_new_keyring))
         try:
+            socket = await self._setup_stdio()
+            stdio = self.io.fds if self.io is not None and socket is None \
+                else (None, None, None)
+            command = asyncio.ensure_future(self.ctx.runc.create(
+                self.ctx.reaper, self.id, self.ctx.bundle, pid_file=self.pid_file, stdio=stdio,
+                console_socket=socket.path if socket else "", no_pivot=self.no_pivot,
+                no_new_keyring=self.no_new_keyring))
             await self._run_with_console(command, socket)
         except BaseException:
             await self._close_io()
             raise
-        finally:
-            if self.io is not None:
-                self.io.started()
+        if self.io is not None:
+            self.io.started()
         self.pid = self._read_pid(self.pid_file)
 
     async def start(self) -> None:
@@ -309,15 +322,14 @@ class ExecProcess(Process):
         process_file = self._write_spec(spec)
         try:
             socket = await self._setup_stdio()
-            stdio = self.io.fds if self.io is not None else (None, None, None)
+            stdio = self.io.fds if self.io is not None and socket is None \
+                else (None, None, None)
             command = asyncio.ensure_future(self.ctx.runc.exec(
                 self.ctx.reaper, self.init.id, process_file, pid_file=self.pid_file,
                 stdio=stdio, console_socket=socket.path if socket else ""))
-            try:
-                await self._run_with_console(command, socket)
-            finally:
-                if self.io is not None:
-                    self.io.started()
+            await self._run_with_console(command, socket)
+            if self.io is not None:
+                self.io.started()
             self.pid = self._read_pid(self.pid_file)
         except BaseException:
             await self._close_io()

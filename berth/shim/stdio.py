@@ -6,19 +6,26 @@ path the client made, or, for stdout (which then decides for stderr too) a ``fil
 containerd's shims run it: the streams on its fds 3 and 4, a readiness pipe on fd 5, and
 ``CONTAINER_ID`` / ``CONTAINER_NAMESPACE`` in its environment).
 
-Without a terminal, the shim copies nothing (:class:`ProcessIO`): the FIFOs, file or logger
-pipes are opened here and handed to the runtime as the process's own stdio. containerd's shim
-puts pipes between and copies; the direct wiring gives the same behaviour at no CPU or memory
-cost, because the shim keeps the same guards containerd's copy keeps:
+Without a terminal (:class:`ProcessIO`), stdin and stdout are wired straight into the process:
+the FIFO (or file, or logger pipe) is opened here and handed to the runtime as the process's
+own fd, so the shim copies nothing. containerd's shim puts pipes between and copies; the direct
+wiring gives the same behaviour at no CPU or memory cost, because the shim keeps the same
+guards containerd's copy keeps:
 
-* stdout/stderr FIFOs: the shim holds each open read-write until the process exits, so the
-  process can write before the client opens its end and never gets EPIPE while it runs; the
-  client sees EOF once the process (and whatever inherited its stdio) is gone.
+* stdout FIFO: the shim holds it open read-write until the process exits, so the process can
+  write before the client opens its end and never gets EPIPE while it runs; the client sees
+  EOF once the process (and whatever inherited its stdout) is gone.
 * stdin FIFO: the shim holds a write end until CloseIO, so the process sees EOF only after
   CloseIO *and* once every client writer has closed (a client may come and go meanwhile).
 
+stderr (FIFO or file) alone goes through a pipe the shim relays: the runtime's stdio become the
+process's, and runc prints its own failure (``exec: "x": executable file not found``) on its
+stderr; relayed only once the process runs, that text never reaches the client, as with
+containerd. A ``binary://`` logger gets the runtime's pipes directly, as containerd's does.
+
 With a terminal, the runtime sends the pty master to a console socket and :class:`Console`
-copies between it and the FIFOs (that copy cannot be avoided), and resizes it.
+copies between it and the stdin FIFO and the output (FIFO, file or logging binary: that copy
+cannot be avoided), and resizes it.
 """
 
 from __future__ import annotations
@@ -79,6 +86,17 @@ def _open_fifo_writer(path: str) -> tuple[int, int | None]:
     return fd, keeper
 
 
+def _open_relay_target(path: str) -> int:
+    """Where relayed stderr is written: a FIFO read-write (never blocks, never EPIPE), else
+    the file, appended to."""
+    try:
+        is_fifo = stat.S_ISFIFO(os.stat(path).st_mode)
+    except FileNotFoundError:
+        raise errdefs.NotFound(f"stdio {path} does not exist") from None
+    flags = os.O_RDWR if is_fifo else os.O_WRONLY | os.O_APPEND
+    return os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
 def _open_stdin(path: str, *, blocking: bool) -> tuple[int, int | None]:
     """(read fd, keeper writer or None) for a stdin path. The keeper is opened first thing
     after the reader, so the FIFO has a writer from the start: the process cannot read a
@@ -96,6 +114,15 @@ def _open_stdin(path: str, *, blocking: bool) -> tuple[int, int | None]:
     return fd, keeper
 
 
+def _open_log_file(uri: str) -> int:
+    """A ``file://`` URI's file, created with its directory, opened for appending."""
+    from urllib.parse import urlsplit
+
+    path = urlsplit(uri).path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
 def _close(fd: int | None) -> None:
     if fd is not None:
         with contextlib.suppress(OSError):
@@ -103,11 +130,13 @@ def _close(fd: int | None) -> None:
 
 
 class ProcessIO:
-    """Non-terminal stdio, wired straight into the process.
+    """Non-terminal stdio, wired into the process (stderr through a relay, see the module).
 
     Lifecycle: :meth:`open` -> hand :attr:`fds` to the runtime -> :meth:`started` once it ran
-    (our copies of the process's fds go) -> :meth:`exited` when the process is reaped (output
-    keepers go: readers get EOF) -> :meth:`close` at delete (stdin keeper, logging binary).
+    (our copies of the process's fds go, the stderr relay starts) or :meth:`close` if it did
+    not -> :meth:`exited` when the process is reaped (stdout keepers go: readers get EOF; the
+    relay ends by itself at its pipe's EOF) -> :meth:`close` at delete (stdin keeper, relay,
+    logging binary).
     """
 
     def __init__(self) -> None:
@@ -116,6 +145,10 @@ class ProcessIO:
         self._keepers: list[int] = []
         self._stdin_keeper: int | None = None
         self._logger: tuple[int, asyncio.Future[Exit]] | None = None
+        # stderr relay: the pipe's read end, where it goes, the copy once started
+        self._err_pipe: int | None = None
+        self._err_target: int | None = None
+        self._err_pump: Pump | None = None
 
     @classmethod
     async def open(cls, req: StdioRequest, *, process_id: str, namespace: str,
@@ -124,10 +157,39 @@ class ProcessIO:
         try:
             await pio._open(req, process_id, namespace, reaper)
         except BaseException:
-            pio.started()
             await pio.close()
             raise
         return pio
+
+    @classmethod
+    async def for_console(cls, req: StdioRequest, *, process_id: str, namespace: str,
+                          reaper: Reaper) -> tuple[ProcessIO, int | None]:
+        """Where a terminal's output goes: (this, a non-blocking fd for :class:`Console` to
+        write to and close, or None to discard). The FIFO, file or logging binary is chosen by
+        stdout's scheme as without a terminal; stderr is not used (a pty has one output)."""
+        pio = cls()
+        out: int | None = None
+        try:
+            scheme = _scheme(req.stdout)
+            if scheme == "binary":
+                out, err = await pio._start_logger(req.stdout, process_id, namespace, reaper)
+                os.close(err)  # the logger's stderr: empty, as containerd's is
+                pio._handed.remove(err)
+                pio._handed.remove(out)
+            elif scheme == "file":
+                out = _open_log_file(req.stdout)
+            elif scheme == "fifo":
+                if req.stdout:
+                    out = os.open(req.stdout, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            else:
+                raise errdefs.InvalidArgument(f"unknown STDIO scheme {scheme}")
+            if out is not None:
+                os.set_blocking(out, False)
+        except BaseException:
+            _close(out)
+            await pio.close()
+            raise
+        return pio, out
 
     async def _open(self, req: StdioRequest, process_id: str, namespace: str,
                     reaper: Reaper) -> None:
@@ -140,20 +202,28 @@ class ProcessIO:
             if req.stdout:
                 stdout = self._output(req.stdout)
             if req.stderr:
-                stderr = stdout if req.stderr == req.stdout else self._output(req.stderr)
+                stderr = self._relay(_open_relay_target(req.stderr))
         elif scheme == "file":
-            from urllib.parse import urlsplit
-
-            path = urlsplit(req.stdout).path
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            stdout = stderr = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                                      0o644)
+            stdout = _open_log_file(req.stdout)
             self._handed.append(stdout)
+            stderr = self._relay(_open_log_file(req.stdout))
         elif scheme == "binary":
             stdout, stderr = await self._start_logger(req.stdout, process_id, namespace, reaper)
         else:
             raise errdefs.InvalidArgument(f"unknown STDIO scheme {scheme}")
         self.fds = (stdin, stdout, stderr)
+
+    def _relay(self, target: int) -> int:
+        """A pipe for the process's stderr, relayed to ``target`` once the process runs: the
+        runtime prints its own failure on its stderr, which would otherwise reach the client
+        as if the container had written it (containerd's copy starts after success, too)."""
+        self._err_target = target
+        r, w = os.pipe()
+        self._err_pipe = r
+        self._handed.append(w)
+        os.set_blocking(r, False)
+        os.set_blocking(target, False)
+        return w
 
     def _output(self, path: str) -> int:
         fd, keeper = _open_fifo_writer(path)
@@ -191,10 +261,20 @@ class ProcessIO:
         return out_w, err_w
 
     def started(self) -> None:
-        """The runtime has the process's fds: drop our copies."""
+        """The process runs with its fds: drop our copies, start relaying stderr."""
+        self._drop_handed()
+        if self._err_pipe is not None and self._err_pump is None:
+            self._err_pump = Pump(self._err_pipe, self._err_target, on_end=self._relay_ended)
+
+    def _drop_handed(self) -> None:
         for fd in self._handed:
             _close(fd)
         self._handed.clear()
+
+    def _relay_ended(self) -> None:
+        _close(self._err_pipe)
+        _close(self._err_target)  # the client's EOF, when the target is a FIFO
+        self._err_pipe = self._err_target = None
 
     def exited(self) -> None:
         """The process exited: let readers of its output see EOF."""
@@ -206,9 +286,16 @@ class ProcessIO:
         _close(self._stdin_keeper)
         self._stdin_keeper = None
 
-    async def close(self) -> None:
+    async def close(self, drain_timeout: float = 2.0) -> None:
+        """Release everything; stderr still in the relay gets ``drain_timeout`` to arrive."""
+        self._drop_handed()
         self.exited()
         self.close_stdin()
+        if self._err_pump is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._err_pump.done), drain_timeout)
+            self._err_pump.stop()
+        self._relay_ended()
         if self._logger is not None:
             pid, done = self._logger
             self._logger = None
@@ -362,22 +449,17 @@ class Console:
     the client) -> :meth:`close`.
     """
 
-    def __init__(self, master: int, req: StdioRequest) -> None:
+    def __init__(self, master: int, stdin: str, output: int | None) -> None:
+        """Copy ``stdin`` (a FIFO path, or "") to the pty and the pty to ``output`` (an fd
+        this console now owns; None discards)."""
         self.master = master
         os.set_blocking(master, False)
         self._in: int | None = None
         self._in_keeper: int | None = None
-        self._out: int | None = None
+        self._out = output
         self._in_pump: Pump | None = None
-        try:
-            if req.stdin:
-                self._in, self._in_keeper = _open_stdin(req.stdin, blocking=False)
-            if req.stdout:
-                self._out = os.open(req.stdout, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        except BaseException:
-            _close(self._in)
-            _close(self._in_keeper)
-            raise
+        if stdin:
+            self._in, self._in_keeper = _open_stdin(stdin, blocking=False)
         if self._in is not None:
             self._in_pump = Pump(self._in, master)
         self._out_pump = Pump(master, self._out, on_end=self._output_ended)
