@@ -597,6 +597,58 @@ def test_stdin_and_close_io(shim_kind: str, workdir: Path, busybox_rootfs: Path,
     run(main())
 
 
+def test_shared_pid_namespace_kills_all_on_init_exit(shim_kind: str, workdir: Path,
+                                                     busybox_rootfs: Path,
+                                                     default_spec: dict[str, Any]) -> None:
+    """Without a PID namespace of its own, a container's other processes do not die with its
+    init: the shim kills them (containerd's rule), and their exits are reported."""
+    spec = container_spec(default_spec, ["sleep", "1000"])
+    spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"]
+                                   if ns["type"] != "pid"]
+    sleep = any_pb2.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
+                        value=json.dumps({**spec["process"], "args": ["sleep", "999"]}).encode())
+
+    async def main() -> None:
+        async with Shim(shim_kind, workdir, busybox_rootfs, spec) as shim:
+            await shim.task.Create(shim.create_request())
+            await shim.task.Start(api.StartRequest(id=shim.id))
+            await shim.task.Exec(api.ExecProcessRequest(id=shim.id, exec_id="x", spec=sleep))
+            exec_pid = (await shim.task.Start(api.StartRequest(id=shim.id, exec_id="x"))).pid
+            await shim.task.Kill(api.KillRequest(id=shim.id, signal=signal.SIGKILL))
+            assert (await shim.task.Wait(api.WaitRequest(id=shim.id))).exit_status == 137
+            waited = await shim.task.Wait(api.WaitRequest(id=shim.id, exec_id="x"))
+            assert waited.exit_status == 137
+            assert not is_running(exec_pid)
+            await shim.task.Delete(api.DeleteRequest(id=shim.id, exec_id="x"))
+            await shim.task.Delete(api.DeleteRequest(id=shim.id))
+
+    run(main())
+
+
+def test_update_resources(shim_kind: str, workdir: Path, busybox_rootfs: Path,
+                          default_spec: dict[str, Any]) -> None:
+    """Update hands the OCI LinuxResources JSON to ``runc update``: the cgroup follows."""
+    spec = container_spec(default_spec, ["sleep", "1000"], memory_limit=64 << 20)
+    cgroup = f"/sys/fs/cgroup/memory{spec['linux']['cgroupsPath']}"
+
+    async def main() -> None:
+        async with Shim(shim_kind, workdir, busybox_rootfs, spec) as shim:
+            await shim.task.Create(shim.create_request())
+            await shim.task.Start(api.StartRequest(id=shim.id))
+            limit = Path(f"{cgroup}/memory.limit_in_bytes")
+            assert int(limit.read_text()) == 64 << 20
+            resources = {"memory": {"limit": 96 << 20, "swap": 96 << 20}}
+            await shim.task.Update(api.UpdateTaskRequest(id=shim.id, resources=any_pb2.Any(
+                type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+                value=json.dumps(resources).encode())))
+            assert int(limit.read_text()) == 96 << 20
+            await shim.task.Kill(api.KillRequest(id=shim.id, signal=signal.SIGKILL))
+            await shim.task.Wait(api.WaitRequest(id=shim.id))
+            await shim.task.Delete(api.DeleteRequest(id=shim.id))
+
+    run(main())
+
+
 def test_runtime_failure_stays_out_of_the_streams(shim_kind: str, workdir: Path,
                                                   busybox_rootfs: Path,
                                                   default_spec: dict[str, Any]) -> None:
@@ -720,6 +772,48 @@ def test_start_address_grouping_and_shutdown(workdir: Path, busybox_rootfs: Path
                 await asyncio.sleep(0.05)
             assert not is_running(shim.pid)
             assert not os.path.exists(socket_path)
+
+    run(main())
+
+
+def test_grouped_containers_share_one_shim(workdir: Path, busybox_rootfs: Path,
+                                           default_spec: dict[str, Any]) -> None:
+    """Containers with the same ``io.containerd.runc.v2.group`` annotation share one shim
+    (a pod); it exits only once the last of them is deleted."""
+    group = f"pod-{uuid.uuid4().hex[:8]}"
+
+    def spec() -> dict[str, Any]:
+        s = container_spec(default_spec, ["sleep", "1000"])
+        s["annotations"] = {"io.containerd.runc.v2.group": group}
+        return s
+
+    async def main() -> None:
+        async with Shim("berth", workdir, busybox_rootfs, spec()) as first:
+            second = Shim("berth", workdir, busybox_rootfs, spec())
+            try:
+                second.bundle.mkdir()
+                (second.bundle / "rootfs").mkdir()
+                (second.bundle / "config.json").write_text(json.dumps(second.spec))
+                done = second.run_action("start")
+                assert done.returncode == 0, done.stderr
+                assert done.stdout.decode() == first.address
+                assert (second.bundle / "address").read_text() == first.address
+                for shim in (first, second):
+                    await first.task.Create(shim.create_request())
+                    await first.task.Start(api.StartRequest(id=shim.id))
+                pids = {(await first.task.Connect(api.ConnectRequest(id=s.id))).shim_pid
+                        for s in (first, second)}
+                assert pids == {first.pid}
+                for shim in (first, second):
+                    await first.task.Kill(api.KillRequest(id=shim.id, signal=signal.SIGKILL))
+                    await first.task.Wait(api.WaitRequest(id=shim.id))
+                await first.task.Delete(api.DeleteRequest(id=second.id))
+                await first.task.Shutdown(api.ShutdownRequest(id=second.id))
+                await asyncio.sleep(0.3)
+                assert is_running(first.pid)
+                await first.task.Delete(api.DeleteRequest(id=first.id))
+            finally:
+                await second.cleanup()
 
     run(main())
 

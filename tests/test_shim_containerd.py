@@ -149,26 +149,42 @@ def test_stdin_through_ctr(c: Ctr, busybox_image: ImageInfo, runtime: str) -> No
     assert out == b"line one\nline two\nend\n"
 
 
-def test_terminal_through_ctr(daemon: ReferenceContainerd, c: Ctr,
-                              busybox_image: ImageInfo) -> None:
-    """``ctr run -t`` on a pty of its own (script(1) gives it one): the container gets a
-    terminal of ctr's size (ResizePty) and its output comes back through the console."""
+def on_a_terminal(c: Ctr, *args: str) -> str:
+    """Run ctr with a 33x77 pty of its own (script(1)); its output."""
     import shlex
     import subprocess
 
     from processes import loopback_env
 
-    cid = container_id("berth-tty")
-    command = shlex.join([*c.command("run", "--rm", "-t", "--runtime", RUNTIME,
-                                     busybox_image.ref, cid, "sh", "-c",
-                                     # ctr sizes the console once the task runs
-                                     "sleep 0.5; stty size; tty; exit 0")])
+    command = shlex.join(c.command(*args))
     done = subprocess.run(["script", "-qec", f"stty rows 33 cols 77; {command}", "/dev/null"],
                           capture_output=True, text=True, timeout=60, env=loopback_env(),
                           stdin=subprocess.DEVNULL, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "33 77" in done.stdout
-    assert "/dev/pts/" in done.stdout
+    return done.stdout
+
+
+def test_terminal_through_ctr(c: Ctr, busybox_image: ImageInfo) -> None:
+    """``ctr run -t`` and ``ctr tasks exec -t``: the process gets a terminal of ctr's size
+    (ResizePty) and its output comes back through the console."""
+    cid = container_id("berth-tty")
+    # ctr sizes the console once the task runs: the process waits a little
+    out = on_a_terminal(c, "run", "--rm", "-t", "--runtime", RUNTIME, busybox_image.ref, cid,
+                        "sh", "-c", "sleep 0.5; stty size; tty; exit 0")
+    assert "33 77" in out and "/dev/pts/" in out
+    cid = container_id("berth-exec-tty")
+    c("run", "-d", "--runtime", RUNTIME, busybox_image.ref, cid, "sleep", "1000")
+    try:
+        wait_for_status(c, cid, "RUNNING")
+        out = on_a_terminal(c, "tasks", "exec", "-t", "--exec-id", "t1", cid, "sh", "-c",
+                            "sleep 0.5; stty size; tty")
+        assert "33 77" in out and "/dev/pts/" in out
+    finally:
+        c("tasks", "kill", "-s", "SIGKILL", cid, check=False)
+        with contextlib.suppress(AssertionError):
+            wait_for_status(c, cid, "STOPPED", timeout=5)
+        c("tasks", "rm", "-f", cid, check=False)
+        c("containers", "rm", cid, check=False)
 
 
 def test_detached_exec_kill_rm(c: Ctr, daemon: ReferenceContainerd,
