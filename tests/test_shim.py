@@ -762,8 +762,10 @@ def test_start_address_grouping_and_shutdown(workdir: Path, busybox_rootfs: Path
             again = shim.run_action("start")
             assert again.returncode == 0 and again.stdout.decode() == shim.address
             assert again.stderr == b""
-            # The shim process: a session of its own, not our child, its cwd the bundle.
-            assert os.getsid(shim.pid) == shim.pid
+            # The shim process: in a session of its own, not our child, its cwd the bundle.
+            assert os.getsid(shim.pid) != os.getsid(0)
+            assert int(Path(f"/proc/{shim.pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) \
+                != os.getpid()
             assert os.readlink(f"/proc/{shim.pid}/cwd") == str(shim.bundle)
             await shim.task.Shutdown(api.ShutdownRequest(id=shim.id))
             await asyncio.wait_for(shim.client.wait_closed(), 10)  # type: ignore[union-attr]
@@ -853,6 +855,7 @@ def test_delete_action_after_shim_died(workdir: Path, busybox_rootfs: Path,
             assert response.exit_status == 137 and response.pid == init_pid
             assert response.exited_at.seconds > 0
             assert not is_mounted(shim.bundle / "rootfs")
+            assert not os.path.exists(shim.address.removeprefix("unix://"))
             state = subprocess.run([RUNC, "--root", shim.state_root, "state", shim.id],
                                    capture_output=True, check=False)
             assert state.returncode != 0
@@ -862,6 +865,21 @@ def test_delete_action_after_shim_died(workdir: Path, busybox_rootfs: Path,
             assert not is_running(init_pid)
 
     run(main())
+
+
+@pytest.mark.parametrize("pid,status,seconds,nanos", [
+    (0, 137, 1_795_000_000, 123), (4_000_000, 0, 0, 0), (1, 255, 2**40, 999_999_999)])
+def test_delete_response_encoding(pid: int, status: int, seconds: int, nanos: int) -> None:
+    """The delete action's hand-written DeleteResponse parses as the generated message."""
+    from berth.shim.main import encode_delete_response
+
+    data = encode_delete_response(pid, status, seconds, nanos)
+    parsed = api.DeleteResponse.FromString(data)
+    assert (parsed.pid, parsed.exit_status) == (pid, status)
+    assert (parsed.exited_at.seconds, parsed.exited_at.nanos) == (seconds, nanos)
+    expected = api.DeleteResponse(pid=pid, exit_status=status)
+    expected.exited_at.seconds, expected.exited_at.nanos = seconds, nanos
+    assert data == expected.SerializeToString()
 
 
 def test_runtime_options_and_runc_errors(workdir: Path, busybox_rootfs: Path,
@@ -964,6 +982,8 @@ def test_memory_of_an_idle_shim(workdir: Path, busybox_rootfs: Path,
             maps = Path(f"/proc/{shim.pid}/maps").read_text()
             assert "cygrpc" not in maps and "libssl" not in maps and "libcrypto" not in maps
             assert usage["Rss"] < 28 * 1024
+            # Forked from the zygote, most of it is shared: what is its own stays small.
+            assert usage["Uss"] < 10 * 1024
             await shim.task.Kill(api.KillRequest(id=shim.id, signal=signal.SIGKILL))
             await shim.task.Wait(api.WaitRequest(id=shim.id))
             await shim.task.Delete(api.DeleteRequest(id=shim.id))

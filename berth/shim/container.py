@@ -1,8 +1,4 @@
 """One container in a shim: its bundle, runtime options, rootfs, init and exec processes, cgroup.
-
-The runtime options come with Create as a ``containerd.runc.v1.Options`` (runc binary, state
-root, systemd cgroups, no-pivot...) and are saved in the bundle (``options.json``), so that the
-``delete`` action, run after the shim died, drives the same runtime with the same root.
 """
 
 from __future__ import annotations
@@ -11,64 +7,14 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from berth import errdefs
 from berth.shim import cgroups
+from berth.shim.options import RuntimeOptions
 from berth.shim.process import ExecProcess, InitProcess, Process, RuntimeContext
 from berth.shim.reaper import Reaper
-from berth.shim.runc import Runc
 from berth.shim.stdio import StdioRequest
-
-OPTIONS_FILE = "options.json"
-RUNC_OPTIONS_TYPE = "containerd.runc.v1.Options"
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    binary_name: str = ""
-    root: str = ""
-    systemd_cgroup: bool = False
-    no_pivot_root: bool = False
-    no_new_keyring: bool = False
-
-    @classmethod
-    def from_any(cls, options: Any) -> RuntimeOptions:
-        """From a task's ``options`` (an ``Any``); defaults when unset. Another type of
-        options is refused, as it would be silently ignored otherwise."""
-        if not options.type_url and not options.value:
-            return cls()
-        type_name = options.type_url.rsplit("/", 1)[-1]
-        if type_name != RUNC_OPTIONS_TYPE:
-            raise errdefs.InvalidArgument(
-                f"unsupported task options type {options.type_url!r}: the berth shim takes "
-                f"{RUNC_OPTIONS_TYPE}")
-        from berth.api.runtime.runc.options import oci_pb2
-
-        parsed = oci_pb2.Options.FromString(options.value)
-        return cls(parsed.binary_name, parsed.root, parsed.systemd_cgroup,
-                   parsed.no_pivot_root, parsed.no_new_keyring)
-
-    def save(self, bundle: str) -> None:
-        tmp = os.path.join(bundle, f".{OPTIONS_FILE}")
-        with open(tmp, "w") as f:
-            json.dump(asdict(self), f)
-        os.replace(tmp, os.path.join(bundle, OPTIONS_FILE))
-
-    @classmethod
-    def load(cls, bundle: str) -> RuntimeOptions:
-        try:
-            with open(os.path.join(bundle, OPTIONS_FILE)) as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            return cls()
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-    def runc(self, bundle: str, namespace: str) -> Runc:
-        return Runc.for_bundle(bundle, namespace, binary=self.binary_name, root=self.root,
-                               systemd_cgroup=self.systemd_cgroup)
 
 
 def _kills_all_on_exit(bundle: str) -> bool:

@@ -28,12 +28,12 @@ task left, or SIGTERM. It is a child subreaper, so container processes are its c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
 
 SOCKET_DIR = "/run/berth/s"
 LISTEN_FD = 3
@@ -41,17 +41,19 @@ GROUP_LABELS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
 VERSION = "berth shim v2"
 
 
-@dataclass
 class Flags:
-    namespace: str = ""
-    id: str = ""
-    address: str = ""
-    publish_binary: str = ""
-    bundle: str = ""
-    socket: str = ""
-    debug: bool = False
-    version: bool = False
-    action: str = ""
+    """The command line. (Not a dataclass: importing dataclasses costs ``start`` 7 ms.)"""
+
+    def __init__(self) -> None:
+        self.namespace = ""
+        self.id = ""
+        self.address = ""
+        self.publish_binary = ""
+        self.bundle = ""
+        self.socket = ""
+        self.debug = False
+        self.version = False
+        self.action = ""
 
 
 _STRING_FLAGS = {"namespace", "id", "address", "publish-binary", "bundle", "socket"}
@@ -226,8 +228,27 @@ def _adjust_oom_score(pid: int) -> None:
         pass
 
 
+def _start_shim(shim_flags: list[str], sock: socket.socket, log_fd: int | None) -> int:
+    """Start the shim process on ``sock``: forked by the zygote (see berth.shim.zygote), or,
+    if that fails or ``BERTH_SHIM_ZYGOTE=off``, as a new interpreter of its own."""
+    from berth.shim.spawn import spawn_process
+
+    python = _python_command()
+    if os.environ.get("BERTH_SHIM_ZYGOTE", "").lower() not in ("off", "0", "false", "no"):
+        from berth.shim import zygote
+
+        try:
+            return zygote.fork_shim(zygote.zygote_path(SOCKET_DIR), shim_flags,
+                                    cwd=os.getcwd(), env=dict(os.environ),
+                                    listen_fd=sock.fileno(), log_fd=log_fd, python=python)
+        except (OSError, RuntimeError, ValueError):
+            pass
+    return spawn_process([*python, *shim_flags], stderr=log_fd, fds={LISTEN_FD: sock.fileno()},
+                         setsid=True)
+
+
 def start(flags: Flags) -> int:
-    from berth.shim.reaper import close_on_exec_all, spawn_process
+    from berth.shim.spawn import close_on_exec_all
 
     close_on_exec_all()
     address = socket_address(flags.address, flags.namespace, _grouping(flags.id))
@@ -236,13 +257,11 @@ def start(flags: Flags) -> int:
     sock = _listen(path)
     if sock is not None:
         log_fd = _log_fd()
-        argv = [*_python_command(), "-namespace", flags.namespace, "-id", flags.id,
-                "-address", flags.address]
+        shim_flags = ["-namespace", flags.namespace, "-id", flags.id, "-address", flags.address]
         if flags.debug:
-            argv.append("-debug")
+            shim_flags.append("-debug")
         try:
-            pid = spawn_process(argv, stderr=log_fd, fds={LISTEN_FD: sock.fileno()},
-                                setsid=True)
+            pid = _start_shim(shim_flags, sock, log_fd)
             # Not waited for: it outlives us. (Our own exit hands it to init.)
             _apply_start_options(pid, options)
             _adjust_oom_score(pid)
@@ -259,36 +278,85 @@ def start(flags: Flags) -> int:
     return 0
 
 
-def delete(flags: Flags) -> int:
-    from google.protobuf import timestamp_pb2
+def _remove_dead_socket(bundle: str) -> None:
+    """The socket a killed shim left (named in the bundle's ``address``), if nobody serves it:
+    with pod grouping another task may still be served there."""
+    try:
+        with open(os.path.join(bundle, "address")) as f:
+            path = f.read().strip().removeprefix("unix://")
+    except OSError:
+        return
+    if path.startswith(SOCKET_DIR + "/") and not _can_connect(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
-    from berth.api.runtime.task.v2 import shim_pb2
-    from berth.shim.container import RuntimeOptions
+
+def delete(flags: Flags) -> int:
+    """Clean up after a dead shim. Every task's end passes here (containerd runs it once the
+    shim hung up), so it only does what is left to do: in the usual case nothing is."""
+    from berth.shim import lean
+
+    lean.use_status_codes_without_grpc()  # errdefs would load gRPC: 60 ms for nothing here
+    from berth.shim.options import RuntimeOptions
 
     bundle = flags.bundle or os.getcwd()
     runc = RuntimeOptions.load(bundle).runc(bundle, flags.namespace)
-    problem = runc.delete_now(flags.id, force=True)
-    if problem and "does not exist" not in problem:
-        print(f"runc delete {flags.id}: {problem}", file=sys.stderr)
+    if os.path.exists(os.path.join(runc.root, flags.id)):  # runc still knows the container
+        problem = runc.delete_now(flags.id, force=True)
+        if problem and "does not exist" not in problem:
+            print(f"runc delete {flags.id}: {problem}", file=sys.stderr)
     rootfs = os.path.join(bundle, "rootfs")
-    from berth.mount import unmount
+    if _is_mount_point(rootfs):
+        from berth.mount import unmount
 
-    try:
-        unmount(rootfs)  # a no-op when nothing is mounted there
-    except Exception as err:
-        print(f"unmount {rootfs}: {err}", file=sys.stderr)
+        try:
+            unmount(rootfs)
+        except Exception as err:
+            print(f"unmount {rootfs}: {err}", file=sys.stderr)
+    _remove_dead_socket(bundle)
     pid = 0
     try:
         with open(os.path.join(bundle, "init.pid")) as f:
             pid = int(f.read().strip())
     except (OSError, ValueError):
         pass
-    exited_at = timestamp_pb2.Timestamp()
-    exited_at.FromNanoseconds(time.time_ns())
-    response = shim_pb2.DeleteResponse(pid=pid, exit_status=128 + 9, exited_at=exited_at)
-    sys.stdout.buffer.write(response.SerializeToString())
+    now = time.time_ns()
+    sys.stdout.buffer.write(encode_delete_response(pid, 128 + 9, now // 10**9, now % 10**9))
     sys.stdout.flush()
     return 0
+
+
+def _is_mount_point(path: str) -> bool:
+    """Whether something is mounted on ``path`` (per mountinfo: a bind mount from the same
+    filesystem has the same device, so os.path.ismount misses it)."""
+    target = os.path.realpath(path).encode()
+    with open("/proc/self/mountinfo", "rb") as f:
+        # mount points are octal-escaped there; ours never need escaping unless the bundle
+        # path has spaces, in which case we err on the side of unmounting
+        return any(line.split()[4] == target for line in f) or b" " in target
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_delete_response(pid: int, exit_status: int, seconds: int, nanos: int) -> bytes:
+    """A serialized ``containerd.task.v2.DeleteResponse`` {1: pid, 2: exit_status, 3:
+    exited_at {1: seconds, 2: nanos}}, written by hand: loading protobuf would cost the delete
+    action 15 ms. (tests/test_shim.py checks it against the generated message.)"""
+    stamp = b"".join(_varint(tag) + _varint(v) for tag, v in ((0x08, seconds), (0x10, nanos))
+                     if v)
+    out = b"".join(_varint(tag) + _varint(v) for tag, v in ((0x08, pid), (0x10, exit_status))
+                   if v)
+    return out + b"\x1a" + _varint(len(stamp)) + stamp
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,9 +387,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve_main(argv: list[str]) -> int:
-    """The shim process: serve until shut down."""
-    from berth.shim import lean
+    """The shim process (serve until shut down), or the zygote that forks them."""
+    from berth.shim import lean, zygote
 
+    if argv and argv[0] == zygote.ZYGOTE_FLAG:
+        return zygote.serve_forever(argv[1])
     lean.use_status_codes_without_grpc()
     lean.block_ssl()
     from berth.shim.server import serve

@@ -15,7 +15,8 @@ import signal
 import socket
 
 from berth.shim.main import LISTEN_FD
-from berth.shim.reaper import Reaper, close_on_exec_all, set_subreaper
+from berth.shim.reaper import Reaper, set_subreaper
+from berth.shim.spawn import close_on_exec_all
 
 log = logging.getLogger("berth.shim")
 

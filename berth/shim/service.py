@@ -52,8 +52,11 @@ def _uninterrupted(method: Callable[[S, Any, Any], Awaitable[Any]]
 
     async def call(self: S, ctx: Any, request: Any) -> Any:
         task = asyncio.ensure_future(method(self, ctx, request))
-        task.add_done_callback(_retrieve)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_retrieve)  # nobody else will look at its outcome
+            raise
 
     call.__name__ = method.__name__
     call.__doc__ = method.__doc__

@@ -1,0 +1,264 @@
+"""A fork server for shims: one process that has imported the shim once, and forks each new
+shim from that state.
+
+Why: a shim's memory is mostly the Python code it loaded (asyncio, protobuf, ttrpc, the shim's
+modules). Started one by one, every shim holds its own copy (~13 MiB private each). Forked from
+a preloaded process, they share those pages copy-on-write and each keeps only what it changes
+(~4 MiB), and a new shim answers at once instead of importing first.
+
+Contract (``start`` is the only client):
+
+* The zygote listens on ``/run/berth/s/zygote-<identity>`` (mode 0600), where the identity
+  hashes the interpreter, the Berth installation and its shim code's files, so an upgraded
+  Berth gets a new zygote and never forks old code.
+* A request is one message: a JSON object ``{"argv": [...shim flags...], "env": {...},
+  "cwd": BUNDLE}`` with the shim's listening socket, and optionally its log fd, attached
+  (SCM_RIGHTS). The answer is ``{"pid": N}`` or ``{"error": "..."}``.
+* The shim is forked twice (a new session, not the zygote's child: it is re-parented as a
+  directly started shim would be), gets the socket as fd 3, /dev/null as stdin and stdout, the
+  log fd (or /dev/null) as stderr, the bundle as working directory and exactly the request's
+  environment. Its command line is rewritten to ``containerd-shim-berth-v2 -namespace NS -id ID
+  -address ADDRESS``, so tools find it as they find a directly started shim.
+* The zygote exits once no shim it forked is alive and no request came for
+  :data:`IDLE_EXIT` seconds. Shims it forked keep sharing memory with each other after it.
+
+Anything going wrong on the way makes ``start`` fall back to starting the shim directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import socket
+import sys
+import time
+from collections.abc import Sequence
+
+ZYGOTE_FLAG = "--berth-shim-zygote"
+IDLE_EXIT = 10.0
+CONNECT_TIMEOUT = 5.0  # a new zygote imports everything first
+_MAX_REQUEST = 1 << 16
+# Modules a shim process uses; the zygote imports them all before forking.
+_PRELOAD = (
+    "asyncio", "ctypes", "berth.ttrpc.server", "berth.ttrpc.client", "berth.logfmt",
+    "berth.mount", "berth.shim.server", "berth.shim.service", "berth.shim.container",
+    "berth.shim.process", "berth.shim.stdio", "berth.shim.runc", "berth.shim.cgroups",
+    "berth.shim.events", "berth.shim.reaper", "berth.api.runtime.task.v2.shim_pb2",
+    "berth.api.events.task_pb2", "berth.api.cgroups.v1.metrics_pb2",
+    "berth.api.cgroups.v2.metrics_pb2", "berth.api.runtime.runc.options.oci_pb2",
+    "berth.api.services.ttrpc.events.v1.events_pb2", "google.protobuf.empty_pb2",
+    "urllib.parse",
+)
+
+
+def _berth_root() -> str:
+    import berth
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(berth.__file__)))
+
+
+def identity() -> str:
+    """What the zygote's code is: the interpreter, and every shim source file's stat."""
+    import hashlib  # here: it loads OpenSSL, which shims have no use for
+
+    root = _berth_root()
+    h = hashlib.sha256(f"{sys.executable}\0{sys.version}\0{root}".encode())
+    for sub in ("berth/shim", "berth/ttrpc", "berth/api/runtime/task/v2", "berth/api/events"):
+        directory = os.path.join(root, sub)
+        with contextlib.suppress(OSError):
+            for name in sorted(os.listdir(directory)):
+                if name.endswith(".py"):
+                    st = os.stat(os.path.join(directory, name))
+                    h.update(f"{sub}/{name}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
+    for name in ("errdefs.py", "namespaces.py", "mount.py", "logfmt.py"):
+        with contextlib.suppress(OSError):
+            st = os.stat(os.path.join(root, "berth", name))
+            h.update(f"{name}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
+    return h.hexdigest()[:32]
+
+
+def zygote_path(socket_dir: str) -> str:
+    return os.path.join(socket_dir, f"zygote-{identity()}")
+
+
+# -- the client side: ``start`` ----------------------------------------------------------------
+
+
+def fork_shim(path: str, argv: Sequence[str], *, cwd: str, env: dict[str, str],
+              listen_fd: int, log_fd: int | None, python: Sequence[str]) -> int:
+    """Have the zygote at ``path`` fork a shim; its pid. Starts the zygote (with the
+    ``python`` command) when none answers. OSError or RuntimeError when it cannot be had."""
+    sock = _connect(path)
+    if sock is None:
+        _spawn_zygote(path, python)
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while sock is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+            sock = _connect(path)
+        if sock is None:
+            raise RuntimeError(f"shim zygote at {path} did not come up")
+    with sock:
+        sock.settimeout(CONNECT_TIMEOUT)
+        request = json.dumps({"argv": list(argv), "env": env, "cwd": cwd}).encode()
+        fds = [listen_fd] + ([log_fd] if log_fd is not None else [])
+        socket.send_fds(sock, [request], fds)
+        answer = json.loads(sock.recv(_MAX_REQUEST) or b"{}")
+    if "pid" not in answer:
+        raise RuntimeError(f"shim zygote: {answer.get('error', 'no answer')}")
+    return int(answer["pid"])
+
+
+def _connect(path: str) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _spawn_zygote(path: str, python: Sequence[str]) -> None:
+    from berth.shim.spawn import spawn_process
+
+    # The padding leaves room in the zygote's argument area for the shims' command lines.
+    spawn_process([*python, ZYGOTE_FLAG, path, " " * 512], setsid=True, env=dict(os.environ))
+
+
+# -- the zygote --------------------------------------------------------------------------------
+
+
+def serve_forever(path: str) -> int:
+    """The zygote process: preload, listen at ``path``, fork shims until idle."""
+    import gc
+    import importlib
+
+    from berth.shim import lean
+
+    lean.use_status_codes_without_grpc()
+    lean.block_ssl()
+    for module in _PRELOAD:
+        importlib.import_module(module)
+    os.chdir("/")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(path)
+    except OSError:
+        return 0  # another zygote won the race
+    os.chmod(path, 0o600)
+    listener.listen(64)
+    gc.collect()
+    gc.freeze()  # the shims' collectors then never write to the shared objects
+    shims: dict[int, int] = {}  # pidfd -> pid
+    last_request = time.monotonic()
+    try:
+        while True:
+            ready, _, _ = select.select([listener.fileno(), *shims], [], [], IDLE_EXIT / 4)
+            for fd in ready:
+                if fd == listener.fileno():
+                    last_request = time.monotonic()
+                    pid = _serve_one(listener)
+                    if pid:
+                        with contextlib.suppress(OSError):
+                            shims[os.pidfd_open(pid)] = pid
+                else:
+                    os.close(fd)  # that shim exited
+                    del shims[fd]
+            if not shims and time.monotonic() - last_request > IDLE_EXIT:
+                return 0
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _serve_one(listener: socket.socket) -> int:
+    conn, _ = listener.accept()
+    fds: list[int] = []
+    with conn:
+        try:
+            conn.settimeout(CONNECT_TIMEOUT)
+            data, fds, _flags, _addr = socket.recv_fds(conn, _MAX_REQUEST, 2)
+            request = json.loads(data)
+            pid = _fork(request, fds, listener, conn)
+            conn.sendall(json.dumps({"pid": pid}).encode())
+            return pid
+        except Exception as err:
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps({"error": str(err) or type(err).__name__}).encode())
+            return 0
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def _fork(request: dict[str, object], fds: list[int], *closing: socket.socket) -> int:
+    argv = [str(a) for a in request["argv"]]  # type: ignore[attr-defined]
+    env = {str(k): str(v) for k, v in request["env"].items()}  # type: ignore[attr-defined]
+    cwd = str(request["cwd"])
+    if not fds:
+        raise RuntimeError("no listening socket came with the request")
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:  # the intermediate: a new session, a child, gone
+        code = 1
+        try:
+            os.close(r)
+            os.setsid()
+            pid = os.fork()
+            if pid == 0:
+                os.close(w)
+                _become_shim(argv, env, cwd, fds, closing)  # never returns
+            os.write(w, str(pid).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        os.waitpid(middle, 0)
+        answer = os.read(r, 32)
+    finally:
+        os.close(r)
+    if not answer:
+        raise RuntimeError("forking the shim failed")
+    return int(answer)
+
+
+def _become_shim(argv: list[str], env: dict[str, str], cwd: str, fds: list[int],
+                 closing: Sequence[socket.socket]) -> None:
+    code = 1
+    try:
+        for s in closing:
+            s.close()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        log_fd = fds[1] if len(fds) > 1 else devnull
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.dup2(log_fd, 2)
+        os.dup2(fds[0], 3)
+        os.closerange(4, os.sysconf("SC_OPEN_MAX"))
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        _set_command_line(["containerd-shim-berth-v2", *argv])
+        from berth.shim.main import parse_flags
+        from berth.shim.server import serve
+
+        flags = parse_flags(argv)
+        code = serve(flags.namespace, flags.id, debug=flags.debug)
+    finally:
+        os._exit(code)
+
+
+def _set_command_line(args: Sequence[str]) -> None:
+    """Rewrite this process's command line (/proc/self/cmdline) in place: the argument area
+    keeps its size; what does not fit is cut."""
+    import ctypes
+
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (stat fields 48, 49)
+    area = end - start
+    text = b"\0".join(a.encode() for a in args) + b"\0"
+    ctypes.memmove(start, text[:area].ljust(area, b"\0"), area)
