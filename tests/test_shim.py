@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -218,9 +219,9 @@ class Shim:
     def state_root(self) -> str:
         return STATE_ROOTS[self.kind]
 
-    def run_action(self, action: str, *, stdin: bytes = b"", extra: tuple[str, ...] = ()
-                   ) -> subprocess.CompletedProcess[bytes]:
-        env = {**os.environ, "TTRPC_ADDRESS": self.events_address}
+    def run_action(self, action: str, *, stdin: bytes = b"", extra: tuple[str, ...] = (),
+                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+        env = {**os.environ, "TTRPC_ADDRESS": self.events_address, **(env or {})}
         return subprocess.run(
             [self.binary, "-namespace", NAMESPACE, "-address", f"{self.workdir}/daemon.sock",
              "-publish-binary", "/bin/true", "-id", self.id, "-debug", *extra, action],
@@ -818,6 +819,105 @@ def test_grouped_containers_share_one_shim(workdir: Path, busybox_rootfs: Path,
                 await second.cleanup()
 
     run(main())
+
+
+def read_cmdline(pid: int) -> list[str]:
+    return [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0") if a]
+
+
+def test_shims_are_forked_by_the_zygote(workdir: Path, busybox_rootfs: Path,
+                                        default_spec: dict[str, Any]) -> None:
+    """``start`` has the zygote fork the shim: its command line reads like a shim's, its
+    environment is the caller's, and its memory is mostly shared. ``BERTH_SHIM_ZYGOTE=off``
+    starts a fresh interpreter instead."""
+    spec = container_spec(default_spec, ["true"])
+
+    async def main() -> None:
+        async with Shim("berth", workdir, busybox_rootfs, spec,
+                        events_address="/tmp/nowhere.sock") as shim:
+            assert read_cmdline(shim.pid) == [
+                "containerd-shim-berth-v2", "-namespace", NAMESPACE, "-id", shim.id,
+                "-address", f"{workdir}/daemon.sock", "-debug"]
+            # (Its environment is the request's: the event tests see TTRPC_ADDRESS at work.
+            # /proc/PID/environ shows the zygote's own, nearly empty one.)
+            environ = Path(f"/proc/{shim.pid}/environ").read_bytes().split(b"\0")
+            assert not [v for v in environ if v.startswith(b"TTRPC_ADDRESS=")]
+            assert os.readlink(f"/proc/{shim.pid}/fd/2") == os.readlink(
+                f"/proc/{os.getpid()}/fd/{shim._log_fd}")  # the bundle's log FIFO
+            usage = memory_kib(shim.pid)
+            assert usage["Uss"] < usage["Rss"] / 2
+
+        other = Shim("berth", workdir, busybox_rootfs, spec)
+        other.bundle.mkdir()
+        (other.bundle / "config.json").write_text(json.dumps(spec))
+        try:
+            done = other.run_action("start", env={"BERTH_SHIM_ZYGOTE": "off"})
+            assert done.returncode == 0, done.stderr
+            other.address = done.stdout.decode()
+            other.client = await Client.connect(other.address)
+            stub = Stub(other.client, TASK)
+            other.pid = (await stub.Connect(api.ConnectRequest(id=other.id))).shim_pid
+            assert "berth.shim.main" in " ".join(read_cmdline(other.pid))
+            await stub.Shutdown(api.ShutdownRequest(id=other.id))
+        finally:
+            await other.cleanup()
+
+    run(main())
+
+
+def test_zygote_leaves_when_idle(workdir: Path) -> None:
+    """A zygote of our own: it forks a shim on request, and exits once that shim is gone and
+    no request came for a while."""
+    from berth.shim import main as shim_main
+    from berth.shim import zygote
+
+    path = str(workdir / "zygote.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(workdir / "shim.sock"))
+    listener.listen(8)
+    zygote_pid = 0
+    shim_pid = 0
+
+    async def main() -> None:
+        nonlocal zygote_pid, shim_pid
+        shim_pid = zygote.fork_shim(
+            path, ["-namespace", NAMESPACE, "-id", "zygote-test", "-address", "x"],
+            cwd=str(workdir), env={"PATH": "/usr/bin:/bin"}, listen_fd=listener.fileno(),
+            log_fd=None, python=shim_main._python_command())
+        listener.close()
+        zygote_pid = next(pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                          if path in read_cmdline_safe(pid))
+        client = await Client.connect(str(workdir / "shim.sock"))
+        stub = Stub(client, TASK)
+        assert (await stub.Connect(api.ConnectRequest(id="x"))).shim_pid == shim_pid
+        assert os.getsid(shim_pid) != os.getsid(zygote_pid)
+        with contextlib.suppress(errdefs.Unavailable):
+            await stub.Shutdown(api.ShutdownRequest(id="x"))
+        await client.close()
+        deadline = time.monotonic() + 5
+        while is_running(shim_pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not is_running(shim_pid)
+        assert is_running(zygote_pid)  # still idle-waiting
+        deadline = time.monotonic() + zygote.IDLE_EXIT + 5
+        while is_running(zygote_pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert not is_running(zygote_pid)
+        assert not os.path.exists(path)
+
+    try:
+        run(main(), timeout=zygote.IDLE_EXIT + 30)
+    finally:
+        for pid in (shim_pid, zygote_pid):
+            if pid and is_running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def read_cmdline_safe(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def test_shutdown_waits_for_tasks(workdir: Path, busybox_rootfs: Path,

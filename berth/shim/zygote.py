@@ -9,16 +9,20 @@ a preloaded process, they share those pages copy-on-write and each keeps only wh
 Contract (``start`` is the only client):
 
 * The zygote listens on ``/run/berth/s/zygote-<identity>`` (mode 0600), where the identity
-  hashes the interpreter, the Berth installation and its shim code's files, so an upgraded
-  Berth gets a new zygote and never forks old code.
+  hashes the interpreter, the Berth installation and its shim code's files (an upgraded Berth
+  gets a new zygote and never forks old code), and what a child inherits that a request cannot
+  carry: the caller's namespaces, cgroups and user. A shim forked for a daemon is thus where a
+  shim that daemon started itself would be.
 * A request is one message: a JSON object ``{"argv": [...shim flags...], "env": {...},
-  "cwd": BUNDLE}`` with the shim's listening socket, and optionally its log fd, attached
-  (SCM_RIGHTS). The answer is ``{"pid": N}`` or ``{"error": "..."}``.
+  "cwd": BUNDLE, "umask": N, "rlimits": {resource: [soft, hard]}}`` with the shim's listening
+  socket, and optionally its log fd, attached (SCM_RIGHTS). The answer is ``{"pid": N}`` or
+  ``{"error": "..."}``.
 * The shim is forked twice (a new session, not the zygote's child: it is re-parented as a
   directly started shim would be), gets the socket as fd 3, /dev/null as stdin and stdout, the
-  log fd (or /dev/null) as stderr, the bundle as working directory and exactly the request's
-  environment. Its command line is rewritten to ``containerd-shim-berth-v2 -namespace NS -id ID
-  -address ADDRESS``, so tools find it as they find a directly started shim.
+  log fd (or /dev/null) as stderr, the bundle as working directory, exactly the request's
+  environment, its umask and (as far as they can be set) its resource limits. Its command
+  line is rewritten to ``containerd-shim-berth-v2 -namespace NS -id ID -address ADDRESS``, so
+  tools find it as they find a directly started shim.
 * The zygote exits once no shim it forked is alive and no request came for
   :data:`IDLE_EXIT` seconds. Shims it forked keep sharing memory with each other after it.
 
@@ -64,7 +68,12 @@ def identity() -> str:
     import hashlib  # here: it loads OpenSSL, which shims have no use for
 
     root = _berth_root()
-    h = hashlib.sha256(f"{sys.executable}\0{sys.version}\0{root}".encode())
+    h = hashlib.sha256(f"{sys.executable}\0{sys.version}\0{root}\0{os.getuid()}".encode())
+    with contextlib.suppress(OSError), open("/proc/self/cgroup", "rb") as f:
+        h.update(f.read())
+    with contextlib.suppress(OSError):
+        for ns in sorted(os.listdir("/proc/self/ns")):
+            h.update(os.readlink(f"/proc/self/ns/{ns}").encode() + b"\0")
     for sub in ("berth/shim", "berth/ttrpc", "berth/api/runtime/task/v2", "berth/api/events"):
         directory = os.path.join(root, sub)
         with contextlib.suppress(OSError):
@@ -101,13 +110,36 @@ def fork_shim(path: str, argv: Sequence[str], *, cwd: str, env: dict[str, str],
             raise RuntimeError(f"shim zygote at {path} did not come up")
     with sock:
         sock.settimeout(CONNECT_TIMEOUT)
-        request = json.dumps({"argv": list(argv), "env": env, "cwd": cwd}).encode()
+        request = json.dumps({"argv": list(argv), "env": env, "cwd": cwd,
+                              "umask": _umask(), "rlimits": _rlimits()}).encode()
         fds = [listen_fd] + ([log_fd] if log_fd is not None else [])
         socket.send_fds(sock, [request], fds)
         answer = json.loads(sock.recv(_MAX_REQUEST) or b"{}")
     if "pid" not in answer:
         raise RuntimeError(f"shim zygote: {answer.get('error', 'no answer')}")
     return int(answer["pid"])
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _rlimits() -> dict[str, list[int]]:
+    import resource
+
+    return {name: list(resource.getrlimit(getattr(resource, name)))
+            for name in dir(resource) if name.startswith("RLIMIT_")}
+
+
+def _apply_rlimits(limits: dict[str, list[int]]) -> None:
+    """Take the caller's limits where we may (raising a hard limit needs a privilege)."""
+    import resource
+
+    for name, (soft, hard) in limits.items():
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            resource.setrlimit(getattr(resource, name), (soft, hard))
 
 
 def _connect(path: str) -> socket.socket | None:
@@ -123,8 +155,11 @@ def _connect(path: str) -> socket.socket | None:
 def _spawn_zygote(path: str, python: Sequence[str]) -> None:
     from berth.shim.spawn import spawn_process
 
-    # The padding leaves room in the zygote's argument area for the shims' command lines.
-    spawn_process([*python, ZYGOTE_FLAG, path, " " * 512], setsid=True, env=dict(os.environ))
+    # The padding leaves room in the zygote's argument area for the shims' command lines. Its
+    # environment is almost empty: shims show it in /proc/PID/environ (theirs is the
+    # request's), and one daemon's variables must not seem to be another's shim's.
+    spawn_process([*python, ZYGOTE_FLAG, path, " " * 512], setsid=True,
+                  env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
 
 
 # -- the zygote --------------------------------------------------------------------------------
@@ -146,7 +181,14 @@ def serve_forever(path: str) -> int:
     try:
         listener.bind(path)
     except OSError:
-        return 0  # another zygote won the race
+        if _connect(path) is not None:
+            return 0  # another zygote won the race
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a killed zygote's socket
+        try:
+            listener.bind(path)
+        except OSError:
+            return 0
     os.chmod(path, 0o600)
     listener.listen(64)
     gc.collect()
@@ -197,6 +239,8 @@ def _fork(request: dict[str, object], fds: list[int], *closing: socket.socket) -
     argv = [str(a) for a in request["argv"]]  # type: ignore[attr-defined]
     env = {str(k): str(v) for k, v in request["env"].items()}  # type: ignore[attr-defined]
     cwd = str(request["cwd"])
+    umask = int(request.get("umask", 0o022))  # type: ignore[call-overload]
+    rlimits = request.get("rlimits") or {}
     if not fds:
         raise RuntimeError("no listening socket came with the request")
     r, w = os.pipe()
@@ -209,6 +253,8 @@ def _fork(request: dict[str, object], fds: list[int], *closing: socket.socket) -
             pid = os.fork()
             if pid == 0:
                 os.close(w)
+                os.umask(umask)
+                _apply_rlimits(rlimits)  # type: ignore[arg-type]
                 _become_shim(argv, env, cwd, fds, closing)  # never returns
             os.write(w, str(pid).encode())
             code = 0
