@@ -920,6 +920,33 @@ def read_cmdline_safe(pid: int) -> str:
         return ""
 
 
+def test_same_task_again_right_after_shutdown(workdir: Path, busybox_rootfs: Path,
+                                              default_spec: dict[str, Any]) -> None:
+    """A daemon that deletes a task and starts one with the same id at once (``berth start``
+    of a stopped container) gets a new shim, never the one that is leaving."""
+    spec = container_spec(default_spec, ["true"])
+
+    async def main() -> None:
+        async with Shim("berth", workdir, busybox_rootfs, spec) as shim:
+            for _round in range(3):
+                await shim.task.Create(shim.create_request())
+                await shim.task.Start(api.StartRequest(id=shim.id))
+                await shim.task.Wait(api.WaitRequest(id=shim.id))
+                await shim.task.Delete(api.DeleteRequest(id=shim.id))
+                await shim.task.Shutdown(api.ShutdownRequest(id=shim.id))
+                done = shim.run_action("start")  # no pause: the old shim may still be leaving
+                assert done.returncode == 0, done.stderr
+                old = shim.pid
+                assert shim.client is not None
+                await shim.client.close()
+                shim.client = await Client.connect(done.stdout.decode())
+                shim.task = Stub(shim.client, TASK, timeout=30)
+                shim.pid = (await shim.task.Connect(api.ConnectRequest(id=shim.id))).shim_pid
+                assert shim.pid != old
+
+    run(main())
+
+
 def test_shutdown_waits_for_tasks(workdir: Path, busybox_rootfs: Path,
                                   default_spec: dict[str, Any]) -> None:
     """Shutdown while a task exists leaves the shim serving, as containerd's does."""

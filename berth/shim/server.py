@@ -20,9 +20,6 @@ from berth.shim.spawn import close_on_exec_all
 
 log = logging.getLogger("berth.shim")
 
-SHUTDOWN_GRACE = 0.05  # lets the Shutdown call's answer leave before the server closes
-
-
 def _setup_logging(debug: bool) -> None:
     from berth.logfmt import LogfmtFormatter
 
@@ -64,22 +61,38 @@ async def _serve(namespace: str, listener: socket.socket) -> None:
     reaper.install(loop)
     publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), namespace)
 
-    def idle_shutdown() -> None:
-        loop.call_later(SHUTDOWN_GRACE, stop.set)
+    path = listener.getsockname()
+    identity = _identity(path)
 
-    service = TaskService(namespace, reaper, publisher, on_idle_shutdown=idle_shutdown)
+    def leave() -> None:
+        # The socket's name goes first, before Shutdown answers: a task started again at
+        # once (same id, same address) must find no live shim there and start a new one,
+        # not reach this one as it leaves.
+        if identity is not None and _identity(path) == identity:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        stop.set()
+
+    service = TaskService(namespace, reaper, publisher, on_idle_shutdown=leave)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, leave)
     server = Server()
     server.register(shim_pb2.DESCRIPTOR.services_by_name["Task"], service)
-    path = listener.getsockname()
     await server.serve(listener)
     log.debug("serving on %s", path)
     await stop.wait()
-    await server.shutdown()
+    await server.shutdown()  # calls in progress (Shutdown's own answer) finish first
     await service.close()
     await publisher.close()
     reaper.close()
-    if isinstance(path, str) and path:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+
+
+def _identity(path: object) -> tuple[int, int] | None:
+    """(device, inode) of the socket file at ``path``: ours, or a successor's."""
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
