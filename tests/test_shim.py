@@ -422,6 +422,34 @@ def test_echo_to_stdout_fifo_with_events(shim_kind: str, workdir: Path, busybox_
     run(main())
 
 
+def test_process_starts_with_default_signals(shim_kind: str, workdir: Path,
+                                             busybox_rootfs: Path,
+                                             default_spec: dict[str, Any]) -> None:
+    """The container's process ignores no signal the shim or its starter ignored (Python
+    ignores SIGPIPE; a shell's background job, SIGINT and SIGQUIT) and blocks none."""
+    spec = container_spec(default_spec, ["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"])
+
+    async def main() -> None:
+        async with Shim(shim_kind, workdir, busybox_rootfs, spec) as shim:
+            out = Fifo(workdir / "stdout", "r")
+            err = Fifo(workdir / "stderr", "r")
+            await shim.task.Create(shim.create_request(stdout=str(out.path),
+                                                       stderr=str(err.path)))
+            await shim.task.Start(api.StartRequest(id=shim.id))
+            assert (await shim.task.Wait(api.WaitRequest(id=shim.id))).exit_status == 0
+            lines = (await out.read_all()).decode().splitlines()
+            masks = dict(line.split(":\t") for line in lines)
+            assert int(masks["SigBlk"], 16) == 0
+            for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGPIPE,
+                        signal.SIGTERM, signal.SIGXFSZ, signal.SIGUSR1):
+                assert not int(masks["SigIgn"], 16) & (1 << (sig - 1)), sig
+            await shim.task.Delete(api.DeleteRequest(id=shim.id))
+            out.close()
+            err.close()
+
+    run(main())
+
+
 def test_exit_status_and_signals(shim_kind: str, workdir: Path, busybox_rootfs: Path,
                                  default_spec: dict[str, Any]) -> None:
     """``exit 3`` is 3; a process killed by SIGTERM is 128+15, in Wait and in the event. (The
@@ -1036,6 +1064,40 @@ def test_runtime_options_and_runc_errors(workdir: Path, busybox_rootfs: Path,
             (shim.bundle / "config.json").write_text(json.dumps(broken))
             with pytest.raises(errdefs.BerthError, match=r"(?i)OCI runtime create failed: .*cwd"):
                 await shim.task.Create(shim.create_request())
+
+    run(main())
+
+
+def test_crun(workdir: Path, busybox_rootfs: Path, default_spec: dict[str, Any]) -> None:
+    """crun drives the same way (binary_name in the options), where the host lets it run:
+    on a hybrid cgroup host crun refuses, with its own words in the error."""
+    crun = shutil.which("crun")
+    if crun is None:
+        pytest.skip("crun is not installed")
+    spec = container_spec(default_spec, ["sh", "-c", "echo from-crun; exit 4"])
+    options = any_pb2.Any(type_url="containerd.runc.v1.Options",
+                          value=oci_pb2.Options(binary_name=crun).SerializeToString())
+
+    async def main() -> None:
+        async with Shim("berth", workdir, busybox_rootfs, spec) as shim:
+            out = Fifo(workdir / "stdout", "r")
+            try:
+                await shim.task.Create(shim.create_request(stdout=str(out.path),
+                                                           options=options))
+            except errdefs.BerthError as err:
+                if "hybrid" in str(err):
+                    pytest.skip(f"crun cannot run containers on this host: {err}")
+                raise
+            try:
+                await shim.task.Start(api.StartRequest(id=shim.id))
+                assert (await shim.task.Wait(api.WaitRequest(id=shim.id))).exit_status == 4
+                assert await out.read_all() == b"from-crun\n"
+            finally:
+                subprocess.run([crun, "--root", shim.state_root, "delete", "--force", shim.id],
+                               capture_output=True, check=False)
+                with contextlib.suppress(errdefs.BerthError):
+                    await shim.task.Delete(api.DeleteRequest(id=shim.id))
+                out.close()
 
     run(main())
 

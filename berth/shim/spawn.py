@@ -8,7 +8,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 from collections.abc import Mapping, Sequence
+
+_RESETTABLE = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 
 def spawn_process(
@@ -24,7 +27,10 @@ def spawn_process(
     """posix_spawnp ``argv`` with exactly the given fds; its pid. The caller waits for it.
 
     Our own fds are all close-on-exec (Python's default), so the child gets only the fds
-    named here: 0-2 (/dev/null where None) and ``fds`` (child fd -> our fd).
+    named here: 0-2 (/dev/null where None) and ``fds`` (child fd -> our fd). Every signal
+    starts with its default action and unblocked: Python ignores SIGPIPE, and whoever started
+    us may have ignored others (a shell's background job ignores SIGQUIT); a container must
+    inherit none of that.
     """
     wanted: dict[int, int | None] = {0: stdin, 1: stdout, 2: stderr, **(fds or {})}
     devnull = -1
@@ -43,7 +49,8 @@ def spawn_process(
             actions.append((os.POSIX_SPAWN_DUP2, high, target))
         return os.posix_spawnp(argv[0], list(argv),
                                dict(os.environ if env is None else env),
-                               file_actions=actions, setsid=setsid)
+                               file_actions=actions, setsid=setsid,
+                               setsigmask=(), setsigdef=_RESETTABLE)
     finally:
         for fd in staged:
             os.close(fd)
