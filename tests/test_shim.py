@@ -983,6 +983,8 @@ def test_shutdown_waits_for_tasks(workdir: Path, busybox_rootfs: Path,
     async def main() -> None:
         async with Shim("berth", workdir, busybox_rootfs, spec) as shim:
             await shim.task.Create(shim.create_request())
+            with pytest.raises(errdefs.NotImplementedByBerth):
+                await shim.task.Checkpoint(api.CheckpointTaskRequest(id=shim.id, path="/x"))
             await shim.task.Shutdown(api.ShutdownRequest(id=shim.id))
             await asyncio.sleep(0.3)
             assert is_running(shim.pid)

@@ -2,13 +2,16 @@
 (or pod) that drives runc, owns the container's stdio and reaps its exits.
 
 * :mod:`~berth.shim.main`: the command line (``start``, ``delete``) and the socket address.
+* :mod:`~berth.shim.zygote`: the fork server ``start`` has fork each shim (shared memory).
 * :mod:`~berth.shim.server`: the shim process's loop, ttrpc on the socket ``start`` bound.
 * :mod:`~berth.shim.service`: the ``containerd.task.v2.Task`` RPCs.
 * :mod:`~berth.shim.container`, :mod:`~berth.shim.process`: a container, its init and exec
   processes and their lifecycle.
-* :mod:`~berth.shim.runc`: the OCI runtime binary (runc, crun).
+* :mod:`~berth.shim.runc`, :mod:`~berth.shim.options`: the OCI runtime binary (runc, crun)
+  and the task's runtime options.
 * :mod:`~berth.shim.stdio`: FIFOs, files, logging binaries and terminals.
-* :mod:`~berth.shim.reaper`: the one collector of child exits (the shim is a subreaper).
+* :mod:`~berth.shim.reaper`, :mod:`~berth.shim.spawn`: the one collector of child exits
+  (the shim is a subreaper), and starting children with exactly the fds they should have.
 * :mod:`~berth.shim.cgroups`: statistics and OOM events.
 * :mod:`~berth.shim.events`: events forwarded to the daemon.
 * :mod:`~berth.shim.lean`: what the shim process does without, to stay small.

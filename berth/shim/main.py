@@ -10,16 +10,23 @@ with ``TTRPC_ADDRESS`` (where events go) in the environment.
 
 ``start`` binds the shim's socket and starts the long-lived shim process on it (a new session,
 the bundle as working directory, stdin/stdout on /dev/null, stderr on the bundle's ``log`` FIFO
-when there is one), writes the bundle's ``address`` file and prints the address
-(``unix:///run/berth/s/<sha256>``). The socket's name is the sha256 of the daemon's address,
+-- opened read-write, so that neither opening nor writing can block on a reader -- when there
+is one), writes the bundle's ``address`` file and prints the address
+(``unix:///run/berth/s/<sha256>``). The shim is forked by the zygote (berth.shim.zygote),
+started if need be; ``BERTH_SHIM_ZYGOTE=off``, or any trouble with it, starts a new interpreter
+instead. The socket's name is the sha256 of the daemon's address,
 the namespace and the grouping key (the container id, or the pod given by the
 ``io.containerd.runc.v2.group`` / ``io.kubernetes.cri.sandbox-id`` annotations), so tasks of one
 pod share one shim, and berthd and containerd never share a shim. When a shim already serves
 that socket, ``start`` prints its address and starts nothing. Runtime options (protobuf ``Any``)
 may come on stdin: a ``shim_cgroup`` there moves the shim into that cgroup.
 
-``delete`` cleans up after a shim that died: ``runc delete --force``, rootfs unmounted, and a
-``DeleteResponse`` (exit status 137, as for SIGKILL) as protobuf on stdout.
+``delete`` cleans up after a shim that died: ``runc delete --force``, rootfs unmounted, its
+socket removed, and a ``DeleteResponse`` (exit status 137, as for SIGKILL) as protobuf on
+stdout. containerd runs it after every shim's exit, so it does only what is left to do.
+
+Runtime state: ``runc --root`` is the options' ``root`` (or ``/run/berth/runc``) plus the
+namespace -- Berth's own tree, never the Go shim's ``/run/containerd/runc``.
 
 The shim process itself (this same program, run with the flags and no action) serves
 ``containerd.task.v2.Task`` over ttrpc on the inherited socket (fd 3) until Shutdown finds no
