@@ -112,6 +112,32 @@ def test_run_rm_echo(c: Ctr, daemon: ReferenceContainerd, busybox_image: ImageIn
     assert berth_shims(daemon) == []
 
 
+def test_events_reach_ctr(c: Ctr, busybox_image: ImageInfo) -> None:
+    """The shim's events go through containerd to ``ctr events``, which decodes them."""
+    import subprocess
+
+    from processes import loopback_env
+
+    cid = container_id("berth-events")
+    watcher = subprocess.Popen(c.command("events"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=loopback_env())
+    try:
+        time.sleep(0.5)
+        c("run", "--rm", "--runtime", RUNTIME, busybox_image.ref, cid, "sh", "-c", "exit 7",
+          check=False)
+        time.sleep(0.5)
+    finally:
+        watcher.terminate()
+        out, err = watcher.communicate(timeout=10)
+    # "2026-11-28 20:24:41.1 +0000 UTC default /tasks/exit {...}"
+    lines = [line for line in out.splitlines() if cid in line]
+    topics = [line.split()[5] for line in lines]
+    for topic in ("/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"):
+        assert topic in topics, out + err
+    exit_line = next(line for line in lines if "/tasks/exit" in line)
+    assert '"exit_status":7' in exit_line.replace(" ", ""), exit_line
+
+
 def test_run_exit_status(c: Ctr, busybox_image: ImageInfo) -> None:
     cid = container_id("berth-exit")
     done = c("run", "--rm", "--runtime", RUNTIME, busybox_image.ref, cid, "sh", "-c", "exit 3",
