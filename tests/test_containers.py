@@ -119,10 +119,10 @@ def test_create_get_list_delete(meta: Metadata) -> None:
     assert got.spec is not None and got.spec.type_url == SPEC_TYPE_URL
     store.create(container("api"))
     assert [c.id for c in store.list()] == ["api", "web"]
-    with pytest.raises(errdefs.AlreadyExists, match="'web'"):
+    with pytest.raises(errdefs.AlreadyExists, match='"web"'):
         store.create(container("web"))
     store.delete("web")
-    with pytest.raises(errdefs.NotFound, match="'web'"):
+    with pytest.raises(errdefs.NotFound, match='"web"'):
         store.get("web")
     with pytest.raises(errdefs.NotFound):
         store.delete("web")

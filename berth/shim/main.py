@@ -301,9 +301,7 @@ def _remove_dead_socket(bundle: str) -> None:
 def delete(flags: Flags) -> int:
     """Clean up after a dead shim. Every task's end passes here (containerd runs it once the
     shim hung up), so it only does what is left to do: in the usual case nothing is."""
-    from berth.shim import lean
 
-    lean.use_status_codes_without_grpc()  # errdefs would load gRPC: 60 ms for nothing here
     from berth.shim.options import RuntimeOptions
 
     bundle = flags.bundle or os.getcwd()
@@ -399,7 +397,6 @@ def serve_main(argv: list[str]) -> int:
 
     if argv and argv[0] == zygote.ZYGOTE_FLAG:
         return zygote.serve_forever(argv[1])
-    lean.use_status_codes_without_grpc()
     lean.block_ssl()
     from berth.shim.server import serve
 

@@ -172,7 +172,6 @@ def serve_forever(path: str) -> int:
 
     from berth.shim import lean
 
-    lean.use_status_codes_without_grpc()
     lean.block_ssl()
     for module in _PRELOAD:
         importlib.import_module(module)
