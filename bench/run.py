@@ -56,8 +56,9 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-def shim_pids(address: str) -> list[int]:
-    """Shim processes serving the daemon at ``address`` (their -address argument)."""
+def shim_pids(address: str, zygote: bool) -> list[int]:
+    """Shim processes serving the daemon at ``address`` (their -address argument), and Berth's
+    shim fork server (zygote), whose memory its shims share and so is theirs to carry."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -67,8 +68,9 @@ def shim_pids(address: str) -> list[int]:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if b"-address" in argv and address.encode() in argv and any(
-                b"shim" in a for a in argv):
+        serves_daemon = b"-address" in argv and address.encode() in argv and any(
+            b"shim" in a for a in argv)
+        if serves_daemon or (zygote and b"--berth-shim-zygote" in argv):
             pids.append(int(entry))
     return pids
 
@@ -85,7 +87,7 @@ def memory(address: str, ref: str, name: str, count: int, daemon_pid: int) -> di
         for cid in ids:
             ctr(address, "run", "-d", ref, cid, "sleep", "3600")
         time.sleep(2)  # let the shims settle
-        pids = shim_pids(address)
+        pids = shim_pids(address, zygote=name == "berthd")
         rss, pss = zip(*(memory_kib(p) for p in pids), strict=True) if pids else ((0,), (0,))
         d_rss, d_pss = memory_kib(daemon_pid)
         return {"shims": len(pids), "pss_per_container": sum(pss) / count / 1024,
@@ -139,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ratio berthd/containerd: {ratio:.2f}")
     print(f"\n{args.containers} running containers (sleep)")
     for name, m in mem.items():
-        print(f"  {name:10} shims {m['shims']:.0f}: PSS {m['pss_per_container']:.1f} MiB per "
-              f"container (RSS {m['rss_per_container']:.1f}); daemon RSS {m['daemon_rss']:.0f} "
-              f"MiB, PSS {m['daemon_pss']:.0f} MiB")
+        print(f"  {name:10} shim processes {m['shims']:.0f}: PSS "
+              f"{m['pss_per_container']:.1f} MiB per container "
+              f"(RSS {m['rss_per_container']:.1f}); daemon RSS {m['daemon_rss']:.0f} MiB, "
+              f"PSS {m['daemon_pss']:.0f} MiB")
     print(f"  ratio shim PSS per container berthd/containerd: "
           f"{mem['berthd']['pss_per_container'] / mem['containerd']['pss_per_container']:.2f}")
     return 0
