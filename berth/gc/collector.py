@@ -61,7 +61,9 @@ def _expired(lbls: Mapping[str, str], now: datetime.datetime) -> bool:
     return when < now
 
 
-def _refs(ns: str, lbls: Mapping[str, str]) -> Iterable[Node]:
+def label_refs(ns: str, lbls: Mapping[str, str]) -> Iterable[Node]:
+    """The resources that ``containerd.io/gc.ref.content[.<name>]`` and
+    ``containerd.io/gc.ref.snapshot.<snapshotter>[/<name>]`` labels name."""
     for key, value in lbls.items():
         if key.startswith(labels.GC_REF_CONTENT):
             rest = key[len(labels.GC_REF_CONTENT):]
@@ -125,7 +127,7 @@ class Collector:
             flat: list[Node] = []
             for r in c.execute("SELECT namespace, digest, labels FROM images"):
                 roots.append((r["namespace"], "content", r["digest"]))
-                roots.extend(_refs(r["namespace"], loads(r["labels"])))
+                roots.extend(label_refs(r["namespace"], loads(r["labels"])))
             lease_flat = {
                 (r["namespace"], r["id"]): leases.LABEL_FLAT in loads(r["labels"])
                 for r in c.execute("SELECT namespace, id, labels FROM leases")
@@ -149,12 +151,12 @@ class Collector:
                 marked.add(node)
                 ns, kind, _ = node
                 if kind == "content":
-                    stack.extend(_refs(ns, content_labels.get(node, {})))
+                    stack.extend(label_refs(ns, content_labels.get(node, {})))
                 elif node in snapshots:
                     parent, lbls, _ = snapshots[node]
                     if parent:
                         stack.append((ns, kind, parent))
-                    stack.extend(_refs(ns, lbls))
+                    stack.extend(label_refs(ns, lbls))
             # A flat lease keeps its resources but not what they reference; a snapshot still
             # needs its parents to exist, so those are kept too.
             for node in flat:

@@ -17,13 +17,13 @@ import builtins
 import functools
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from berth import errdefs, filters, labels, namespaces
 from berth.api.events import container_pb2
 from berth.containers import AnyValue, Container, RuntimeInfo, validate, validate_id
 from berth.events import Publisher
-from berth.gc.collector import Node
+from berth.gc.collector import Node, label_refs
 from berth.metadata.db import DB, dumps, loads, now_ns
 
 # With no field paths an update replaces these; snapshotter and runtime.name must not differ.
@@ -74,21 +74,6 @@ def _adapt(c: Container, path: Sequence[str]) -> tuple[str, bool]:
     if value is None:
         return "", False
     return value, bool(value)
-
-
-def label_refs(ns: str, lbls: Mapping[str, str]) -> Iterable[Node]:
-    """The resources that ``containerd.io/gc.ref.content[.<name>]`` and
-    ``containerd.io/gc.ref.snapshot.<snapshotter>[/<name>]`` labels name (the collector's rule
-    for reference labels)."""
-    for key, value in lbls.items():
-        if key.startswith(labels.GC_REF_CONTENT):
-            rest = key[len(labels.GC_REF_CONTENT):]
-            if not rest or rest[0] in "./":
-                yield (ns, "content", value)
-        elif key.startswith(labels.GC_REF_SNAPSHOT):
-            name = key[len(labels.GC_REF_SNAPSHOT):].split("/", 1)[0]
-            if name:
-                yield (ns, f"snapshots/{name}", value)
 
 
 class ContainerStore:
