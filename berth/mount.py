@@ -122,14 +122,71 @@ def _syscall_mount(source: str, target: str, fstype: str, flags: int, data: str)
         )
 
 
+# mount(2) copies at most one page of filesystem data; longer overlay options fail.
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_DIR_OPTIONS = ("lowerdir=", "upperdir=", "workdir=")
+
+
+def _compact_overlay(data: str) -> tuple[str, str] | None:
+    """For overlay data too long for one page (an image of many layers), the same options with
+    the layer directories relative to their common parent, and that parent; None if that does
+    not make them fit either."""
+    parts = data.split(",")
+    dirs = [d for p in parts if p.startswith(_DIR_OPTIONS)
+            for d in p.split("=", 1)[1].split(":")]
+    if not dirs:
+        return None
+    common = os.path.commonpath(dirs)
+    if common in dirs:  # a layer that is the parent of another: keep its name relative
+        common = os.path.dirname(common)
+    out = []
+    for p in parts:
+        if p.startswith(_DIR_OPTIONS):
+            key, value = p.split("=", 1)
+            p = key + "=" + ":".join(os.path.relpath(d, common) for d in value.split(":"))
+        out.append(p)
+    compact = ",".join(out)
+    return (compact, common) if len(compact) < _PAGE else None
+
+
+def _mount_from(directory: str, source: str, target: str, fstype: str, flags: int,
+                data: str) -> None:
+    """mount(2) run with ``directory`` as the working directory, in a child process: the
+    working directory is per process, and berthd's threads must not see it change."""
+    target = os.path.abspath(target)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only chdir, mount, report and _exit
+        os.close(read_end)
+        code = 0
+        try:
+            os.chdir(directory)
+            _syscall_mount(source, target, fstype, flags, data)
+        except BaseException as err:  # reported to the parent through the pipe
+            os.write(write_end, str(err).encode()[:4096])
+            code = 1
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        message = f.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise errdefs.Internal(f"mount {fstype} on {target} failed: {message or 'unknown error'}"
+                               f" (layer paths relative to {directory})")
+
+
 def mount(m: Mount, target: str) -> None:
     """Mount ``m`` on ``target`` (which must exist)."""
     flags, propagation, data = parse_options(m.options)
     fstype = m.type
     if flags & MS_BIND:
         fstype = "none"
-    _syscall_mount(m.source, target, fstype, flags & ~MS_REMOUNT if flags & MS_BIND else flags,
-                   data)
+    compact = _compact_overlay(data) if fstype == "overlay" and len(data) >= _PAGE else None
+    if compact is not None:
+        _mount_from(compact[1], m.source, target, fstype, flags, compact[0])
+    else:
+        _syscall_mount(m.source, target, fstype,
+                       flags & ~MS_REMOUNT if flags & MS_BIND else flags, data)
     # A read-only bind needs a remount to take effect.
     if flags & MS_BIND and flags & MS_RDONLY:
         _syscall_mount("", target, "", flags | MS_REMOUNT, "")
