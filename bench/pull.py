@@ -390,10 +390,12 @@ class Daemon(Protocol):
 class Berthd(ManagedProcess):
     """berthd with its own root, state and socket under `base`, started and stopped by PID."""
 
-    def __init__(self, base: Path, binary: Path = BERTHD_BINARY, start_timeout: float = 30.0):
+    def __init__(self, base: Path, binary: Path = BERTHD_BINARY, start_timeout: float = 30.0,
+                 config: str = ""):
         self.base = base
         self.binary = binary
         self.start_timeout = start_timeout
+        self.config = config  # config.toml text, if any
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -423,10 +425,16 @@ class Berthd(ManagedProcess):
     def _start(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
         root, state = self.base / "root", self.base / "state"
+        extra: list[str] = []
+        if self.config:
+            config = self.base / "config.toml"
+            config.write_text(self.config)
+            extra = ["--config", str(config)]
         self._proc = spawn(
             [
                 str(self.binary),
                 *("--root", str(root), "--state", str(state), "--address", self.address),
+                *extra,
             ],
             self.log_path,
         )

@@ -11,9 +11,11 @@
    own RSS/PSS with the containers running.
 
 containerd runs its own Go shim (`containerd-shim-runc-v2`); berthd runs Berth's shim
-(`containerd-shim-berth-v2`, the default for `io.containerd.runc.v2`). Both pull the same
-busybox image from a loopback registry first. Needs root. Only processes started here are
-signalled; everything is removed afterwards.
+(`containerd-shim-berth-v2`, the default for `io.containerd.runc.v2`), one per container as
+containerd does. The memory part is also measured for a second berthd configured with
+`shim_group = "namespace"` (one shim for all of a namespace's containers), for comparison.
+Both pull the same busybox image from a loopback registry first. Needs root. Only processes
+started here are signalled; everything is removed afterwards.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from reference_containerd import ReferenceContainerd, remove_tree  # noqa: E402
 from registry import Registry  # noqa: E402
 
 CTR = "/usr/bin/ctr"
+GROUPED_CONFIG = ('version = 2\n[plugins."io.containerd.runtime.v2.task"]\n'
+                  '  shim_group = "namespace"\n')
 
 
 def ctr(address: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -82,12 +86,13 @@ def latency(address: str, ref: str, name: str, index: int) -> float:
 
 
 def memory(address: str, ref: str, name: str, count: int, daemon_pid: int) -> dict[str, float]:
-    ids = [f"mem-{name}-{i}" for i in range(count)]
+    slug = "-".join("".join(c if c.isalnum() else " " for c in name).split())
+    ids = [f"mem-{slug}-{i}" for i in range(count)]
     try:
         for cid in ids:
             ctr(address, "run", "-d", ref, cid, "sleep", "3600")
         time.sleep(2)  # let the shims settle
-        pids = shim_pids(address, zygote=name == "berthd")
+        pids = shim_pids(address, zygote=name.startswith("berthd"))
         rss, pss = zip(*(memory_kib(p) for p in pids), strict=True) if pids else ((0,), (0,))
         d_rss, d_pss = memory_kib(daemon_pid)
         return {"shims": len(pids), "pss_per_container": sum(pss) / count / 1024,
@@ -115,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         with Registry() as registry, ReferenceContainerd(work / "containerd") as containerd:
             ref = images.busybox(registry, work / "layouts").ref
             berthd = Berthd(work / "berthd")
+            grouped = Berthd(work / "berthd-grouped", config=GROUPED_CONFIG)
             berthd.start()
+            grouped.start()
             try:
                 daemons = {"containerd": (containerd.address, containerd.pid),
                            "berthd": (berthd.address, berthd.pid)}
@@ -127,10 +134,13 @@ def main(argv: list[str] | None = None) -> int:
                     order = list(daemons) if i % 2 == 0 else list(reversed(daemons))
                     for name in order:
                         times[name].append(latency(daemons[name][0], ref, name, i))
+                ctr(grouped.address, "images", "pull", "--plain-http", ref)
+                daemons["berthd, grouped"] = (grouped.address, grouped.pid)
                 mem = {name: memory(address, ref, name, args.containers, pid)
                        for name, (address, pid) in daemons.items()}
             finally:
                 berthd.stop()
+                grouped.stop()
     finally:
         remove_tree(work)
     print(f"\nctr run --rm busybox /bin/true, {args.runs} runs each")
@@ -141,12 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ratio berthd/containerd: {ratio:.2f}")
     print(f"\n{args.containers} running containers (sleep)")
     for name, m in mem.items():
-        print(f"  {name:10} shim processes {m['shims']:.0f}: PSS "
+        print(f"  {name:15} shim processes {m['shims']:.0f}: PSS "
               f"{m['pss_per_container']:.1f} MiB per container "
               f"(RSS {m['rss_per_container']:.1f}); daemon RSS {m['daemon_rss']:.0f} MiB, "
               f"PSS {m['daemon_pss']:.0f} MiB")
-    print(f"  ratio shim PSS per container berthd/containerd: "
-          f"{mem['berthd']['pss_per_container'] / mem['containerd']['pss_per_container']:.2f}")
+    for name in ("berthd", "berthd, grouped"):
+        ratio = mem[name]["pss_per_container"] / mem["containerd"]["pss_per_container"]
+        print(f"  ratio shim PSS per container {name}/containerd: {ratio:.2f}")
     return 0
 
 

@@ -128,7 +128,8 @@ def _tasks(ctx: InitContext) -> Any:
     events = EventsEndpoint(loop, ctx.ttrpc_address, ctx.get(p.EVENT))
     manager = TaskManager(ctx.state, ctx.get(p.METADATA), ctx.get(p.EVENT), ctx.address,
                           ctx.ttrpc_address, {str(k): str(v) for k, v in shims.items()},
-                          on_close=[events.close], loop=loop)
+                          on_close=[events.close], loop=loop,
+                          shim_group=str(ctx.config.get("shim_group", "")))
     manager.recover()
     return manager
 

@@ -68,7 +68,7 @@ class TaskManager:
     def __init__(self, state: str, metadata: Metadata, exchange: Exchange, grpc_address: str,
                  ttrpc_address: str, shims: Mapping[str, str] | None = None,
                  on_close: Sequence[Callable[[], None]] = (),
-                 loop: BackgroundLoop | None = None) -> None:
+                 loop: BackgroundLoop | None = None, shim_group: str = "") -> None:
         self.state_dir = state
         self.md = metadata
         self.exchange = exchange
@@ -79,11 +79,15 @@ class TaskManager:
         self._lock = threading.Lock()
         self._on_close = list(on_close)
         self.loop = loop or BackgroundLoop.default()
+        if shim_group not in ("", "namespace"):
+            raise errdefs.InvalidArgument(
+                f"runtime config: shim_group {shim_group!r} must be \"namespace\" or empty")
+        self.shim_group = shim_group
         os.makedirs(state, mode=0o711, exist_ok=True)
 
     def _binary(self, path: str) -> ShimBinary:
         return ShimBinary(path, self.grpc_address, self.ttrpc_address,
-                          os.path.abspath(sys.argv[0]))
+                          os.path.abspath(sys.argv[0]), self.shim_group)
 
     # -- lookups ----------------------------------------------------------------------------
 

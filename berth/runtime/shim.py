@@ -65,20 +65,24 @@ def resolve_binary(runtime: str, runtime_path: str, overrides: Mapping[str, str]
 
 class ShimBinary:
     def __init__(self, path: str, grpc_address: str, ttrpc_address: str,
-                 daemon_binary: str) -> None:
+                 daemon_binary: str, group: str = "") -> None:
         self.path = path
         self.grpc_address = grpc_address
         self.ttrpc_address = ttrpc_address
         self.daemon_binary = daemon_binary
+        self.group = group
 
     def _command(self, bundle: Bundle, action: str) -> list[str]:
         return [self.path, "-namespace", bundle.namespace, "-address", self.grpc_address,
                 "-publish-binary", self.daemon_binary, "-id", bundle.id, action]
 
     def _env(self, bundle: Bundle) -> dict[str, str]:
-        return {**os.environ, "TTRPC_ADDRESS": self.ttrpc_address,
-                "GRPC_ADDRESS": self.grpc_address, "NAMESPACE": bundle.namespace,
-                "MAX_SHIM_VERSION": "2"}
+        env = {**os.environ, "TTRPC_ADDRESS": self.ttrpc_address,
+               "GRPC_ADDRESS": self.grpc_address, "NAMESPACE": bundle.namespace,
+               "MAX_SHIM_VERSION": "2"}
+        if self.group:
+            env["BERTH_SHIM_GROUP"] = self.group  # understood by Berth's shim only
+        return env
 
     def start(self, bundle: Bundle) -> str:
         """Start the shim for ``bundle``; its ttrpc socket path."""

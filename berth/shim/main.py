@@ -45,6 +45,10 @@ import time
 SOCKET_DIR = "/run/berth/s"
 LISTEN_FD = 3
 GROUP_LABELS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
+# Set by berthd (runtime config ``shim_group = "namespace"``): one shim serves every container
+# of a namespace that carries no group annotation of its own. Fewer processes, less memory;
+# one shim's failure then touches all of them.
+GROUP_ENV = "BERTH_SHIM_GROUP"
 VERSION = "berth shim v2"
 
 
@@ -118,6 +122,8 @@ def _grouping(container_id: str) -> str:
     for label in GROUP_LABELS:
         if annotations.get(label):
             return str(annotations[label])
+    if os.environ.get(GROUP_ENV) == "namespace":
+        return "berth.namespace-group"  # the namespace is part of the socket's hash
     return container_id
 
 
