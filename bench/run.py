@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 import images  # noqa: E402
+from processes import pids_with_argument, pids_with_argument_pair  # noqa: E402
 from pull import Berthd  # noqa: E402
 from reference_containerd import ReferenceContainerd, remove_tree  # noqa: E402
 from registry import Registry  # noqa: E402
@@ -61,22 +62,11 @@ def memory_kib(pid: int) -> tuple[int, int]:
 
 
 def shim_pids(address: str, zygote: bool) -> list[int]:
-    """Shim processes serving the daemon at ``address`` (their -address argument), and Berth's
-    shim fork server (zygote), whose memory its shims share and so is theirs to carry."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        serves_daemon = b"-address" in argv and address.encode() in argv and any(
-            b"shim" in a for a in argv)
-        if serves_daemon or (zygote and b"--berth-shim-zygote" in argv):
-            pids.append(int(entry))
-    return pids
+    """Shim processes serving the daemon at ``address`` (their -address argument), and, with
+    ``zygote``, Berth's shim fork server, whose memory its shims share and so is theirs to
+    carry."""
+    pids = pids_with_argument_pair("-address", address)
+    return pids + pids_with_argument("--berth-shim-zygote") if zygote else pids
 
 
 def latency(address: str, ref: str, name: str, index: int) -> float:

@@ -154,6 +154,11 @@ def pids_with_argument_pair(flag: str, value: str) -> list[int]:
     return found
 
 
+def pids_with_argument(word: str) -> list[int]:
+    """PIDs whose command line holds `word` as one of its words."""
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and word in read_argv(int(e))]
+
+
 def children_of(parents: list[int]) -> list[int]:
     """PIDs whose parent is one of `parents`."""
     wanted, found = set(parents), []

@@ -38,6 +38,14 @@ import hostile_layers
 import images
 import pytest
 from conftest import Ctr, protect, sha256_of
+from ctr_views import (
+    active_ingests,
+    committed,
+    content_digests,
+    image_names,
+    snapshot_kinds,
+    table_rows,
+)
 from daemon import BERTHD, Berthd, mounts_under
 from images import ImageInfo, rootfs_mismatches
 from reference_containerd import ReferenceContainerd
@@ -49,39 +57,6 @@ EMPTY_DIGEST = "sha256:" + "0" * 64
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def _rows(out: str) -> list[list[str]]:
-    return [line.split() for line in out.splitlines()[1:] if line.strip()]
-
-
-def image_names(c: Ctr) -> set[str]:
-    return set(c("images", "ls", "-q").stdout.split())
-
-
-def content_digests(c: Ctr) -> set[str]:
-    return set(c("content", "ls", "-q").stdout.split())
-
-
-def snapshot_kinds(c: Ctr) -> dict[str, str]:
-    """`ctr snapshots ls` as key -> kind (the PARENT column may be empty)."""
-    return {row[0]: row[-1] for row in _rows(c("snapshots", "ls").stdout)}
-
-
-def committed(c: Ctr) -> set[str]:
-    return {key for key, kind in snapshot_kinds(c).items() if kind == "Committed"}
-
-
-def active_ingests(c: Ctr) -> dict[str, int]:
-    """`ctr content active` as ref -> bytes written so far (ctr prints 4 significant digits,
-    "8.389MB", so the number is within 0.1% of the offset)."""
-    scale = {"B": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9}
-    found = {}
-    for row in _rows(c("content", "active").stdout):
-        match = re.fullmatch(r"([0-9.]+)([kMG]?B)", row[1])
-        assert match, row
-        found[row[0]] = round(float(match[1]) * scale[match[2]])
-    return found
 
 
 @dataclass(frozen=True)
@@ -388,7 +363,7 @@ def test_symlink_in_a_lower_layer_is_contained(c: Ctr, module_berthd: Berthd,
     result = c("images", "pull", "--plain-http", "--snapshotter", snapshotter, ref, check=False)
     escape.assert_nothing_escaped()
 
-    listed = {row[0]: row[-1] for row in _rows(
+    listed = {row[0]: row[-1] for row in table_rows(
         c("snapshots", "--snapshotter", snapshotter, "ls").stdout)}
     assert listed.get(chain[0]) == "Committed", snapshots
     if result.returncode != 0:
@@ -601,7 +576,7 @@ def test_missing_things_answer_like_containerd(c: Ctr, baseline: Stored, ctr: ty
         if "not found" in theirs.stderr:
             assert "not found" in ours.stderr, (args, ours.stderr)
         if args[-1] in ("ls", "active"):
-            assert _rows(ours.stdout) == [], (args, ours.stdout)
+            assert table_rows(ours.stdout) == [], (args, ours.stdout)
     assert differences == []
     # Whether those calls made the namespace exist: the same as containerd.
     ours_ns = c("namespaces", "ls", "-q").stdout.split()
@@ -630,7 +605,7 @@ def test_label_of_a_missing_namespace_like_containerd(c: Ctr, ctr: type[Ctr],
     try:
         assert theirs.returncode == 0 and ns in reference("namespaces", "ls", "-q").stdout.split()
         assert ours.returncode == theirs.returncode, ours.stderr
-        listed = {row[0]: row[1:] for row in _rows(c("namespaces", "ls").stdout)}
+        listed = {row[0]: row[1:] for row in table_rows(c("namespaces", "ls").stdout)}
         assert listed.get(ns) == ["team=a"]
     finally:
         reference("namespaces", "rm", ns, check=False)

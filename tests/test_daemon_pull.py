@@ -44,6 +44,7 @@ import hostile_layers
 import images
 import pytest
 from conftest import Ctr, sha256_of
+from ctr_views import active_ingests, committed, content_digests, image_names, snapshot_kinds
 from daemon import Berthd, mounts_under
 from images import ImageInfo, rootfs_mismatches
 from registry import Registry, free_loopback_port, loopback_env
@@ -106,37 +107,6 @@ def layer_status(out: str) -> dict[str, str]:
 
 
 # -- what ctr sees -----------------------------------------------------------------------------
-
-
-def _rows(out: str) -> list[list[str]]:
-    return [line.split() for line in out.splitlines()[1:] if line.strip()]
-
-
-def image_names(c: Ctr) -> set[str]:
-    return set(c("images", "ls", "-q").stdout.split())
-
-
-def content_digests(c: Ctr) -> set[str]:
-    return set(c("content", "ls", "-q").stdout.split())
-
-
-def snapshot_kinds(c: Ctr) -> dict[str, str]:
-    return {row[0]: row[-1] for row in _rows(c("snapshots", "ls").stdout)}
-
-
-def committed(c: Ctr) -> set[str]:
-    return {key for key, kind in snapshot_kinds(c).items() if kind == "Committed"}
-
-
-def active_ingests(c: Ctr) -> dict[str, int]:
-    """`ctr content active` as ref -> bytes written (ctr rounds to 4 significant digits)."""
-    scale = {"B": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9}
-    found = {}
-    for row in _rows(c("content", "active").stdout):
-        match = re.fullmatch(r"([0-9.]+)([kMG]?B)", row[1])
-        assert match, row
-        found[row[0]] = round(float(match[1]) * scale[match[2]])
-    return found
 
 
 def image_check_line(c: Ctr, ref: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,24 +10,14 @@ import pytest
 from conftest import Ctr
 from daemon import Berthd
 from images import ImageInfo
+from processes import pids_with_argument_pair
 
 pytestmark = pytest.mark.needs_root
 
 
 def _shims(address: str) -> list[int]:
     """Processes serving berthd at ``address`` as shims (by their -address argument)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"-address" in argv and address.encode() in argv:
-            found.append(int(entry))
-    return found
+    return pids_with_argument_pair("-address", address)
 
 
 @pytest.fixture
