@@ -231,23 +231,20 @@ class Puller:
         return data
 
     def _store(self, desc: Descriptor, data: bytes, labels: dict[str, str]) -> None:
-        """Store a verified document with its labels (replacing labels if it exists)."""
+        """Store a verified document with its labels (setting them if it is stored already)."""
         try:
             w = self.md.content.writer(f"pull-{desc.digest}", total=desc.size,
                                        expected=desc.digest)
+            try:
+                w.truncate(0)
+                w.write(data)
+                w.commit(desc.size, desc.digest, labels)
+            finally:
+                w.close()
         except errdefs.AlreadyExists:
-            self.md.content.update(Info(desc.digest, desc.size, labels=labels),
-                                   [f"labels.{k}" for k in labels])
-            return
-        try:
-            w.truncate(0)
-            w.write(data)
-            w.commit(desc.size, desc.digest, labels)
-        except errdefs.AlreadyExists:
-            self.md.content.update(Info(desc.digest, desc.size, labels=labels),
-                                   [f"labels.{k}" for k in labels])
-        finally:
-            w.close()
+            if labels:
+                self.md.content.update(Info(desc.digest, desc.size, labels=labels),
+                                       [f"labels.{k}" for k in labels])
 
     # -- the graph -------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from berth.runtime import bundle as bundles
 from berth.runtime.bundle import ADDRESS_FILE, BINARY_FILE, Bundle
 from berth.runtime.shim import ShimBinary, ShimLog, resolve_binary, socket_path
 from berth.runtime.ttrpcconn import ShimConnection
+from berth.services.convert import mounts as mounts_to_pb
 from berth.ttrpc import BackgroundLoop
 
 log = logging.getLogger(__name__)
@@ -120,9 +121,7 @@ class TaskManager:
                 raise errdefs.InvalidArgument(
                     f"container {container.id}: snapshotter {container.snapshotter!r} is not "
                     "loaded")
-            from berth.services.convert import mounts as to_pb
-
-            rootfs = to_pb(sn.mounts(container.snapshot_key))
+            rootfs = mounts_to_pb(sn.mounts(container.snapshot_key))
         binary = self._binary(resolve_binary(container.runtime.name, req.runtime_path,
                                              self.shims))
         if container.spec is None:
