@@ -16,6 +16,7 @@ import os
 import stat
 import tarfile
 from collections.abc import Iterable
+from pathlib import Path
 
 MTIME = 1_600_000_000
 
@@ -111,6 +112,24 @@ def raw_header(name: bytes, kind: bytes = b"0", size: int = 0, linkname: bytes =
 
 def _pad(data: bytes) -> bytes:
     return data + bytes(-len(data) % 512)
+
+
+def make_sentinel(base: Path) -> Path:
+    """A directory ``base/outside`` for the layers to aim at: a file, a subdirectory and a
+    symlink, whose state tests compare before and after."""
+    outside = base / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"sentinel")
+    os.chmod(outside / "secret", 0o640)
+    (outside / "dir").mkdir()
+    (outside / "dir" / "inner").write_bytes(b"inner")
+    os.symlink("secret", outside / "link")
+    return outside
+
+
+def landing(mnt: Path, outside: Path, rel: str) -> Path:
+    """Where a write aimed at ``outside/rel`` by absolute path must land inside the image."""
+    return mnt / str(outside).lstrip("/") / rel
 
 
 def hostile_layers(outside: str) -> list[tuple[str, bytes, str]]:

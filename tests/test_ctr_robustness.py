@@ -182,19 +182,10 @@ def assert_baseline_intact(c: Ctr, baseline: Stored, busybox_image: ImageInfo,
 @pytest.fixture(scope="module")
 def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The directory the hostile layers aim at (absolute targets name it; see hostile_layers)."""
-    outside = tmp_path_factory.mktemp("sentinel") / "outside"
-    outside.mkdir()
-    (outside / "secret").write_bytes(b"sentinel")
-    os.chmod(outside / "secret", 0o640)
-    (outside / "dir").mkdir()
-    (outside / "dir" / "inner").write_bytes(b"inner")
-    os.symlink("secret", outside / "link")
-    return outside
+    return hostile_layers.make_sentinel(tmp_path_factory.mktemp("sentinel"))
 
 
-def _at(mnt: Path, outside: Path, rel: str) -> Path:
-    """Where a write aimed at `outside/rel` by absolute path must land inside the image."""
-    return mnt / str(outside).lstrip("/") / rel
+_at = hostile_layers.landing
 
 
 def _is_chr(path: Path) -> bool:
