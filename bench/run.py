@@ -10,12 +10,13 @@
    them, the honest measure for many similar processes), with RSS beside it, and each daemon's
    own RSS/PSS with the containers running.
 
-containerd runs its own Go shim (`containerd-shim-runc-v2`); berthd runs Berth's shim
-(`containerd-shim-berth-v2`, the default for `io.containerd.runc.v2`), one per container as
-containerd does. The memory part is also measured for a second berthd configured with
-`shim_group = "namespace"` (one shim for all of a namespace's containers), for comparison.
-Both pull the same busybox image from a loopback registry first. Needs root. Only processes
-started here are signalled; everything is removed afterwards.
+containerd runs its own Go shim (`containerd-shim-runc-v2`), one per container; berthd runs
+Berth's shim (`containerd-shim-berth-v2`, the default for `io.containerd.runc.v2`) as configured
+by default: a namespace's containers share shims, at most `shim_group_size` (16) per shim. The
+memory part is also measured for a second berthd configured with `shim_group = "container"` (a
+shim per container, as containerd), for comparison. Berth's shim fork server (zygote) counts
+as a shim. All pull the same busybox image from a loopback registry first. Needs root. Only
+processes started here are signalled; everything is removed afterwards.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from reference_containerd import ReferenceContainerd, remove_tree  # noqa: E402
 from registry import Registry  # noqa: E402
 
 CTR = "/usr/bin/ctr"
-GROUPED_CONFIG = ('version = 2\n[plugins."io.containerd.runtime.v2.task"]\n'
-                  '  shim_group = "namespace"\n')
+PER_CONTAINER = "berthd, shim per container"
+PER_CONTAINER_CONFIG = ('version = 2\n[plugins."io.containerd.runtime.v2.task"]\n'
+                        '  shim_group = "container"\n')
 
 
 def ctr(address: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -110,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         with Registry() as registry, ReferenceContainerd(work / "containerd") as containerd:
             ref = images.busybox(registry, work / "layouts").ref
             berthd = Berthd(work / "berthd")
-            grouped = Berthd(work / "berthd-grouped", config=GROUPED_CONFIG)
+            isolated = Berthd(work / "berthd-isolated", config=PER_CONTAINER_CONFIG)
             berthd.start()
-            grouped.start()
+            isolated.start()
             try:
                 daemons = {"containerd": (containerd.address, containerd.pid),
                            "berthd": (berthd.address, berthd.pid)}
@@ -124,13 +126,13 @@ def main(argv: list[str] | None = None) -> int:
                     order = list(daemons) if i % 2 == 0 else list(reversed(daemons))
                     for name in order:
                         times[name].append(latency(daemons[name][0], ref, name, i))
-                ctr(grouped.address, "images", "pull", "--plain-http", ref)
-                daemons["berthd, grouped"] = (grouped.address, grouped.pid)
+                ctr(isolated.address, "images", "pull", "--plain-http", ref)
+                daemons[PER_CONTAINER] = (isolated.address, isolated.pid)
                 mem = {name: memory(address, ref, name, args.containers, pid)
                        for name, (address, pid) in daemons.items()}
             finally:
                 berthd.stop()
-                grouped.stop()
+                isolated.stop()
     finally:
         remove_tree(work)
     print(f"\nctr run --rm busybox /bin/true, {args.runs} runs each")
@@ -141,11 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ratio berthd/containerd: {ratio:.2f}")
     print(f"\n{args.containers} running containers (sleep)")
     for name, m in mem.items():
-        print(f"  {name:15} shim processes {m['shims']:.0f}: PSS "
+        print(f"  {name:26} shim processes {m['shims']:.0f}: PSS "
               f"{m['pss_per_container']:.1f} MiB per container "
               f"(RSS {m['rss_per_container']:.1f}); daemon RSS {m['daemon_rss']:.0f} MiB, "
               f"PSS {m['daemon_pss']:.0f} MiB")
-    for name in ("berthd", "berthd, grouped"):
+    for name in ("berthd", PER_CONTAINER):
         ratio = mem[name]["pss_per_container"] / mem["containerd"]["pss_per_container"]
         print(f"  ratio shim PSS per container {name}/containerd: {ratio:.2f}")
     return 0

@@ -119,6 +119,7 @@ def _resolvers(config_path: list[str]) -> Callable[[bool, dict[str, tuple[str, s
 def _tasks(ctx: InitContext) -> Any:
     from berth.runtime.events import EventsEndpoint
     from berth.runtime.manager import TaskManager
+    from berth.shim.main import DEFAULT_GROUP_SIZE
     from berth.ttrpc import BackgroundLoop
 
     shims = ctx.config.get("shims", {})
@@ -129,7 +130,8 @@ def _tasks(ctx: InitContext) -> Any:
     manager = TaskManager(ctx.state, ctx.get(p.METADATA), ctx.get(p.EVENT), ctx.address,
                           ctx.ttrpc_address, {str(k): str(v) for k, v in shims.items()},
                           on_close=[events.close], loop=loop,
-                          shim_group=str(ctx.config.get("shim_group", "")))
+                          shim_group=str(ctx.config.get("shim_group", "namespace")),
+                          shim_group_size=ctx.config.get("shim_group_size", DEFAULT_GROUP_SIZE))
     manager.recover()
     return manager
 

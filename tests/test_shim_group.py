@@ -1,9 +1,18 @@
-"""`shim_group = "namespace"`: one Berth shim serves every container of a namespace."""
+"""Shim grouping (the runtime config's `shim_group`, `shim_group_size`).
+
+By default berthd's containers without a pod share Berth shims, at most `shim_group_size` per
+shim, in their namespace: a new container joins the first shim with room. A shim's failure
+reaches only its own group. `shim_group = "container"` gives every container a shim of its own,
+as containerd does.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,47 +23,175 @@ from processes import pids_with_argument_pair
 
 pytestmark = pytest.mark.needs_root
 
+RUNTIME = '[plugins."io.containerd.runtime.v2.task"]\n'
+
 
 def _shims(address: str) -> list[int]:
     """Processes serving berthd at ``address`` as shims (by their -address argument)."""
     return pids_with_argument_pair("-address", address)
 
 
-@pytest.fixture
-def grouped(tmp_path: Path) -> Iterator[Berthd]:
+def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _daemon(tmp_path: Path, runtime_config: str) -> Berthd:
     config = tmp_path / "config.toml"
-    config.write_text('version = 2\n[plugins."io.containerd.runtime.v2.task"]\n'
-                      '  shim_group = "namespace"\n')
-    with Berthd(tmp_path / "berthd", config=str(config)) as daemon:
-        yield daemon
+    config.write_text(f"version = 2\n{RUNTIME}{runtime_config}")
+    return Berthd(tmp_path / "berthd", config=str(config))
 
 
-def test_one_shim_serves_the_namespace(grouped: Berthd, busybox_image: ImageInfo) -> None:
-    c = Ctr(grouped.address, "grouped")
-    c("images", "pull", "--plain-http", busybox_image.ref)
-    ids = ["g1", "g2", "g3"]
+class Group:
+    """One namespace's containers on a test's berthd; all removed at the end."""
+
+    def __init__(self, daemon: Berthd, image: ImageInfo, namespace: str = "grouped") -> None:
+        self.daemon = daemon
+        self.image = image
+        self.c = Ctr(daemon.address, namespace)
+        self.ids: list[str] = []
+        self.c("images", "pull", "--plain-http", image.ref)
+
+    def run(self, cid: str) -> None:
+        self.ids.append(cid)
+        self.c("run", "-d", self.image.ref, cid, "sleep", "300")
+
+    def bundle(self, cid: str) -> Path:
+        return self.daemon.state / "io.containerd.runtime.v2.task" / self.c.namespace / cid
+
+    def address(self, cid: str) -> str:
+        return (self.bundle(cid) / "address").read_text().strip()
+
+    def shim_pid(self, cid: str) -> int:
+        """The shim listening on the socket ``cid``'s bundle names."""
+        path = self.address(cid).removeprefix("unix://")
+        for shim in _shims(self.daemon.address):
+            if any(_socket_path_of(shim, fd) == path for fd in os.listdir(f"/proc/{shim}/fd")):
+                return shim
+        raise AssertionError(f"no shim serves {path}")
+
+    def remove(self, cid: str) -> None:
+        self.c("tasks", "kill", "-s", "KILL", cid, check=False)
+        _wait(lambda: "RUNNING" not in self._task_line(cid))
+        self.c("tasks", "rm", "-f", cid, check=False)
+        self.c("containers", "rm", cid, check=False)
+        if cid in self.ids:
+            self.ids.remove(cid)
+
+    def _task_line(self, cid: str) -> str:
+        rows = self.c("tasks", "ls", check=False).stdout.splitlines()
+        return next((row for row in rows if row.split()[:1] == [cid]), "")
+
+    def close(self) -> None:
+        for cid in list(self.ids):
+            self.remove(cid)
+        assert _wait(lambda: not _shims(self.daemon.address)), "shims outlived their tasks"
+
+
+def _socket_path_of(pid: int, fd: str) -> str:
+    """The path of a listening unix socket a process holds, from /proc/net/unix."""
     try:
-        for cid in ids:
-            c("run", "-d", busybox_image.ref, cid, "sleep", "300")
-        assert len(_shims(grouped.address)) == 1
-        assert c("tasks", "exec", "--exec-id", "e1", "g2", "echo", "in-g2").stdout == "in-g2\n"
-        c("tasks", "kill", "-s", "KILL", "g1")
-        deadline = time.monotonic() + 10
-        while "STOPPED" not in c("tasks", "ls").stdout and time.monotonic() < deadline:
-            time.sleep(0.1)
-        c("tasks", "rm", "g1")
-        listed = c("tasks", "ls").stdout
-        assert "g2" in listed and "g3" in listed and "g1" not in listed
-        assert len(_shims(grouped.address)) == 1  # the others' shim lives on
-        assert c("run", "--rm", busybox_image.ref, "g4", "echo", "hi").stdout == "hi\n"
-    finally:
-        for cid in ids:
-            c("tasks", "kill", "-s", "KILL", cid, check=False)
-        time.sleep(0.5)
-        for cid in ids:
-            c("tasks", "rm", "-f", cid, check=False)
-            c("containers", "rm", cid, check=False)
-    deadline = time.monotonic() + 10
-    while _shims(grouped.address) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _shims(grouped.address) == []  # the last task gone, the shim exits
+        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        return ""
+    if not link.startswith("socket:["):
+        return ""
+    inode = link[len("socket:["):-1]
+    with open("/proc/net/unix") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 8 and fields[6] == inode:
+                return fields[7]
+    return ""
+
+
+@pytest.fixture
+def image(busybox_image: ImageInfo) -> ImageInfo:
+    return busybox_image
+
+
+@pytest.fixture
+def groups_of_two(tmp_path: Path, image: ImageInfo) -> Iterator[Group]:
+    with _daemon(tmp_path, "  shim_group_size = 2\n") as daemon:
+        group = Group(daemon, image)
+        try:
+            yield group
+        finally:
+            group.close()
+
+
+def test_containers_share_shims_up_to_the_group_size(groups_of_two: Group) -> None:
+    g = groups_of_two
+    for cid in ("g1", "g2", "g3", "g4", "g5"):
+        g.run(cid)
+    members = Counter(g.address(cid) for cid in g.ids)
+    assert sorted(members.values()) == [1, 2, 2], members
+    assert len(_shims(g.daemon.address)) == 3
+    assert g.address("g1") == g.address("g2") != g.address("g3") == g.address("g4")
+    assert g.c("tasks", "exec", "--exec-id", "e1", "g4", "echo", "in-g4").stdout == "in-g4\n"
+
+    # g1 leaves: the next container takes its place beside g2, in the first slot with room
+    g.remove("g1")
+    assert "g2" in g.c("tasks", "ls").stdout
+    g.run("g6")
+    assert g.address("g6") == g.address("g2")
+    assert len(_shims(g.daemon.address)) == 3
+
+
+def test_group_shim_log_follows_a_live_task(groups_of_two: Group) -> None:
+    """The shim's stderr is its first task's bundle `log` FIFO; when that task goes, the shim
+    writes to its other task's FIFO, which berthd still reads."""
+    g = groups_of_two
+    g.run("first")
+    g.run("second")
+    shim = g.shim_pid("first")
+    assert os.readlink(f"/proc/{shim}/fd/2") == str(g.bundle("first") / "log")
+    g.remove("first")
+    assert os.readlink(f"/proc/{shim}/fd/2") == str(g.bundle("second") / "log")
+
+
+def test_a_killed_group_shim_takes_only_its_group(groups_of_two: Group) -> None:
+    g = groups_of_two
+    for cid in ("k1", "k2", "k3", "k4"):
+        g.run(cid)
+    victim = g.shim_pid("k1")
+    assert g.shim_pid("k2") == victim and g.shim_pid("k3") != victim
+    os.kill(victim, signal.SIGKILL)
+    # berthd notices, cleans up after k1 and k2 (their tasks end as containerd's do) ...
+    assert _wait(lambda: not any(f"k{i} " in g.c("tasks", "ls").stdout for i in (1, 2))), \
+        g.c("tasks", "ls").stdout
+    # ... and k3 and k4 run on, on their own shim
+    listed = g.c("tasks", "ls").stdout
+    assert all(row.split()[-1] == "RUNNING" for row in listed.splitlines()
+               if row.split()[:1] in (["k3"], ["k4"])), listed
+    assert g.c("tasks", "exec", "--exec-id", "e1", "k3", "echo", "alive").stdout == "alive\n"
+    assert g.c("tasks", "exec", "--exec-id", "e1", "k4", "echo", "alive").stdout == "alive\n"
+
+
+def test_container_grouping_gives_every_container_a_shim(tmp_path: Path,
+                                                         image: ImageInfo) -> None:
+    with _daemon(tmp_path, '  shim_group = "container"\n') as daemon:
+        group = Group(daemon, image)
+        try:
+            for cid in ("c1", "c2", "c3"):
+                group.run(cid)
+            assert len({group.address(cid) for cid in group.ids}) == 3
+            assert len(_shims(daemon.address)) == 3
+        finally:
+            group.close()
+
+
+@pytest.mark.parametrize("setting", ['shim_group = "pod"', "shim_group_size = 0",
+                                     'shim_group_size = "8"'])
+def test_bad_grouping_config_is_refused(tmp_path: Path, setting: str) -> None:
+    daemon = _daemon(tmp_path, f"  {setting}\n")
+    with daemon:
+        plugins = Ctr(daemon.address)("plugins", "ls").stdout
+    row = next(line for line in plugins.splitlines() if "io.containerd.runtime.v2" in line
+               and " task " in f" {line} ")
+    assert row.split()[-1] == "error", row
+    assert "shim_group" in daemon.log(), daemon.log()

@@ -33,6 +33,7 @@ from berth.runtime.bundle import ADDRESS_FILE, BINARY_FILE, Bundle
 from berth.runtime.shim import ShimBinary, ShimLog, resolve_binary, socket_path
 from berth.runtime.ttrpcconn import ShimConnection
 from berth.services.convert import mounts as mounts_to_pb
+from berth.shim.main import DEFAULT_GROUP_SIZE
 from berth.ttrpc import BackgroundLoop
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,15 @@ class CreateRequest:
     runtime_path: str = ""
 
 
+SHIM_GROUPS = ("namespace", "container")  # the runtime config's shim_group values
+
+
 class TaskManager:
     def __init__(self, state: str, metadata: Metadata, exchange: Exchange, grpc_address: str,
                  ttrpc_address: str, shims: Mapping[str, str] | None = None,
                  on_close: Sequence[Callable[[], None]] = (),
-                 loop: BackgroundLoop | None = None, shim_group: str = "") -> None:
+                 loop: BackgroundLoop | None = None, shim_group: str = "namespace",
+                 shim_group_size: int = DEFAULT_GROUP_SIZE) -> None:
         self.state_dir = state
         self.md = metadata
         self.exchange = exchange
@@ -80,15 +85,24 @@ class TaskManager:
         self._lock = threading.Lock()
         self._on_close = list(on_close)
         self.loop = loop or BackgroundLoop.default()
-        if shim_group not in ("", "namespace"):
+        if shim_group not in SHIM_GROUPS:
             raise errdefs.InvalidArgument(
-                f"runtime config: shim_group {shim_group!r} must be \"namespace\" or empty")
+                f"runtime config: shim_group {shim_group!r} must be \"namespace\" (a namespace's "
+                "containers share shims, shim_group_size at most each) or \"container\" (a shim "
+                "for every container, as containerd runs them)")
+        if isinstance(shim_group_size, bool) or not isinstance(shim_group_size, int) \
+                or shim_group_size < 1:
+            raise errdefs.InvalidArgument(
+                f"runtime config: shim_group_size {shim_group_size!r} must be a whole number "
+                "of containers, 1 or more")
         self.shim_group = shim_group
+        self.shim_group_size = shim_group_size
         os.makedirs(state, mode=0o711, exist_ok=True)
 
     def _binary(self, path: str) -> ShimBinary:
         return ShimBinary(path, self.grpc_address, self.ttrpc_address,
-                          os.path.abspath(sys.argv[0]), self.shim_group)
+                          os.path.abspath(sys.argv[0]),
+                          self.shim_group_size if self.shim_group == "namespace" else 0)
 
     # -- lookups ----------------------------------------------------------------------------
 

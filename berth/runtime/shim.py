@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from berth import errdefs
 from berth.api.runtime.task.v2 import shim_pb2
 from berth.runtime.bundle import ADDRESS_FILE, BINARY_FILE, Bundle
+from berth.shim.main import GROUP_ENV, GROUP_SIZE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,12 @@ def resolve_binary(runtime: str, runtime_path: str, overrides: Mapping[str, str]
 
 class ShimBinary:
     def __init__(self, path: str, grpc_address: str, ttrpc_address: str,
-                 daemon_binary: str, group: str = "") -> None:
+                 daemon_binary: str, group_size: int = 0) -> None:
         self.path = path
         self.grpc_address = grpc_address
         self.ttrpc_address = ttrpc_address
         self.daemon_binary = daemon_binary
-        self.group = group
+        self.group_size = group_size  # namespace grouping's bound; 0: a shim per container
 
     def _command(self, bundle: Bundle, action: str) -> list[str]:
         return [self.path, "-namespace", bundle.namespace, "-address", self.grpc_address,
@@ -80,8 +81,9 @@ class ShimBinary:
         env = {**os.environ, "TTRPC_ADDRESS": self.ttrpc_address,
                "GRPC_ADDRESS": self.grpc_address, "NAMESPACE": bundle.namespace,
                "MAX_SHIM_VERSION": "2"}
-        if self.group:
-            env["BERTH_SHIM_GROUP"] = self.group  # understood by Berth's shim only
+        if self.group_size:  # understood by Berth's shim only (see berth.shim.main)
+            env[GROUP_ENV] = "namespace"
+            env[GROUP_SIZE_ENV] = str(self.group_size)
         return env
 
     def start(self, bundle: Bundle) -> str:

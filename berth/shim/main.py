@@ -21,6 +21,14 @@ pod share one shim, and berthd and containerd never share a shim. When a shim al
 that socket, ``start`` prints its address and starts nothing. Runtime options (protobuf ``Any``)
 may come on stdin: a ``shim_cgroup`` there moves the shim into that cgroup.
 
+berthd also groups containers without a pod (its runtime config ``shim_group``, the default):
+``BERTH_SHIM_GROUP=namespace`` in the environment makes such a container join the first of its
+namespace's shared shims ("slots", numbered from 0) that serves fewer than
+``BERTH_SHIM_GROUP_SIZE`` containers. The slots' occupancy is read from the other bundles'
+``address`` files, under a lock (the namespace directory's ``.shim-start.lock``) held until this
+bundle's ``address`` is written, so concurrent starts never overfill a slot. A container that asks
+for a shim cgroup of its own gets a shim of its own.
+
 ``delete`` cleans up after a shim that died: ``runc delete --force``, rootfs unmounted, its
 socket removed, and a ``DeleteResponse`` (exit status 137, as for SIGKILL) as protobuf on
 stdout. containerd runs it after every shim's exit, so it does only what is left to do.
@@ -41,14 +49,18 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 
 SOCKET_DIR = "/run/berth/s"
 LISTEN_FD = 3
 GROUP_LABELS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
-# Set by berthd (runtime config ``shim_group = "namespace"``): one shim serves every container
-# of a namespace that carries no group annotation of its own. Fewer processes, less memory;
-# one shim's failure then touches all of them.
+# Set by berthd (runtime config ``shim_group``, "namespace" by default): containers of a
+# namespace that carry no group annotation of their own share shims, up to GROUP_SIZE_ENV
+# containers each. Fewer processes, far less memory; one shim's failure touches its group.
 GROUP_ENV = "BERTH_SHIM_GROUP"
+GROUP_SIZE_ENV = "BERTH_SHIM_GROUP_SIZE"
+DEFAULT_GROUP_SIZE = 16
+GROUP_LOCK = ".shim-start.lock"  # in the namespace's directory of bundles
 VERSION = "berth shim v2"
 
 
@@ -113,18 +125,68 @@ def socket_address(daemon_address: str, namespace: str, group: str) -> str:
     return f"unix://{SOCKET_DIR}/{digest}"
 
 
-def _grouping(container_id: str) -> str:
+def _grouping(flags: Flags, options: bytes) -> str:
+    """The key of the shim this task joins: its pod's, a namespace slot's, or its own id."""
     try:
         with open("config.json") as f:
             annotations = json.load(f).get("annotations") or {}
     except (OSError, ValueError):
-        return container_id
+        return flags.id
     for label in GROUP_LABELS:
         if annotations.get(label):
             return str(annotations[label])
-    if os.environ.get(GROUP_ENV) == "namespace":
-        return "berth.namespace-group"  # the namespace is part of the socket's hash
-    return container_id
+    if os.environ.get(GROUP_ENV) == "namespace" and not _shim_cgroup(options):
+        return _namespace_slot(flags.address, flags.namespace, _group_size())
+    return flags.id
+
+
+def _group_size() -> int:
+    try:
+        return max(1, int(os.environ.get(GROUP_SIZE_ENV, DEFAULT_GROUP_SIZE)))
+    except ValueError:
+        return DEFAULT_GROUP_SIZE
+
+
+def _namespace_slot(daemon_address: str, namespace: str, size: int) -> str:
+    """The first namespace slot with room: its members are the sibling bundles whose
+    ``address`` names its socket (the caller holds the group lock)."""
+    here = os.getcwd()
+    members: dict[str, int] = {}
+    with os.scandir(os.path.dirname(here)) as entries:
+        for entry in entries:
+            if entry.path == here or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                with open(os.path.join(entry.path, "address")) as f:
+                    address = f.read().strip()
+            except OSError:
+                continue
+            members[address] = members.get(address, 0) + 1
+    slot = 0
+    while members.get(socket_address(daemon_address, namespace, _slot_key(slot)), 0) >= size:
+        slot += 1
+    return _slot_key(slot)
+
+
+def _slot_key(slot: int) -> str:
+    return f"berth.namespace-group.{slot}"  # the namespace is part of the socket's hash
+
+
+@contextlib.contextmanager
+def _group_lock() -> Iterator[None]:
+    """Serialise the starts of one namespace's tasks while namespace grouping is on."""
+    if os.environ.get(GROUP_ENV) != "namespace":
+        yield
+        return
+    import fcntl
+
+    fd = os.open(os.path.join(os.path.dirname(os.getcwd()), GROUP_LOCK),
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _write_atomically(path: str, data: str) -> None:
@@ -214,19 +276,18 @@ def _join_cgroup(pid: int, cgroup: str) -> None:
         raise OSError(f"shim cgroup {cgroup} does not exist")
 
 
-def _apply_start_options(pid: int, data: bytes) -> None:
+def _shim_cgroup(data: bytes) -> str:
+    """The ``shim_cgroup`` of the runtime options ``start`` got on stdin, if any."""
     if not data:
-        return
+        return ""
     from google.protobuf import any_pb2
 
     options = any_pb2.Any.FromString(data)
     if options.type_url.rsplit("/", 1)[-1] != "containerd.runc.v1.Options":
-        return
+        return ""
     from berth.api.runtime.runc.options import oci_pb2
 
-    shim_cgroup = oci_pb2.Options.FromString(options.value).shim_cgroup
-    if shim_cgroup:
-        _join_cgroup(pid, shim_cgroup)
+    return str(oci_pb2.Options.FromString(options.value).shim_cgroup)
 
 
 def _adjust_oom_score(pid: int) -> None:
@@ -260,32 +321,38 @@ def _start_shim(shim_flags: list[str], sock: socket.socket, log_fd: int | None) 
                          setsid=True)
 
 
+def _start_serving(flags: Flags, sock: socket.socket, path: str, shim_cgroup: str) -> None:
+    log_fd = _log_fd()
+    shim_flags = ["-namespace", flags.namespace, "-id", flags.id, "-address", flags.address]
+    if flags.debug:
+        shim_flags.append("-debug")
+    try:
+        pid = _start_shim(shim_flags, sock, log_fd)
+        # Not waited for: it outlives us. (Our own exit hands it to init.)
+        if shim_cgroup:
+            _join_cgroup(pid, shim_cgroup)
+        _adjust_oom_score(pid)
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        sock.close()
+        if log_fd is not None:
+            os.close(log_fd)
+
+
 def start(flags: Flags) -> int:
     from berth.shim.spawn import close_on_exec_all
 
     close_on_exec_all()
-    address = socket_address(flags.address, flags.namespace, _grouping(flags.id))
-    path = address.removeprefix("unix://")
     options = _read_start_options()
-    sock = _listen(path)
-    if sock is not None:
-        log_fd = _log_fd()
-        shim_flags = ["-namespace", flags.namespace, "-id", flags.id, "-address", flags.address]
-        if flags.debug:
-            shim_flags.append("-debug")
-        try:
-            pid = _start_shim(shim_flags, sock, log_fd)
-            # Not waited for: it outlives us. (Our own exit hands it to init.)
-            _apply_start_options(pid, options)
-            _adjust_oom_score(pid)
-        except BaseException:
-            os.unlink(path)
-            raise
-        finally:
-            sock.close()
-            if log_fd is not None:
-                os.close(log_fd)
-    _write_atomically("address", address)
+    with _group_lock():
+        address = socket_address(flags.address, flags.namespace, _grouping(flags, options))
+        path = address.removeprefix("unix://")
+        sock = _listen(path)
+        if sock is not None:
+            _start_serving(flags, sock, path, _shim_cgroup(options))
+        _write_atomically("address", address)
     sys.stdout.write(address)
     sys.stdout.flush()
     return 0

@@ -42,14 +42,14 @@ def serve(namespace: str, shim_id: str, *, debug: bool = False) -> int:
     listener.set_inheritable(False)
     set_subreaper()
     try:
-        asyncio.run(_serve(namespace, listener))
+        asyncio.run(_serve(namespace, shim_id, listener))
     except Exception:
         log.exception("shim %s failed", shim_id)
         return 1
     return 0
 
 
-async def _serve(namespace: str, listener: socket.socket) -> None:
+async def _serve(namespace: str, shim_id: str, listener: socket.socket) -> None:
     from berth.api.runtime.task.v2 import shim_pb2
     from berth.shim.events import Publisher
     from berth.shim.service import TaskService
@@ -73,7 +73,8 @@ async def _serve(namespace: str, listener: socket.socket) -> None:
                 os.unlink(path)
         stop.set()
 
-    service = TaskService(namespace, reaper, publisher, on_idle_shutdown=leave)
+    service = TaskService(namespace, reaper, publisher, on_idle_shutdown=leave,
+                          log_owner=shim_id)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, leave)
     server = Server()

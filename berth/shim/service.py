@@ -75,8 +75,10 @@ def _timestamp(target: Any, at: float | None) -> None:
 
 class TaskService:
     def __init__(self, namespace: str, reaper: Reaper, publisher: Publisher,
-                 on_idle_shutdown: Callable[[], None]) -> None:
+                 on_idle_shutdown: Callable[[], None], log_owner: str = "") -> None:
         self.namespace = namespace
+        # whose bundle's ``log`` FIFO is our stderr: the task ``start`` ran for
+        self.log_owner = log_owner
         self.reaper = reaper
         self.publisher = publisher
         self._shutdown = on_idle_shutdown
@@ -115,6 +117,24 @@ class TaskService:
             held.append(event)
         else:
             self._publish(event)
+
+    def _hand_over_log(self) -> None:
+        """The daemon reads a bundle's ``log`` FIFO only while its task exists: when the task
+        whose FIFO is our stderr goes, a shim serving others (a group) writes to one of
+        theirs instead."""
+        for other in self.containers.values():
+            try:
+                fd = os.open(os.path.join(other.bundle, "log"),
+                             os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                os.dup2(fd, 2)
+            finally:
+                os.close(fd)
+            self.log_owner = other.id
+            log.debug("shim log goes to task %s's bundle now", other.id)
+            return
 
     async def _kill_all(self, container: Container) -> None:
         try:
@@ -189,6 +209,8 @@ class TaskService:
         if not request.exec_id:
             if self.containers.get(request.id) is container:
                 del self.containers[request.id]
+            if container.id == self.log_owner:
+                self._hand_over_log()
             event = events.TaskDelete(container_id=container.id, pid=process.pid,
                                       exit_status=process.exit_status, id=container.id)
             _timestamp(event.exited_at, process.exited_at)
