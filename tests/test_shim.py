@@ -1180,3 +1180,30 @@ def test_memory_of_an_idle_shim(workdir: Path, busybox_rootfs: Path,
             await shim.task.Delete(api.DeleteRequest(id=shim.id))
 
     run(main())
+
+
+def test_start_imports_only_cheap_modules() -> None:
+    """``start`` runs in a new interpreter on every container start, so its modules import
+    nothing slow (berth.shim.lean says why each of these is kept out)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    code = (f"import sys; sys.path.insert(0, {root!r}); "
+            "import berth.shim.main, berth.shim.zygote, berth.shim.spawn, berth.shim.lean; "
+            "print(' '.join(sorted(sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                                text=True, check=True).stdout.split())
+    slow = {"socket", "json", "re", "typing", "hashlib", "contextlib", "signal", "enum",
+            "collections", "asyncio", "google.protobuf", "dataclasses"}
+    assert loaded & slow == set()
+
+
+def test_zygote_messages_are_checked() -> None:
+    """What is not one of the zygote protocol's messages is refused with RuntimeError (which
+    makes ``start`` fall back to starting the shim itself)."""
+    import marshal
+
+    from berth.shim.zygote import _decode
+
+    assert _decode(marshal.dumps({"pid": 7})) == {"pid": 7}
+    for bad in (b"", b"\x00garbage", marshal.dumps([1, 2]), marshal.dumps({"pid": 1})[:-2]):
+        with pytest.raises(RuntimeError, match="unreadable"):
+            _decode(bad)

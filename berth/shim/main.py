@@ -43,13 +43,16 @@ task left, or SIGTERM. It is a child subreaper, so container processes are its c
 
 from __future__ import annotations
 
-import contextlib
-import json
+# Only what ``start`` needs, and only cheap modules (see berth.shim.lean): ``start`` runs on
+# the path of every container start.
+import _socket
 import os
-import socket
 import sys
 import time
-from collections.abc import Iterator
+
+TYPE_CHECKING = False  # typing's own costs ``start`` 8 ms
+if TYPE_CHECKING:
+    from types import TracebackType
 
 SOCKET_DIR = "/run/berth/s"
 LISTEN_FD = 3
@@ -119,22 +122,28 @@ def parse_flags(argv: list[str]) -> Flags:
 
 
 def socket_address(daemon_address: str, namespace: str, group: str) -> str:
-    import hashlib  # here: it loads OpenSSL, which the shim process has no use for
+    from berth.shim.lean import sha256_hex
 
-    digest = hashlib.sha256(f"{daemon_address}/{namespace}/{group}".encode()).hexdigest()
-    return f"unix://{SOCKET_DIR}/{digest}"
+    return f"unix://{SOCKET_DIR}/{sha256_hex(f'{daemon_address}/{namespace}/{group}'.encode())}"
 
 
 def _grouping(flags: Flags, options: bytes) -> str:
     """The key of the shim this task joins: its pod's, a namespace slot's, or its own id."""
     try:
-        with open("config.json") as f:
-            annotations = json.load(f).get("annotations") or {}
-    except (OSError, ValueError):
+        with open("config.json", "rb") as f:
+            spec = f.read()
+    except OSError:
         return flags.id
-    for label in GROUP_LABELS:
-        if annotations.get(label):
-            return str(annotations[label])
+    if b'"annotations"' in spec:  # json is slow to import: only for a spec that needs it
+        import json
+
+        try:
+            annotations = json.loads(spec).get("annotations") or {}
+        except ValueError:
+            return flags.id
+        for label in GROUP_LABELS:
+            if annotations.get(label):
+                return str(annotations[label])
     if os.environ.get(GROUP_ENV) == "namespace" and not _shim_cgroup(options):
         return _namespace_slot(flags.address, flags.namespace, _group_size())
     return flags.id
@@ -172,21 +181,26 @@ def _slot_key(slot: int) -> str:
     return f"berth.namespace-group.{slot}"  # the namespace is part of the socket's hash
 
 
-@contextlib.contextmanager
-def _group_lock() -> Iterator[None]:
-    """Serialise the starts of one namespace's tasks while namespace grouping is on."""
-    if os.environ.get(GROUP_ENV) != "namespace":
-        yield
-        return
-    import fcntl
+class _GroupLock:
+    """Serialises the starts of one namespace's tasks while namespace grouping is on."""
 
-    fd = os.open(os.path.join(os.path.dirname(os.getcwd()), GROUP_LOCK),
-                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    def __init__(self) -> None:
+        self._fd = -1
+
+    def __enter__(self) -> None:
+        if os.environ.get(GROUP_ENV) != "namespace":
+            return
+        import fcntl
+
+        self._fd = os.open(os.path.join(os.path.dirname(os.getcwd()), GROUP_LOCK),
+                           os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # and with it the lock
+            self._fd = -1
 
 
 def _write_atomically(path: str, data: str) -> None:
@@ -196,20 +210,27 @@ def _write_atomically(path: str, data: str) -> None:
     os.replace(tmp, path)
 
 
+def unix_socket() -> _socket.socket:
+    """A unix stream socket, close-on-exec (``_socket``'s, not ``socket``'s: see lean)."""
+    return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+
+
 def _can_connect(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
-        return True
+    probe = unix_socket()
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
-def _listen(path: str) -> socket.socket | None:
+def _listen(path: str) -> _socket.socket | None:
     """A listening socket at ``path``; None if a live shim already serves it."""
     os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
     for _attempt in range(2):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = unix_socket()
         try:
             sock.bind(path)
         except OSError as err:
@@ -302,7 +323,7 @@ def _adjust_oom_score(pid: int) -> None:
         pass
 
 
-def _start_shim(shim_flags: list[str], sock: socket.socket, log_fd: int | None) -> int:
+def _start_shim(shim_flags: list[str], sock: _socket.socket, log_fd: int | None) -> int:
     """Start the shim process on ``sock``: forked by the zygote (see berth.shim.zygote), or,
     if that fails or ``BERTH_SHIM_ZYGOTE=off``, as a new interpreter of its own."""
     from berth.shim.spawn import spawn_process
@@ -321,7 +342,7 @@ def _start_shim(shim_flags: list[str], sock: socket.socket, log_fd: int | None) 
                          setsid=True)
 
 
-def _start_serving(flags: Flags, sock: socket.socket, path: str, shim_cgroup: str) -> None:
+def _start_serving(flags: Flags, sock: _socket.socket, path: str, shim_cgroup: str) -> None:
     log_fd = _log_fd()
     shim_flags = ["-namespace", flags.namespace, "-id", flags.id, "-address", flags.address]
     if flags.debug:
@@ -346,7 +367,7 @@ def start(flags: Flags) -> int:
 
     close_on_exec_all()
     options = _read_start_options()
-    with _group_lock():
+    with _GroupLock():
         address = socket_address(flags.address, flags.namespace, _grouping(flags, options))
         path = address.removeprefix("unix://")
         sock = _listen(path)
@@ -367,8 +388,10 @@ def _remove_dead_socket(bundle: str) -> None:
     except OSError:
         return
     if path.startswith(SOCKET_DIR + "/") and not _can_connect(path):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(path)
+        except FileNotFoundError:
+            return  # removed meanwhile: what we wanted
 
 
 def delete(flags: Flags) -> int:

@@ -1,17 +1,16 @@
 """Starting processes with exactly the fds we mean them to have.
 
-Kept free of asyncio: the shim's ``start`` action uses it and must start fast.
+Kept free of asyncio and of slow imports: the shim's ``start`` uses it (see lean).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
-import signal
-from collections.abc import Mapping, Sequence
 
-_RESETTABLE = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+TYPE_CHECKING = False  # typing's own costs ``start`` 8 ms (see lean)
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 
 def spawn_process(
@@ -32,6 +31,9 @@ def spawn_process(
     us may have ignored others (a shell's background job ignores SIGQUIT); a container must
     inherit none of that.
     """
+    import signal  # here: the shim's ``start`` only needs close_on_exec_all (see lean)
+
+    resettable = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
     wanted: dict[int, int | None] = {0: stdin, 1: stdout, 2: stderr, **(fds or {})}
     devnull = -1
     staged: list[int] = []
@@ -50,7 +52,7 @@ def spawn_process(
         return os.posix_spawnp(argv[0], list(argv),
                                dict(os.environ if env is None else env),
                                file_actions=actions, setsid=setsid,
-                               setsigmask=(), setsigdef=_RESETTABLE)
+                               setsigmask=(), setsigdef=resettable)
     finally:
         for fd in staged:
             os.close(fd)
@@ -64,5 +66,7 @@ def close_on_exec_all(keep: Sequence[int] = ()) -> None:
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd > 2 and fd not in keep:
-            with contextlib.suppress(OSError):  # the listing's own fd, closed by now
+            try:
                 os.set_inheritable(fd, False)
+            except OSError:  # the listing's own fd, closed by now
+                continue

@@ -13,10 +13,11 @@ Contract (``start`` is the only client):
   gets a new zygote and never forks old code), and what a child inherits that a request cannot
   carry: the caller's namespaces, cgroups and user. A shim forked for a daemon is thus where a
   shim that daemon started itself would be.
-* A request is one message: a JSON object ``{"argv": [...shim flags...], "env": {...},
-  "cwd": BUNDLE, "umask": N, "rlimits": {resource: [soft, hard]}}`` with the shim's listening
-  socket, and optionally its log fd, attached (SCM_RIGHTS). The answer is ``{"pid": N}`` or
-  ``{"error": "..."}``.
+* A request is one message: a dict ``{"argv": [...shim flags...], "env": {...}, "cwd": BUNDLE,
+  "umask": N, "rlimits": {resource: [soft, hard]}}`` in :mod:`marshal`'s format (the same
+  interpreter is on both ends, and json's import costs ``start`` 5 ms) with the shim's
+  listening socket, and optionally its log fd, attached (SCM_RIGHTS). The answer is
+  ``{"pid": N}`` or ``{"error": "..."}``, the same way. Only root can connect (mode 0600).
 * The shim is forked twice (a new session, not the zygote's child: it is re-parented as a
   directly started shim would be), gets the socket as fd 3, /dev/null as stdin and stdout, the
   log fd (or /dev/null) as stderr, the bundle as working directory, exactly the request's
@@ -31,14 +32,20 @@ Anything going wrong on the way makes ``start`` fall back to starting the shim d
 
 from __future__ import annotations
 
-import contextlib
-import json
+# The client side runs in the shim's ``start``: cheap modules only (see berth.shim.lean).
+import _socket
+import marshal
 import os
-import select
-import socket
 import sys
 import time
-from collections.abc import Sequence
+
+from berth.shim.main import unix_socket
+
+TYPE_CHECKING = False  # typing's own costs ``start`` 8 ms
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Sequence
+    from typing import Any
 
 ZYGOTE_FLAG = "--berth-shim-zygote"
 IDLE_EXIT = 10.0
@@ -65,27 +72,37 @@ def _berth_root() -> str:
 
 def identity() -> str:
     """What the zygote's code is: the interpreter, and every shim source file's stat."""
-    import hashlib  # here: it loads OpenSSL, which shims have no use for
+    from berth.shim.lean import sha256_hex
 
     root = _berth_root()
-    h = hashlib.sha256(f"{sys.executable}\0{sys.version}\0{root}\0{os.getuid()}".encode())
-    with contextlib.suppress(OSError), open("/proc/self/cgroup", "rb") as f:
-        h.update(f.read())
-    with contextlib.suppress(OSError):
+    parts = [f"{sys.executable}\0{sys.version}\0{root}\0{os.getuid()}".encode()]
+    try:
+        with open("/proc/self/cgroup", "rb") as f:
+            parts.append(f.read())
         for ns in sorted(os.listdir("/proc/self/ns")):
-            h.update(os.readlink(f"/proc/self/ns/{ns}").encode() + b"\0")
+            parts.append(os.readlink(f"/proc/self/ns/{ns}").encode() + b"\0")
+    except OSError:
+        pass  # no /proc: the code's identity alone
     for sub in ("berth/shim", "berth/ttrpc", "berth/api/runtime/task/v2", "berth/api/events"):
         directory = os.path.join(root, sub)
-        with contextlib.suppress(OSError):
-            for name in sorted(os.listdir(directory)):
-                if name.endswith(".py"):
-                    st = os.stat(os.path.join(directory, name))
-                    h.update(f"{sub}/{name}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
+        for name in sorted(_listdir(directory)):
+            if name.endswith(".py"):
+                st = os.stat(os.path.join(directory, name))
+                parts.append(f"{sub}/{name}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
     for name in ("errdefs.py", "namespaces.py", "mount.py", "logfmt.py"):
-        with contextlib.suppress(OSError):
+        try:
             st = os.stat(os.path.join(root, "berth", name))
-            h.update(f"{name}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
-    return h.hexdigest()[:32]
+        except OSError:
+            continue
+        parts.append(f"{name}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
+    return sha256_hex(b"".join(parts))[:32]
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def zygote_path(socket_dir: str) -> str:
@@ -108,16 +125,32 @@ def fork_shim(path: str, argv: Sequence[str], *, cwd: str, env: dict[str, str],
             sock = _connect(path)
         if sock is None:
             raise RuntimeError(f"shim zygote at {path} did not come up")
-    with sock:
+    try:
         sock.settimeout(CONNECT_TIMEOUT)
-        request = json.dumps({"argv": list(argv), "env": env, "cwd": cwd,
-                              "umask": _umask(), "rlimits": _rlimits()}).encode()
+        request = marshal.dumps({"argv": list(argv), "env": env, "cwd": cwd,
+                                 "umask": _umask(), "rlimits": _rlimits()})
         fds = [listen_fd] + ([log_fd] if log_fd is not None else [])
-        socket.send_fds(sock, [request], fds)
-        answer = json.loads(sock.recv(_MAX_REQUEST) or b"{}")
+        import array
+
+        sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                  array.array("i", fds).tobytes())])
+        answer = _decode(sock.recv(_MAX_REQUEST))
+    finally:
+        sock.close()
     if "pid" not in answer:
         raise RuntimeError(f"shim zygote: {answer.get('error', 'no answer')}")
     return int(answer["pid"])
+
+
+def _decode(data: bytes) -> dict[str, Any]:
+    """One message of the protocol; RuntimeError if it is not one."""
+    try:
+        message = marshal.loads(data)
+    except (EOFError, ValueError, TypeError) as err:
+        raise RuntimeError(f"shim zygote: unreadable message ({err})") from None
+    if not isinstance(message, dict):
+        raise RuntimeError("shim zygote: unreadable message (not a dict)")
+    return message
 
 
 def _umask() -> int:
@@ -138,12 +171,14 @@ def _apply_rlimits(limits: dict[str, list[int]]) -> None:
     import resource
 
     for name, (soft, hard) in limits.items():
-        with contextlib.suppress(AttributeError, ValueError, OSError):
+        try:
             resource.setrlimit(getattr(resource, name), (soft, hard))
+        except (AttributeError, ValueError, OSError):
+            continue  # unknown here, or beyond what we may raise it to: keep ours
 
 
-def _connect(path: str) -> socket.socket | None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _connect(path: str) -> _socket.socket | None:
+    sock = unix_socket()
     try:
         sock.connect(path)
     except OSError:
@@ -167,8 +202,11 @@ def _spawn_zygote(path: str, python: Sequence[str]) -> None:
 
 def serve_forever(path: str) -> int:
     """The zygote process: preload, listen at ``path``, fork shims until idle."""
+    import contextlib
     import gc
     import importlib
+    import select
+    import socket
 
     from berth.shim import lean
 
@@ -176,7 +214,7 @@ def serve_forever(path: str) -> int:
     for module in _PRELOAD:
         importlib.import_module(module)
     os.chdir("/")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         listener.bind(path)
     except OSError:
@@ -215,30 +253,33 @@ def serve_forever(path: str) -> int:
 
 
 def _serve_one(listener: socket.socket) -> int:
+    import contextlib
+    import socket
+
     conn, _ = listener.accept()
     fds: list[int] = []
     with conn:
         try:
             conn.settimeout(CONNECT_TIMEOUT)
             data, fds, _flags, _addr = socket.recv_fds(conn, _MAX_REQUEST, 2)
-            request = json.loads(data)
-            pid = _fork(request, fds, listener, conn)
-            conn.sendall(json.dumps({"pid": pid}).encode())
+            pid = _fork(_decode(data), fds, listener, conn)
+            conn.sendall(marshal.dumps({"pid": pid}))
             return pid
         except Exception as err:
+            # (the client may be gone: it falls back to starting the shim itself)
             with contextlib.suppress(OSError):
-                conn.sendall(json.dumps({"error": str(err) or type(err).__name__}).encode())
+                conn.sendall(marshal.dumps({"error": str(err) or type(err).__name__}))
             return 0
         finally:
             for fd in fds:
                 os.close(fd)
 
 
-def _fork(request: dict[str, object], fds: list[int], *closing: socket.socket) -> int:
-    argv = [str(a) for a in request["argv"]]  # type: ignore[attr-defined]
-    env = {str(k): str(v) for k, v in request["env"].items()}  # type: ignore[attr-defined]
+def _fork(request: dict[str, Any], fds: list[int], *closing: socket.socket) -> int:
+    argv = [str(a) for a in request["argv"]]
+    env = {str(k): str(v) for k, v in request["env"].items()}
     cwd = str(request["cwd"])
-    umask = int(request.get("umask", 0o022))  # type: ignore[call-overload]
+    umask = int(request.get("umask", 0o022))
     rlimits = request.get("rlimits") or {}
     if not fds:
         raise RuntimeError("no listening socket came with the request")
@@ -253,7 +294,7 @@ def _fork(request: dict[str, object], fds: list[int], *closing: socket.socket) -
             if pid == 0:
                 os.close(w)
                 os.umask(umask)
-                _apply_rlimits(rlimits)  # type: ignore[arg-type]
+                _apply_rlimits(rlimits)
                 _become_shim(argv, env, cwd, fds, closing)  # never returns
             os.write(w, str(pid).encode())
             code = 0
