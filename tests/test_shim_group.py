@@ -13,6 +13,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ class Group:
         self.c("images", "pull", "--plain-http", image.ref)
 
     def run(self, cid: str) -> None:
-        self.ids.append(cid)
+        self.ids.append(cid)  # (list.append is atomic: threads may run containers at once)
         self.c("run", "-d", self.image.ref, cid, "sleep", "300")
 
     def bundle(self, cid: str) -> Path:
@@ -76,13 +77,13 @@ class Group:
 
     def remove(self, cid: str) -> None:
         self.c("tasks", "kill", "-s", "KILL", cid, check=False)
-        _wait(lambda: "RUNNING" not in self._task_line(cid))
+        _wait(lambda: "RUNNING" not in self.task_line(cid))
         self.c("tasks", "rm", "-f", cid, check=False)
         self.c("containers", "rm", cid, check=False)
         if cid in self.ids:
             self.ids.remove(cid)
 
-    def _task_line(self, cid: str) -> str:
+    def task_line(self, cid: str) -> str:
         rows = self.c("tasks", "ls", check=False).stdout.splitlines()
         return next((row for row in rows if row.split()[:1] == [cid]), "")
 
@@ -142,6 +143,19 @@ def test_containers_share_shims_up_to_the_group_size(groups_of_two: Group) -> No
     assert len(_shims(g.daemon.address)) == 3
 
 
+def test_concurrent_starts_never_overfill_a_shim(groups_of_two: Group) -> None:
+    """Starts racing for the same slot queue on the namespace's lock: 7 containers started
+    at once fill 4 shims, none with more than 2."""
+    g = groups_of_two
+    ids = [f"r{i}" for i in range(7)]
+    with ThreadPoolExecutor(max_workers=len(ids)) as pool:
+        list(pool.map(g.run, ids))
+    members = Counter(g.address(cid) for cid in ids)
+    assert sorted(members.values()) == [1, 2, 2, 2], members
+    assert len(_shims(g.daemon.address)) == 4
+    assert all("RUNNING" in g.task_line(cid) for cid in ids), g.c("tasks", "ls").stdout
+
+
 def test_group_shim_log_follows_a_live_task(groups_of_two: Group) -> None:
     """The shim's stderr is its first task's bundle `log` FIFO; when that task goes, the shim
     writes to its other task's FIFO, which berthd still reads."""
@@ -170,6 +184,24 @@ def test_a_killed_group_shim_takes_only_its_group(groups_of_two: Group) -> None:
                if row.split()[:1] in (["k3"], ["k4"])), listed
     assert g.c("tasks", "exec", "--exec-id", "e1", "k3", "echo", "alive").stdout == "alive\n"
     assert g.c("tasks", "exec", "--exec-id", "e1", "k4", "echo", "alive").stdout == "alive\n"
+
+
+def test_a_stuck_shim_hides_only_its_own_tasks(groups_of_two: Group) -> None:
+    """`tasks ls` leaves out the tasks whose shim cannot answer (after containerd's 2 s) and
+    lists the others; once the shim answers again, its tasks are back."""
+    g = groups_of_two
+    for cid in ("s1", "s2", "s3"):
+        g.run(cid)
+    stuck = g.shim_pid("s1")
+    assert g.shim_pid("s3") != stuck
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        listed = [row.split()[0] for row in g.c("tasks", "ls").stdout.splitlines()[1:]]
+        assert listed == ["s3"], listed
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+    listed = [row.split()[0] for row in g.c("tasks", "ls").stdout.splitlines()[1:]]
+    assert listed == ["s1", "s2", "s3"], listed
 
 
 def test_container_grouping_gives_every_container_a_shim(tmp_path: Path,

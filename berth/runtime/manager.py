@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from google.protobuf import any_pb2
 
@@ -66,6 +67,10 @@ class CreateRequest:
     runtime_path: str = ""
 
 
+R = TypeVar("R")
+# How long a task's state may take (containerd's too): a shim that cannot say in that time is
+# stuck, and listing the other tasks must not wait for it.
+STATE_TIMEOUT = 2.0
 SHIM_GROUPS = ("namespace", "container")  # the runtime config's shim_group values
 
 
@@ -119,6 +124,11 @@ class TaskManager:
         ns = namespaces.current()
         with self._lock:
             return [t for (tns, _), t in sorted(self._tasks.items()) if tns == ns]
+
+    def states(self) -> builtins.list[tuple[Task, shim_pb2.StateResponse]]:
+        """Every task of the namespace with its init's state, as its shim reports it (tasks
+        whose shim cannot answer are left out: see _each)."""
+        return self._each(self.list(), lambda task: self.state(task.id), "state")
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -225,7 +235,8 @@ class TaskManager:
     def state(self, container_id: str, exec_id: str = "") -> shim_pb2.StateResponse:
         task = self.get(container_id)
         resp: shim_pb2.StateResponse = task.shim.call(
-            "State", shim_pb2.StateRequest(id=container_id, exec_id=exec_id))
+            "State", shim_pb2.StateRequest(id=container_id, exec_id=exec_id),
+            timeout=STATE_TIMEOUT)
         return resp
 
     def start(self, container_id: str, exec_id: str = "") -> int:
@@ -290,17 +301,30 @@ class TaskManager:
             "Wait", shim_pb2.WaitRequest(id=container_id, exec_id=exec_id), timeout=None)
         return resp
 
+    def stats_of(self, tasks: Sequence[Task]) -> builtins.list[tuple[Task, any_pb2.Any]]:
+        """The cgroup stats of ``tasks`` (those whose shim cannot answer left out: see _each)."""
+        return self._each(tasks, self.stats, "stats")
+
     def all_stats(self) -> builtins.list[tuple[str, str, any_pb2.Any]]:
-        """(namespace, container id, cgroup stats) of every task in every namespace; a task
-        whose shim does not answer is left out (and logged)."""
+        """(namespace, container id, cgroup stats) of every task in every namespace."""
         with self._lock:
             tasks = list(self._tasks.values())
+        return [(task.namespace, task.id, stats) for task, stats in self.stats_of(tasks)]
+
+    def _each(self, tasks: Sequence[Task], query: Callable[[Task], R],
+              what: str) -> builtins.list[tuple[Task, R]]:
+        """``query`` of every task, leaving out (and logging) those whose shim cannot answer:
+        one dead shim (its tasks not yet cleaned up) must not hide all the other tasks, as in
+        containerd. A task deleted meanwhile (NotFound) is left out silently."""
         out = []
         for task in tasks:
             try:
-                out.append((task.namespace, task.id, self.stats(task)))
+                out.append((task, query(task)))
+            except errdefs.NotFound:
+                continue
             except errdefs.BerthError as err:
-                log.warning("metrics: task %s/%s: %s", task.namespace, task.id, err)
+                log.error("task %s/%s: no %s from its shim: %s", task.namespace, task.id, what,
+                          err)
         return out
 
     # -- restart ----------------------------------------------------------------------------

@@ -63,8 +63,8 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
              context: grpc.ServicerContext) -> pb.ListTasksResponse:
         flt = filters.parse([request.filter] if request.filter else [])
         out = []
-        for task in self.tasks.list():
-            proc = _process(task.id, "", self.tasks.state(task.id))
+        for task, state in self.tasks.states():
+            proc = _process(task.id, "", state)
             if flt.match(functools.partial(_adapt, proc)):
                 out.append(proc)
         return pb.ListTasksResponse(tasks=out)
@@ -117,13 +117,11 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
     def Metrics(self, request: pb.MetricsRequest,
                 context: grpc.ServicerContext) -> pb.MetricsResponse:
         flt = filters.parse(request.filters)
-        out = []
-        for task in self.tasks.list():
-            if not flt.match(functools.partial(_adapt_task, task.id, task.runtime)):
-                continue
-            out.append(metrics_pb2.Metric(timestamp=timestamp(now_ns()), id=task.id,
-                                          data=self.tasks.stats(task)))
-        return pb.MetricsResponse(metrics=out)
+        wanted = [task for task in self.tasks.list()
+                  if flt.match(functools.partial(_adapt_task, task.id, task.runtime))]
+        return pb.MetricsResponse(metrics=[
+            metrics_pb2.Metric(timestamp=timestamp(now_ns()), id=task.id, data=data)
+            for task, data in self.tasks.stats_of(wanted)])
 
     def Wait(self, request: pb.WaitRequest, context: grpc.ServicerContext) -> pb.WaitResponse:
         r = self.tasks.wait(request.container_id, request.exec_id)
