@@ -902,6 +902,33 @@ def test_sigterm_removes_the_socket_and_exits_zero(berthd: Berthd) -> None:
     assert "interrupted" in active_ingests(c)
 
 
+def test_many_event_subscribers_do_not_starve_other_calls(berthd: Berthd) -> None:
+    """Each events subscription holds one of berthd's gRPC threads while it lasts: a hundred
+    watchers (more than a small pool has) leave calls answered."""
+    import grpc
+
+    from berth.api.services.events.v1 import events_pb2, events_pb2_grpc
+
+    assert berthd.proc is not None
+    pid = berthd.proc.pid
+    channel = grpc.insecure_channel(f"unix://{berthd.address}")
+    stub = events_pb2_grpc.EventsStub(channel)
+    streams = [stub.Subscribe(events_pb2.SubscribeRequest()) for _ in range(100)]
+    try:
+        def threads() -> int:
+            with open(f"/proc/{pid}/status") as f:
+                return int(next(line for line in f if line.startswith("Threads:")).split()[1])
+
+        assert wait_for(lambda: threads() >= 100, timeout=30), threads()
+        out = Ctr(berthd.address, timeout=10)("namespaces", "create", "answered")
+        assert out.returncode == 0
+    finally:
+        for stream in streams:
+            stream.cancel()
+        channel.close()
+    assert "answered" in Ctr(berthd.address)("namespaces", "ls", "-q").stdout.split()
+
+
 def test_unknown_config_key_is_a_warning(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text('version = 2\nfrobnicate_widgets = true\n\n[debug]\n  level = "info"\n'

@@ -20,6 +20,11 @@ from berth import errdefs, leases, namespaces
 log = logging.getLogger("berth.grpc")
 
 MAX_MESSAGE = 16 << 20
+# grpcio's server runs each call on a thread of its pool, for the whole call: an events
+# subscription (every `ctr events`, every client watching exits) and a task's Wait hold one as
+# long as they last. The pool is therefore large (its threads are made only as calls need them);
+# were it full, every other call would queue behind those streams.
+WORKERS = 1024
 
 
 def _bind(context: grpc.ServicerContext) -> tuple[str | None, str | None]:
@@ -117,7 +122,7 @@ def _stream(gen: Iterator[Any], scope: _Context, context: grpc.ServicerContext,
 _END = object()
 
 
-def new_server(workers: int = 64) -> grpc.Server:
+def new_server(workers: int = WORKERS) -> grpc.Server:
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
         options=[
