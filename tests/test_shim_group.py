@@ -156,6 +156,30 @@ def test_concurrent_starts_never_overfill_a_shim(groups_of_two: Group) -> None:
     assert all("RUNNING" in g.task_line(cid) for cid in ids), g.c("tasks", "ls").stdout
 
 
+def test_an_idle_shim_waits_for_a_task_on_its_way(groups_of_two: Group) -> None:
+    """A shim whose last task is deleted stays while another task's `start` has chosen it
+    (a bundle naming its socket, not yet created there), serves that task when it comes, and
+    leaves once no such bundle is left."""
+    g = groups_of_two
+    g.run("first")
+    shim, address = g.shim_pid("first"), g.address("first")
+    on_its_way = g.bundle("first").parent / "on-its-way"
+    on_its_way.mkdir()
+    try:
+        (on_its_way / "address").write_text(address)
+        g.remove("first")
+        time.sleep(1)  # (an idle shim with no task on its way would be gone by now)
+        assert shim in _shims(g.daemon.address)
+        g.run("second")  # joins the slot: on-its-way takes the other place
+        assert g.address("second") == address and g.shim_pid("second") == shim
+        g.remove("second")
+        assert shim in _shims(g.daemon.address)
+    finally:
+        (on_its_way / "address").unlink()
+        on_its_way.rmdir()
+    assert _wait(lambda: shim not in _shims(g.daemon.address)), "the idle shim stayed"
+
+
 def test_group_shim_log_follows_a_live_task(groups_of_two: Group) -> None:
     """The shim's stderr is its first task's bundle `log` FIFO; when that task goes, the shim
     writes to its other task's FIFO, which berthd still reads."""

@@ -34,7 +34,7 @@ from berth.runtime.bundle import ADDRESS_FILE, BINARY_FILE, Bundle
 from berth.runtime.shim import ShimBinary, ShimLog, resolve_binary, socket_path
 from berth.runtime.ttrpcconn import ShimConnection
 from berth.services.convert import mounts as mounts_to_pb
-from berth.shim.main import DEFAULT_GROUP_SIZE
+from berth.shim.grouping import DEFAULT_GROUP_SIZE
 from berth.ttrpc import BackgroundLoop
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ class CreateRequest:
 
 
 R = TypeVar("R")
-# How long a task's state may take (containerd's too): a shim that cannot say in that time is
-# stuck, and listing the other tasks must not wait for it.
+# How long a task's state or stats may take (containerd's state timeout): a shim that cannot
+# say in that time is stuck, and listing the other tasks must not wait for it.
 STATE_TIMEOUT = 2.0
 SHIM_GROUPS = ("namespace", "container")  # the runtime config's shim_group values
 
@@ -290,7 +290,7 @@ class TaskManager:
             id=container_id, resources=resources, annotations=dict(annotations)))
 
     def stats(self, task: Task) -> any_pb2.Any:
-        resp = task.shim.call("Stats", shim_pb2.StatsRequest(id=task.id))
+        resp = task.shim.call("Stats", shim_pb2.StatsRequest(id=task.id), timeout=STATE_TIMEOUT)
         stats: any_pb2.Any = resp.stats
         return stats
 
@@ -314,15 +314,23 @@ class TaskManager:
     def _each(self, tasks: Sequence[Task], query: Callable[[Task], R],
               what: str) -> builtins.list[tuple[Task, R]]:
         """``query`` of every task, leaving out (and logging) those whose shim cannot answer:
-        one dead shim (its tasks not yet cleaned up) must not hide all the other tasks, as in
-        containerd. A task deleted meanwhile (NotFound) is left out silently."""
+        one dead or stuck shim (its tasks not yet cleaned up) must not hide all the other
+        tasks, as in containerd. Once a shim failed to answer, its other tasks (a group's) are
+        not asked again in this call. A task deleted meanwhile (NotFound) is left out
+        silently."""
         out = []
+        failed: set[str] = set()
         for task in tasks:
+            if task.shim.address in failed:
+                log.error("task %s/%s: no %s: its shim did not answer", task.namespace,
+                          task.id, what)
+                continue
             try:
                 out.append((task, query(task)))
             except errdefs.NotFound:
                 continue
             except errdefs.BerthError as err:
+                failed.add(task.shim.address)
                 log.error("task %s/%s: no %s from its shim: %s", task.namespace, task.id, what,
                           err)
         return out

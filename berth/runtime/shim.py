@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from berth import errdefs
 from berth.api.runtime.task.v2 import shim_pb2
 from berth.runtime.bundle import ADDRESS_FILE, BINARY_FILE, Bundle
-from berth.shim.main import GROUP_ENV, GROUP_SIZE_ENV
+from berth.shim.grouping import GROUP_ENV, GROUP_SIZE_ENV
 
 log = logging.getLogger(__name__)
 

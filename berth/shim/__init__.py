@@ -1,7 +1,9 @@
-"""Berth's runtime v2 shim (``containerd-shim-berth-v2``): one small process per container
-(or pod) that drives runc, owns the container's stdio and reaps its exits.
+"""Berth's runtime v2 shim (``containerd-shim-berth-v2``): one small process per group of
+containers (a pod, or up to 16 of a namespace's) that drives runc, owns the containers' stdio
+and reaps their exits.
 
-* :mod:`~berth.shim.main`: the command line (``start``, ``delete``) and the socket address.
+* :mod:`~berth.shim.main`: the command line (``start``, ``delete``).
+* :mod:`~berth.shim.grouping`: which shim a task joins (its socket address), when a shim leaves.
 * :mod:`~berth.shim.zygote`: the fork server ``start`` has fork each shim (shared memory).
 * :mod:`~berth.shim.server`: the shim process's loop, ttrpc on the socket ``start`` bound.
 * :mod:`~berth.shim.service`: the ``containerd.task.v2.Task`` RPCs.

@@ -14,20 +14,11 @@ the bundle as working directory, stdin/stdout on /dev/null, stderr on the bundle
 is one), writes the bundle's ``address`` file and prints the address
 (``unix:///run/berth/s/<sha256>``). The shim is forked by the zygote (berth.shim.zygote),
 started if need be; ``BERTH_SHIM_ZYGOTE=off``, or any trouble with it, starts a new interpreter
-instead. The socket's name is the sha256 of the daemon's address,
-the namespace and the grouping key (the container id, or the pod given by the
-``io.containerd.runc.v2.group`` / ``io.kubernetes.cri.sandbox-id`` annotations), so tasks of one
-pod share one shim, and berthd and containerd never share a shim. When a shim already serves
-that socket, ``start`` prints its address and starts nothing. Runtime options (protobuf ``Any``)
-may come on stdin: a ``shim_cgroup`` there moves the shim into that cgroup.
-
-berthd also groups containers without a pod (its runtime config ``shim_group``, the default):
-``BERTH_SHIM_GROUP=namespace`` in the environment makes such a container join the first of its
-namespace's shared shims ("slots", numbered from 0) that serves fewer than
-``BERTH_SHIM_GROUP_SIZE`` containers. The slots' occupancy is read from the other bundles'
-``address`` files, under a lock (the namespace directory's ``.shim-start.lock``) held until this
-bundle's ``address`` is written, so concurrent starts never overfill a slot. A container that asks
-for a shim cgroup of its own gets a shim of its own.
+instead. Which shim a task joins -- a pod's, one of its namespace's shared shims, or its own --
+is berth.shim.grouping's business; when a shim already serves the chosen socket, ``start``
+prints its address and starts nothing. berthd and containerd never share a shim. Runtime
+options (protobuf ``Any``) may come on stdin: a ``shim_cgroup`` there moves the shim into that
+cgroup, and gives the task a shim of its own.
 
 ``delete`` cleans up after a shim that died: ``runc delete --force``, rootfs unmounted, its
 socket removed, and a ``DeleteResponse`` (exit status 137, as for SIGKILL) as protobuf on
@@ -50,20 +41,9 @@ import os
 import sys
 import time
 
-TYPE_CHECKING = False  # typing's own costs ``start`` 8 ms
-if TYPE_CHECKING:
-    from types import TracebackType
+from berth.shim.grouping import SOCKET_DIR, Lock, group_key, socket_address
 
-SOCKET_DIR = "/run/berth/s"
 LISTEN_FD = 3
-GROUP_LABELS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
-# Set by berthd (runtime config ``shim_group``, "namespace" by default): containers of a
-# namespace that carry no group annotation of their own share shims, up to GROUP_SIZE_ENV
-# containers each. Fewer processes, far less memory; one shim's failure touches its group.
-GROUP_ENV = "BERTH_SHIM_GROUP"
-GROUP_SIZE_ENV = "BERTH_SHIM_GROUP_SIZE"
-DEFAULT_GROUP_SIZE = 16
-GROUP_LOCK = ".shim-start.lock"  # in the namespace's directory of bundles
 VERSION = "berth shim v2"
 
 
@@ -119,88 +99,6 @@ def parse_flags(argv: list[str]) -> Flags:
     rest = argv[i:]
     flags.action = rest[0] if rest else ""
     return flags
-
-
-def socket_address(daemon_address: str, namespace: str, group: str) -> str:
-    from berth.shim.lean import sha256_hex
-
-    return f"unix://{SOCKET_DIR}/{sha256_hex(f'{daemon_address}/{namespace}/{group}'.encode())}"
-
-
-def _grouping(flags: Flags, options: bytes) -> str:
-    """The key of the shim this task joins: its pod's, a namespace slot's, or its own id."""
-    try:
-        with open("config.json", "rb") as f:
-            spec = f.read()
-    except OSError:
-        return flags.id
-    if b'"annotations"' in spec:  # json is slow to import: only for a spec that needs it
-        import json
-
-        try:
-            annotations = json.loads(spec).get("annotations") or {}
-        except ValueError:
-            return flags.id
-        for label in GROUP_LABELS:
-            if annotations.get(label):
-                return str(annotations[label])
-    if os.environ.get(GROUP_ENV) == "namespace" and not _shim_cgroup(options):
-        return _namespace_slot(flags.address, flags.namespace, _group_size())
-    return flags.id
-
-
-def _group_size() -> int:
-    try:
-        return max(1, int(os.environ.get(GROUP_SIZE_ENV, DEFAULT_GROUP_SIZE)))
-    except ValueError:
-        return DEFAULT_GROUP_SIZE
-
-
-def _namespace_slot(daemon_address: str, namespace: str, size: int) -> str:
-    """The first namespace slot with room: its members are the sibling bundles whose
-    ``address`` names its socket (the caller holds the group lock)."""
-    here = os.getcwd()
-    members: dict[str, int] = {}
-    with os.scandir(os.path.dirname(here)) as entries:
-        for entry in entries:
-            if entry.path == here or not entry.is_dir(follow_symlinks=False):
-                continue
-            try:
-                with open(os.path.join(entry.path, "address")) as f:
-                    address = f.read().strip()
-            except OSError:
-                continue
-            members[address] = members.get(address, 0) + 1
-    slot = 0
-    while members.get(socket_address(daemon_address, namespace, _slot_key(slot)), 0) >= size:
-        slot += 1
-    return _slot_key(slot)
-
-
-def _slot_key(slot: int) -> str:
-    return f"berth.namespace-group.{slot}"  # the namespace is part of the socket's hash
-
-
-class _GroupLock:
-    """Serialises the starts of one namespace's tasks while namespace grouping is on."""
-
-    def __init__(self) -> None:
-        self._fd = -1
-
-    def __enter__(self) -> None:
-        if os.environ.get(GROUP_ENV) != "namespace":
-            return
-        import fcntl
-
-        self._fd = os.open(os.path.join(os.path.dirname(os.getcwd()), GROUP_LOCK),
-                           os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)  # and with it the lock
-            self._fd = -1
 
 
 def _write_atomically(path: str, data: str) -> None:
@@ -367,12 +265,15 @@ def start(flags: Flags) -> int:
 
     close_on_exec_all()
     options = _read_start_options()
-    with _GroupLock():
-        address = socket_address(flags.address, flags.namespace, _grouping(flags, options))
+    bundle = os.getcwd()
+    shim_cgroup = _shim_cgroup(options)
+    with Lock(os.path.dirname(bundle)):
+        key = group_key(flags.id, bundle, flags.address, flags.namespace, bool(shim_cgroup))
+        address = socket_address(flags.address, flags.namespace, key)
         path = address.removeprefix("unix://")
         sock = _listen(path)
         if sock is not None:
-            _start_serving(flags, sock, path, _shim_cgroup(options))
+            _start_serving(flags, sock, path, shim_cgroup)
         _write_atomically("address", address)
     sys.stdout.write(address)
     sys.stdout.flush()
@@ -381,17 +282,19 @@ def start(flags: Flags) -> int:
 
 def _remove_dead_socket(bundle: str) -> None:
     """The socket a killed shim left (named in the bundle's ``address``), if nobody serves it:
-    with pod grouping another task may still be served there."""
+    in a group another task may still be served there. Under the grouping lock, so that a
+    socket a new shim has bound but not yet listens on is never taken for a dead one."""
     try:
         with open(os.path.join(bundle, "address")) as f:
             path = f.read().strip().removeprefix("unix://")
     except OSError:
         return
-    if path.startswith(SOCKET_DIR + "/") and not _can_connect(path):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return  # removed meanwhile: what we wanted
+    with Lock(os.path.dirname(os.path.abspath(bundle))):
+        if path.startswith(SOCKET_DIR + "/") and not _can_connect(path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                return  # removed meanwhile: what we wanted
 
 
 def delete(flags: Flags) -> int:

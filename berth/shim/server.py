@@ -1,7 +1,8 @@
 """The shim process's event loop: ttrpc on the inherited socket, the reaper, the publisher.
 
-It ends when the Task service's Shutdown finds no container left, or on SIGTERM/SIGINT (the
-containers live on). Its log lines go to stderr, which ``start`` pointed at the bundle's
+It ends when the Task service's Shutdown finds no container left and none on its way (see
+berth.shim.grouping), when no task came within a minute of its start, or on SIGTERM/SIGINT
+(the containers live on). Its log lines go to stderr, which ``start`` pointed at the bundle's
 ``log`` FIFO: a full FIFO drops lines instead of stalling the shim.
 """
 
@@ -14,11 +15,17 @@ import os
 import signal
 import socket
 
+from berth.shim.grouping import Lock, bundle_inode, joining
 from berth.shim.main import LISTEN_FD
 from berth.shim.reaper import Reaper, set_subreaper
 from berth.shim.spawn import close_on_exec_all
 
 log = logging.getLogger("berth.shim")
+
+JOIN_RECHECK = 0.25  # seconds between looks at a task on its way to an otherwise idle shim
+# A shim still without a task this long after it started was abandoned (its daemon died, or
+# gave up on the task, before creating it there): it leaves as an idle one does.
+UNUSED_EXIT = 60.0
 
 def _setup_logging(debug: bool) -> None:
     from berth.logfmt import LogfmtFormatter
@@ -63,6 +70,7 @@ async def _serve(namespace: str, shim_id: str, listener: socket.socket) -> None:
 
     path = listener.getsockname()
     identity = _identity(path)
+    namespace_dir = os.path.dirname(os.getcwd())  # ``start`` ran us in the first task's bundle
 
     def leave() -> None:
         # The socket's name goes first, before Shutdown answers: a task started again at
@@ -73,13 +81,31 @@ async def _serve(namespace: str, shim_id: str, listener: socket.socket) -> None:
                 os.unlink(path)
         stop.set()
 
-    service = TaskService(namespace, reaper, publisher, on_idle_shutdown=leave,
+    def leave_when_idle(released: str = "") -> None:
+        """Shutdown (for the task ``released``) found no task here. Leave, unless a task whose
+        ``start`` chose this shim has yet to be created: then look again shortly (see
+        berth.shim.grouping)."""
+        if released and released not in service.served:  # started here, never created
+            service.served[released] = bundle_inode(os.path.join(namespace_dir, released))
+        if service.busy():
+            return  # a task came meanwhile
+        with Lock(namespace_dir, blocking=False) as lock:
+            if lock.held:
+                pending = joining(namespace_dir, f"unix://{path}", service.served)
+                if not pending:
+                    leave()
+                    return
+                log.debug("staying for %s, on the way here", ", ".join(pending))
+        loop.call_later(JOIN_RECHECK, leave_when_idle)
+
+    service = TaskService(namespace, reaper, publisher, on_idle_shutdown=leave_when_idle,
                           log_owner=shim_id)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, leave)
     server = Server()
     server.register(shim_pb2.DESCRIPTOR.services_by_name["Task"], service)
     await server.serve(listener)
+    loop.call_later(UNUSED_EXIT, leave_when_idle)
     log.debug("serving on %s", path)
     await stop.wait()
     await server.shutdown()  # calls in progress (Shutdown's own answer) finish first

@@ -30,6 +30,7 @@ from berth.api.runtime.task.v2 import shim_pb2 as api
 from berth.api.types.task import task_pb2 as types
 from berth.shim.container import Container
 from berth.shim.events import Publisher
+from berth.shim.grouping import bundle_inode
 from berth.shim.process import Process, in_background, signal_number
 from berth.shim.reaper import Exit, Reaper
 from berth.shim.stdio import StdioRequest
@@ -75,10 +76,13 @@ def _timestamp(target: Any, at: float | None) -> None:
 
 class TaskService:
     def __init__(self, namespace: str, reaper: Reaper, publisher: Publisher,
-                 on_idle_shutdown: Callable[[], None], log_owner: str = "") -> None:
+                 on_idle_shutdown: Callable[[str], None], log_owner: str = "") -> None:
         self.namespace = namespace
         # whose bundle's ``log`` FIFO is our stderr: the task ``start`` ran for
         self.log_owner = log_owner
+        # the tasks this shim was asked to create, with their bundle's inode: a bundle naming
+        # our socket that is not among them is a task on its way here (see berth.shim.grouping)
+        self.served: dict[str, int] = {}
         self.reaper = reaper
         self.publisher = publisher
         self._shutdown = on_idle_shutdown
@@ -165,12 +169,15 @@ class TaskService:
         if request.id in self.containers or request.id in self._creating:
             raise errdefs.AlreadyExists(f"container {request.id} already exists in this shim")
         self._creating.add(request.id)
+        self.served[request.id] = bundle_inode(request.bundle)
         try:
             container = await Container.create(request, self.namespace, self.reaper)
         finally:
             self._creating.discard(request.id)
         self.containers[request.id] = container
         self._watch(container, container.init)
+        if self.log_owner not in self.containers:  # its task failed or went while we created
+            self._hand_over_log()
         event = events.TaskCreate(
             container_id=request.id, bundle=request.bundle, rootfs=request.rootfs,
             io=events.TaskIO(stdin=request.stdin, stdout=request.stdout,
@@ -211,6 +218,10 @@ class TaskService:
                 del self.containers[request.id]
             if container.id == self.log_owner:
                 self._hand_over_log()
+            # forget the tasks deleted before this one (their bundles are gone by now)
+            self.served = {cid: inode for cid, inode in self.served.items()
+                           if cid == request.id or cid in self.containers
+                           or cid in self._creating}
             event = events.TaskDelete(container_id=container.id, pid=process.pid,
                                       exit_status=process.exit_status, id=container.id)
             _timestamp(event.exited_at, process.exited_at)
@@ -317,9 +328,13 @@ class TaskService:
         return api.ConnectResponse(shim_pid=os.getpid(),
                                    task_pid=container.init.pid if container else 0)
 
+    def busy(self) -> bool:
+        """Whether any task is here or on its way in."""
+        return bool(self.containers or self._creating)
+
     async def Shutdown(self, ctx: Any, request: Any) -> Any:
-        if not self.containers and not self._creating:
-            self._shutdown()
+        if not self.busy():
+            self._shutdown(request.id)  # (the task named is done with us, created or not)
         return _EMPTY
 
     # -- the end ---------------------------------------------------------------------------

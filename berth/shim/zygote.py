@@ -15,9 +15,12 @@ Contract (``start`` is the only client):
   shim that daemon started itself would be.
 * A request is one message: a dict ``{"argv": [...shim flags...], "env": {...}, "cwd": BUNDLE,
   "umask": N, "rlimits": {resource: [soft, hard]}}`` in :mod:`marshal`'s format (the same
-  interpreter is on both ends, and json's import costs ``start`` 5 ms) with the shim's
-  listening socket, and optionally its log fd, attached (SCM_RIGHTS). The answer is
-  ``{"pid": N}`` or ``{"error": "..."}``, the same way. Only root can connect (mode 0600).
+  interpreter is on both ends, and json's import costs ``start`` 5 ms) after its length (4
+  bytes, big-endian), with the shim's listening socket, and optionally its log fd, attached
+  (SCM_RIGHTS). The answer is ``{"pid": N}`` or ``{"error": "..."}``, the same way. Only
+  root can connect (mode 0600).
+* A zygote that took a request but gave no answer may have forked the shim: ``start`` then
+  fails (:class:`Unanswered`) rather than start a second shim on the same socket.
 * The shim is forked twice (a new session, not the zygote's child: it is re-parented as a
   directly started shim would be), gets the socket as fd 3, /dev/null as stdin and stdout, the
   log fd (or /dev/null) as stderr, the bundle as working directory, exactly the request's
@@ -50,7 +53,7 @@ if TYPE_CHECKING:
 ZYGOTE_FLAG = "--berth-shim-zygote"
 IDLE_EXIT = 10.0
 CONNECT_TIMEOUT = 5.0  # a new zygote imports everything first
-_MAX_REQUEST = 1 << 16
+_MAX_MESSAGE = 1 << 20  # an environment can be large
 # Modules a shim process uses; the zygote imports them all before forking.
 _PRELOAD = (
     "asyncio", "ctypes", "berth.ttrpc.server", "berth.ttrpc.client", "berth.logfmt",
@@ -127,19 +130,57 @@ def fork_shim(path: str, argv: Sequence[str], *, cwd: str, env: dict[str, str],
             raise RuntimeError(f"shim zygote at {path} did not come up")
     try:
         sock.settimeout(CONNECT_TIMEOUT)
-        request = marshal.dumps({"argv": list(argv), "env": env, "cwd": cwd,
-                                 "umask": _umask(), "rlimits": _rlimits()})
-        fds = [listen_fd] + ([log_fd] if log_fd is not None else [])
-        import array
-
-        sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                                  array.array("i", fds).tobytes())])
-        answer = _decode(sock.recv(_MAX_REQUEST))
+        request = {"argv": list(argv), "env": env, "cwd": cwd, "umask": _umask(),
+                   "rlimits": _rlimits()}
+        send(sock, request, [listen_fd] + ([log_fd] if log_fd is not None else []))
+        try:
+            answer = receive(sock)
+        except (OSError, RuntimeError) as err:
+            raise Unanswered(f"shim zygote at {path} took the request but did not answer "
+                             f"({err}); it may have started the shim") from None
     finally:
         sock.close()
     if "pid" not in answer:
         raise RuntimeError(f"shim zygote: {answer.get('error', 'no answer')}")
     return int(answer["pid"])
+
+
+class Unanswered(Exception):
+    """The zygote took a request and gave no answer: whether it forked the shim is unknown.
+    (Not an OSError or RuntimeError: ``start`` must not fall back to starting another.)"""
+
+
+def send(sock: _socket.socket | socket.socket, message: dict[str, Any],
+         fds: Sequence[int] = ()) -> None:
+    """One message of the protocol, with ``fds`` attached."""
+    data = marshal.dumps(message)
+    data = len(data).to_bytes(4, "big") + data
+    if fds:
+        import array
+
+        sent = sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                      array.array("i", fds).tobytes())])
+    else:
+        sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(data[sent:])
+
+
+def receive(sock: _socket.socket | socket.socket, start: bytes = b"") -> dict[str, Any]:
+    """One message of the protocol (``start``: what was read of it already); RuntimeError if
+    what comes is not one."""
+    data = start
+    while True:
+        if len(data) >= 4:
+            size = int.from_bytes(data[:4], "big")
+            if size > _MAX_MESSAGE:
+                raise RuntimeError(f"shim zygote: message of {size} bytes refused")
+            if len(data) >= 4 + size:
+                return _decode(data[4:4 + size])
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise RuntimeError("shim zygote: message cut short")
+        data += chunk
 
 
 def _decode(data: bytes) -> dict[str, Any]:
@@ -261,14 +302,14 @@ def _serve_one(listener: socket.socket) -> int:
     with conn:
         try:
             conn.settimeout(CONNECT_TIMEOUT)
-            data, fds, _flags, _addr = socket.recv_fds(conn, _MAX_REQUEST, 2)
-            pid = _fork(_decode(data), fds, listener, conn)
-            conn.sendall(marshal.dumps({"pid": pid}))
+            data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 16, 2)
+            pid = _fork(receive(conn, data), fds, listener, conn)
+            send(conn, {"pid": pid})
             return pid
         except Exception as err:
             # (the client may be gone: it falls back to starting the shim itself)
             with contextlib.suppress(OSError):
-                conn.sendall(marshal.dumps({"error": str(err) or type(err).__name__}))
+                send(conn, {"error": str(err) or type(err).__name__})
             return 0
         finally:
             for fd in fds:

@@ -1,0 +1,166 @@
+"""Which shim a task joins, and when a shim may leave.
+
+A shim's socket is ``/run/berth/s/<sha256 of daemon address, namespace, group key>``; tasks with
+the same key share the shim serving it. The key is, in this order:
+
+* the pod, from the ``io.containerd.runc.v2.group`` or ``io.kubernetes.cri.sandbox-id``
+  annotation (as containerd's runc shim groups them);
+* with namespace grouping (berthd's runtime config ``shim_group = "namespace"``, its default,
+  passed as ``BERTH_SHIM_GROUP=namespace`` and ``BERTH_SHIM_GROUP_SIZE``): a namespace *slot*,
+  ``berth.namespace-group.<n>``, the first whose shim serves fewer than the group size. A
+  task whose runtime options ask for a shim cgroup gets a shim of its own;
+* otherwise the task's own id: a shim per task, as containerd runs them.
+
+A slot's members are the namespace's bundles (the task's bundle directory's siblings) whose
+``address`` file names the slot's socket. Two things keep slots consistent, both under one
+lock (``flock`` on ``.shim-start.lock`` in the namespace's directory of bundles):
+
+* ``start`` holds it from choosing a slot until the task's ``address`` is written, so
+  concurrent starts never overfill a slot, and a shim about to be joined has a visible member
+  the moment the lock is released;
+* a shim whose last task is gone leaves (unlinks its socket) only under the lock, and only if
+  no bundle names its socket but the tasks it served: a task that chose it and has yet to be
+  created there keeps it (:func:`joining`); and ``delete`` removes a dead shim's socket under
+  the lock, never a successor's.
+
+Cheap to import (``start`` uses it: see berth.shim.lean).
+"""
+
+from __future__ import annotations
+
+import os
+
+SOCKET_DIR = "/run/berth/s"
+POD_LABELS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
+GROUP_ENV = "BERTH_SHIM_GROUP"
+GROUP_SIZE_ENV = "BERTH_SHIM_GROUP_SIZE"
+DEFAULT_GROUP_SIZE = 16
+LOCK_NAME = ".shim-start.lock"
+
+TYPE_CHECKING = False  # typing's own costs ``start`` 8 ms
+if TYPE_CHECKING:
+    from types import TracebackType
+
+
+def socket_address(daemon_address: str, namespace: str, key: str) -> str:
+    from berth.shim.lean import sha256_hex
+
+    return f"unix://{SOCKET_DIR}/{sha256_hex(f'{daemon_address}/{namespace}/{key}'.encode())}"
+
+
+def by_namespace() -> bool:
+    """Whether the daemon asked for namespace grouping (in this process's environment)."""
+    return os.environ.get(GROUP_ENV) == "namespace"
+
+
+def group_key(task_id: str, bundle: str, daemon_address: str, namespace: str,
+              own_cgroup: bool) -> str:
+    """The key of the shim the task in ``bundle`` joins (see the module's description). With
+    namespace grouping the caller holds :class:`Lock` of the bundle's namespace directory."""
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            spec = f.read()
+    except OSError:
+        return task_id
+    if b'"annotations"' in spec:  # json is slow to import: only for a spec that needs it
+        import json
+
+        try:
+            annotations = json.loads(spec).get("annotations") or {}
+        except ValueError:
+            return task_id
+        for label in POD_LABELS:
+            if annotations.get(label):
+                return str(annotations[label])
+    if by_namespace() and not own_cgroup:
+        return _free_slot(bundle, daemon_address, namespace, _group_size())
+    return task_id
+
+
+def _group_size() -> int:
+    try:
+        return max(1, int(os.environ.get(GROUP_SIZE_ENV, DEFAULT_GROUP_SIZE)))
+    except ValueError:
+        return DEFAULT_GROUP_SIZE
+
+
+def _free_slot(bundle: str, daemon_address: str, namespace: str, size: int) -> str:
+    """The first namespace slot with room for the task in ``bundle``."""
+    members: dict[str, int] = {}
+    for _name, _inode, address in _addresses(os.path.dirname(bundle), exclude=bundle):
+        members[address] = members.get(address, 0) + 1
+    slot = 0
+    while members.get(socket_address(daemon_address, namespace, _slot_key(slot)), 0) >= size:
+        slot += 1
+    return _slot_key(slot)
+
+
+def _slot_key(slot: int) -> str:
+    return f"berth.namespace-group.{slot}"  # the namespace is part of the socket's hash
+
+
+def joining(namespace_dir: str, address: str, served: dict[str, int]) -> list[str]:
+    """Tasks whose bundle names ``address`` but that are not among ``served`` (task id -> its
+    bundle directory's inode; an id used again has a new bundle): tasks whose ``start``
+    chose this shim and whose Create has yet to come."""
+    return [name for name, inode, named in _addresses(namespace_dir)
+            if named == address and served.get(name) != inode]
+
+
+def bundle_inode(path: str) -> int:
+    """The inode of a bundle directory (-1 if it is gone), as :func:`joining` compares it."""
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return -1
+
+
+def _addresses(namespace_dir: str, exclude: str = "") -> list[tuple[str, int, str]]:
+    """(task id, bundle inode, address) of every bundle in ``namespace_dir`` that has one."""
+    out: list[tuple[str, int, str]] = []
+    try:
+        entries = list(os.scandir(namespace_dir))
+    except OSError:
+        return out
+    for entry in entries:
+        if entry.path == exclude or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            with open(os.path.join(entry.path, "address")) as f:
+                out.append((entry.name, entry.inode(), f.read().strip()))
+        except OSError:
+            continue  # no address (yet), or removed meanwhile
+    return out
+
+
+class Lock:
+    """The namespace's grouping lock (an ``flock``), taken only with namespace grouping on.
+    ``blocking=False``: :attr:`held` says whether it was had at once (an event loop must not
+    wait on it)."""
+
+    def __init__(self, namespace_dir: str, *, blocking: bool = True) -> None:
+        self._path = os.path.join(namespace_dir, LOCK_NAME)
+        self._blocking = blocking
+        self._fd = -1
+        self.held = False
+
+    def __enter__(self) -> Lock:
+        if not by_namespace():
+            self.held = True  # nothing to serialise
+            return self
+        import fcntl
+
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if self._blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return self
+        self.held = True
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # and with it the lock
+            self._fd = -1
+        self.held = False
