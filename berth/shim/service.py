@@ -83,6 +83,7 @@ class TaskService:
         # the tasks this shim was asked to create, with their bundle's inode: a bundle naming
         # our socket that is not among them is a task on its way here (see berth.shim.grouping)
         self.served: dict[str, int] = {}
+        self._bundles: dict[str, str] = {}  # of the tasks served
         self.reaper = reaper
         self.publisher = publisher
         self._shutdown = on_idle_shutdown
@@ -121,6 +122,14 @@ class TaskService:
             held.append(event)
         else:
             self._publish(event)
+
+    def _forget_gone(self) -> None:
+        """Forget the served tasks that are deleted and whose bundle is gone too."""
+        for cid, bundle in list(self._bundles.items()):
+            if cid not in self.containers and cid not in self._creating \
+                    and bundle_inode(bundle) != self.served.get(cid):
+                del self._bundles[cid]
+                self.served.pop(cid, None)
 
     def _hand_over_log(self) -> None:
         """The daemon reads a bundle's ``log`` FIFO only while its task exists: when the task
@@ -170,6 +179,7 @@ class TaskService:
             raise errdefs.AlreadyExists(f"container {request.id} already exists in this shim")
         self._creating.add(request.id)
         self.served[request.id] = bundle_inode(request.bundle)
+        self._bundles[request.id] = request.bundle
         try:
             container = await Container.create(request, self.namespace, self.reaper)
         finally:
@@ -218,10 +228,7 @@ class TaskService:
                 del self.containers[request.id]
             if container.id == self.log_owner:
                 self._hand_over_log()
-            # forget the tasks deleted before this one (their bundles are gone by now)
-            self.served = {cid: inode for cid, inode in self.served.items()
-                           if cid == request.id or cid in self.containers
-                           or cid in self._creating}
+            self._forget_gone()
             event = events.TaskDelete(container_id=container.id, pid=process.pid,
                                       exit_status=process.exit_status, id=container.id)
             _timestamp(event.exited_at, process.exited_at)
