@@ -32,6 +32,7 @@ $(BIN)/python:
 venv: $(BIN)/python
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' \
 		--config-settings editable_mode=compat
+	$(BIN)/python tools/shim_launcher.py
 
 proto: venv
 	$(BIN)/python tools/genproto.py

@@ -1186,8 +1186,12 @@ def test_memory_of_an_idle_shim(workdir: Path, busybox_rootfs: Path,
 def test_start_imports_only_cheap_modules(tmp_path: Path) -> None:
     """``start`` runs in a new interpreter on every container start, so it imports nothing
     slow (berth.shim.lean says why each of these is kept out). Checked on a real ``start``
-    that joins a shim of its namespace (a socket the test listens on: nothing is forked)."""
+    that joins a shim of its namespace (a socket the test listens on: nothing is forked), run
+    as the launcher runs it: ``python -IS`` (tools/shim_launcher.py)."""
     from berth.shim.grouping import GROUP_ENV, socket_address
+
+    with open(BERTH_SHIM) as f:
+        assert f.readline().rstrip().endswith(" -IS")
 
     bundle = tmp_path / "ns" / "joiner"
     bundle.mkdir(parents=True)
@@ -1201,7 +1205,7 @@ def test_start_imports_only_cheap_modules(tmp_path: Path) -> None:
         shim.listen(1)
         try:
             out = subprocess.run(
-                [sys.executable, "-X", "importtime", BERTH_SHIM, "-namespace", "imports",
+                [sys.executable, "-X", "importtime", "-IS", BERTH_SHIM, "-namespace", "imports",
                  "-address", daemon, "-id", "joiner", "start"],
                 cwd=bundle, env={**os.environ, GROUP_ENV: "namespace"}, capture_output=True,
                 text=True, stdin=subprocess.DEVNULL, check=True, timeout=30)
