@@ -18,10 +18,10 @@ from registry import Registry
 
 from berth import errdefs
 from berth.oci import spec as oci
+from berth.oci import users
 from berth.oci.spec import (
     generate_spec,
     replace_or_append_env,
-    resolve_user,
     with_additional_gids,
     with_cwd,
     with_env,
@@ -34,6 +34,7 @@ from berth.oci.spec import (
     with_tty,
     with_user,
 )
+from berth.oci.users import resolve_user
 
 PASSWD = """\
 root:x:0:0:root:/root:/bin/sh
@@ -318,7 +319,7 @@ def test_passwd_symlink_to_an_absolute_host_path_stays_inside(
     (root / "etc/group").symlink_to(host_passwd / "group")
     with pytest.raises(errdefs.NotFound):
         resolve_user("alice", str(root))
-    assert oci.read_group(str(root)) is None
+    assert users.read_group(str(root)) is None
 
 
 def test_etc_symlink_climbing_out_stays_inside(tmp_path: Path, host_passwd: Path) -> None:
@@ -366,7 +367,7 @@ def test_passwd_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
 def test_huge_passwd_is_refused(tmp_path: Path) -> None:
     root = Path(rootfs_with(tmp_path, passwd=None))
     with open(root / "etc/passwd", "wb") as f:
-        f.truncate(oci.MAX_ACCOUNT_FILE + 1)
+        f.truncate(users.MAX_ACCOUNT_FILE + 1)
     with pytest.raises(errdefs.InvalidArgument, match="larger than"):
         resolve_user("alice", str(root))
 
