@@ -54,6 +54,47 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip("needs root")
 
 
+# -- what a session must leave behind: no dead shim sockets -------------------------------------
+
+SHIM_SOCKETS = Path("/run/berth/s")
+
+
+def _dead_shim_sockets(since: float) -> list[str]:
+    """Sockets under /run/berth/s made since ``since`` that nothing serves any more."""
+    import socket
+
+    dead = []
+    for path in sorted(SHIM_SOCKETS.glob("*")) if SHIM_SOCKETS.is_dir() else ():
+        try:
+            if path.stat().st_mtime < since:
+                continue
+        except FileNotFoundError:
+            continue
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except FileNotFoundError:
+                continue
+            except OSError:
+                dead.append(str(path))
+    return dead
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_dead_shim_sockets() -> Iterator[None]:
+    """Fails the session if its tests left a shim socket that nothing serves (a shim that
+    died without cleanup, or a cleanup that forgot it)."""
+    import time
+
+    started = time.time() - 1
+    yield
+    dead = _dead_shim_sockets(started)
+    if dead:
+        time.sleep(2)  # a shim leaving, or berthd cleaning up after one, at this moment
+        dead = _dead_shim_sockets(started)
+    assert not dead, f"dead shim sockets left behind: {dead}"
+
+
 # -- the real ctr client -----------------------------------------------------------------------
 
 
