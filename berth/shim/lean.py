@@ -10,7 +10,7 @@ only at the gRPC edge.) What remains to keep out:
 ``start`` runs once per task, in a new interpreter, on the path of every container start: it
 imports only C modules and a few small ones. Not ``socket`` (its enum conversions cost ~9 ms;
 ``_socket`` serves), not ``json`` (``re``: ~5 ms), not ``hashlib`` (OpenSSL: ~3 ms; see
-:func:`sha256_hex`), not ``contextlib`` or ``signal``. tests/test_shim.py checks the list.
+:func:`sha256_hex`), not ``contextlib`` or ``signal``. tests/test_shim.py checks a real ``start``; tools/shim_launcher.py writes the launcher that runs it as ``python -IS``.
 """
 
 from __future__ import annotations
