@@ -10,7 +10,8 @@ only at the gRPC edge.) What remains to keep out:
 ``start`` runs once per task, in a new interpreter, on the path of every container start: it
 imports only C modules and a few small ones. Not ``socket`` (its enum conversions cost ~9 ms;
 ``_socket`` serves), not ``json`` (``re``: ~5 ms), not ``hashlib`` (OpenSSL: ~3 ms; see
-:func:`sha256_hex`), not ``contextlib`` or ``signal``. tests/test_shim.py checks a real ``start``; tools/shim_launcher.py writes the launcher that runs it as ``python -IS``.
+:func:`sha256_hex`), not ``contextlib`` or ``signal``; and it runs as ``python -IS`` (no site),
+from the launcher tools/shim_launcher.py writes. tests/test_shim.py checks a real ``start``.
 """
 
 from __future__ import annotations
