@@ -71,10 +71,11 @@ def _dead_shim_sockets(since: float) -> list[str]:
         except FileNotFoundError:
             continue
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
             try:
                 probe.connect(str(path))
-            except FileNotFoundError:
-                continue
+            except (FileNotFoundError, TimeoutError):
+                continue  # gone, or alive but too busy to accept
             except OSError:
                 dead.append(str(path))
     return dead

@@ -1219,6 +1219,14 @@ def test_start_imports_only_cheap_modules(tmp_path: Path) -> None:
             "collections", "asyncio", "google.protobuf", "dataclasses", "subprocess"}
     assert "berth.shim.grouping" in loaded  # (the check sees start's own imports)
     assert loaded & slow == set()
+    # and what a start that has a shim forked loads besides (the zygote's client side)
+    root = str(Path(__file__).resolve().parent.parent)
+    code = (f"import sys; sys.path.insert(0, {root!r}); "
+            "import berth.shim.zygote, berth.shim.spawn, resource; "
+            "print(' '.join(sorted(sys.modules)))")
+    forking = set(subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True,
+                                 text=True, check=True).stdout.split())
+    assert forking & slow == set()
 
 
 def test_zygote_messages_are_framed(tmp_path: Path) -> None:

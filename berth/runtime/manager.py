@@ -315,9 +315,9 @@ class TaskManager:
               what: str) -> builtins.list[tuple[Task, R]]:
         """``query`` of every task, leaving out (and logging) those whose shim cannot answer:
         one dead or stuck shim (its tasks not yet cleaned up) must not hide all the other
-        tasks, as in containerd. Once a shim failed to answer, its other tasks (a group's) are
-        not asked again in this call. A task deleted meanwhile (NotFound) is left out
-        silently."""
+        tasks, as in containerd. Once a shim did not answer at all (a timeout, a lost
+        connection), its other tasks (a group's) are not asked again in this call. A task
+        deleted meanwhile (NotFound) is left out silently."""
         out = []
         failed: set[str] = set()
         for task in tasks:
@@ -330,7 +330,8 @@ class TaskManager:
             except errdefs.NotFound:
                 continue
             except errdefs.BerthError as err:
-                failed.add(task.shim.address)
+                if isinstance(err, (errdefs.DeadlineExceeded, errdefs.Unavailable)):
+                    failed.add(task.shim.address)  # the shim itself: stuck or gone
                 log.error("task %s/%s: no %s from its shim: %s", task.namespace, task.id, what,
                           err)
         return out

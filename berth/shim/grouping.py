@@ -150,11 +150,16 @@ class Lock:
             return self
         import fcntl
 
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if self._blocking else fcntl.LOCK_NB))
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self._blocking else fcntl.LOCK_NB))
         except BlockingIOError:
+            os.close(fd)
             return self
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
         self.held = True
         return self
 

@@ -114,9 +114,14 @@ def unix_socket() -> _socket.socket:
 
 
 def _can_connect(path: str) -> bool:
+    """Whether a shim serves ``path``. One too busy to accept within a second (its backlog
+    full) is alive: better to join it than to take its socket."""
     probe = unix_socket()
+    probe.settimeout(1.0)
     try:
         probe.connect(path)
+    except TimeoutError:
+        return True
     except OSError:
         return False
     finally:

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import time
 
 from berth.shim.grouping import Lock, bundle_inode, joining
 from berth.shim.main import LISTEN_FD
@@ -26,6 +27,7 @@ JOIN_RECHECK = 0.25  # seconds between looks at a task on its way to an otherwis
 # A shim still without a task this long after it started was abandoned (its daemon died, or
 # gave up on the task, before creating it there): it leaves as an idle one does.
 UNUSED_EXIT = 60.0
+JOIN_PATIENCE = 60.0  # how long an idle shim waits for a task on its way
 
 def _setup_logging(debug: bool) -> None:
     from berth.logfmt import LogfmtFormatter
@@ -81,22 +83,39 @@ async def _serve(namespace: str, shim_id: str, listener: socket.socket) -> None:
                 os.unlink(path)
         stop.set()
 
+    waiting_since: dict[str, float] = {}  # tasks on their way here: since when
+
     def leave_when_idle(released: str = "") -> None:
         """Shutdown (for the task ``released``) found no task here. Leave, unless a task whose
-        ``start`` chose this shim has yet to be created: then look again shortly (see
-        berth.shim.grouping)."""
+        ``start`` chose this shim has yet to be created (for at most JOIN_PATIENCE): then look
+        again shortly (see berth.shim.grouping)."""
         if released and released not in service.served:  # started here, never created
             service.served[released] = bundle_inode(os.path.join(namespace_dir, released))
         if service.busy():
             return  # a task came meanwhile
-        with Lock(namespace_dir, blocking=False) as lock:
-            if lock.held:
-                pending = joining(namespace_dir, f"unix://{path}", service.served)
-                if not pending:
+        if _identity(path) != identity:  # our socket's name is gone or another's: unreachable
+            leave()
+            return
+        try:
+            with Lock(namespace_dir, blocking=False) as lock:
+                if lock.held and not _awaited(joining(namespace_dir, f"unix://{path}",
+                                                      service.served)):
                     leave()
                     return
-                log.debug("staying for %s, on the way here", ", ".join(pending))
+        except OSError as err:
+            log.warning("cannot take the namespace's grouping lock (%s); trying again", err)
         loop.call_later(JOIN_RECHECK, leave_when_idle)
+
+    def _awaited(pending: list[str]) -> list[str]:
+        """Of the tasks on their way, those not waited for longer than JOIN_PATIENCE (one
+        whose daemon gave up on it, or died, must not keep the shim forever)."""
+        now = time.monotonic()
+        for gone in set(waiting_since) - set(pending):
+            del waiting_since[gone]
+        awaited = [t for t in pending if now - waiting_since.setdefault(t, now) < JOIN_PATIENCE]
+        if awaited:
+            log.debug("staying for %s, on the way here", ", ".join(awaited))
+        return awaited
 
     service = TaskService(namespace, reaper, publisher, on_idle_shutdown=leave_when_idle,
                           log_owner=shim_id)

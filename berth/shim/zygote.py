@@ -156,10 +156,9 @@ def send(sock: _socket.socket | socket.socket, message: dict[str, Any],
     data = marshal.dumps(message)
     data = len(data).to_bytes(4, "big") + data
     if fds:
-        import array
-
-        sent = sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                                      array.array("i", fds).tobytes())])
+        # C ints in native order (``array`` would do, but it imports collections: see lean)
+        ints = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
+        sent = sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, ints)])
     else:
         sent = sock.send(data)
     if sent < len(data):
