@@ -16,7 +16,7 @@ import signal
 import socket
 import time
 
-from berth.shim.grouping import Lock, bundle_inode, joining
+from berth.shim.grouping import Lock, joining
 from berth.shim.main import LISTEN_FD
 from berth.shim.reaper import Reaper, set_subreaper
 from berth.shim.spawn import close_on_exec_all
@@ -89,8 +89,8 @@ async def _serve(namespace: str, shim_id: str, listener: socket.socket) -> None:
         """Shutdown (for the task ``released``) found no task here. Leave, unless a task whose
         ``start`` chose this shim has yet to be created (for at most JOIN_PATIENCE): then look
         again shortly (see berth.shim.grouping)."""
-        if released and released not in service.served:  # started here, never created
-            service.served[released] = bundle_inode(os.path.join(namespace_dir, released))
+        if released:
+            service.release(released, os.path.join(namespace_dir, released))
         if service.busy():
             return  # a task came meanwhile
         if _identity(path) != identity:  # our socket's name is gone or another's: unreachable
@@ -99,7 +99,7 @@ async def _serve(namespace: str, shim_id: str, listener: socket.socket) -> None:
         try:
             with Lock(namespace_dir, blocking=False) as lock:
                 if lock.held and not _awaited(joining(namespace_dir, f"unix://{path}",
-                                                      service.served)):
+                                                      service.served())):
                     leave()
                     return
         except OSError as err:

@@ -80,10 +80,10 @@ class TaskService:
         self.namespace = namespace
         # whose bundle's ``log`` FIFO is our stderr: the task ``start`` ran for
         self.log_owner = log_owner
-        # the tasks this shim was asked to create, with their bundle's inode: a bundle naming
-        # our socket that is not among them is a task on its way here (see berth.shim.grouping)
-        self.served: dict[str, int] = {}
-        self._bundles: dict[str, str] = {}  # of the tasks served
+        # the tasks this shim was asked to create (or released unmade): id -> (bundle, its
+        # inode). A bundle naming our socket that is not among them is a task on its way here
+        # (see berth.shim.grouping).
+        self._served: dict[str, tuple[str, int]] = {}
         self.reaper = reaper
         self.publisher = publisher
         self._shutdown = on_idle_shutdown
@@ -123,13 +123,21 @@ class TaskService:
         else:
             self._publish(event)
 
+    def served(self) -> dict[str, int]:
+        """The tasks this shim knows, with their bundle's inode (for grouping.joining)."""
+        return {cid: inode for cid, (_bundle, inode) in self._served.items()}
+
+    def release(self, task_id: str, bundle: str) -> None:
+        """Count ``task_id`` (in ``bundle``) as known though it was never created here: its
+        daemon is done with it (Shutdown named it)."""
+        self._served.setdefault(task_id, (bundle, bundle_inode(bundle)))
+
     def _forget_gone(self) -> None:
         """Forget the served tasks that are deleted and whose bundle is gone too."""
-        for cid, bundle in list(self._bundles.items()):
+        for cid, (bundle, inode) in list(self._served.items()):
             if cid not in self.containers and cid not in self._creating \
-                    and bundle_inode(bundle) != self.served.get(cid):
-                del self._bundles[cid]
-                self.served.pop(cid, None)
+                    and bundle_inode(bundle) != inode:
+                del self._served[cid]
 
     def _hand_over_log(self) -> None:
         """The daemon reads a bundle's ``log`` FIFO only while its task exists: when the task
@@ -178,8 +186,7 @@ class TaskService:
         if request.id in self.containers or request.id in self._creating:
             raise errdefs.AlreadyExists(f"container {request.id} already exists in this shim")
         self._creating.add(request.id)
-        self.served[request.id] = bundle_inode(request.bundle)
-        self._bundles[request.id] = request.bundle
+        self._served[request.id] = (request.bundle, bundle_inode(request.bundle))
         try:
             container = await Container.create(request, self.namespace, self.reaper)
         finally:
