@@ -290,6 +290,11 @@ def serve_forever(path: str) -> int:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
+        # Requests that came as we decided to leave are still served; later ones find no
+        # socket and start another zygote.
+        with contextlib.suppress(OSError):
+            while select.select([listener], [], [], 0)[0]:
+                _serve_one(listener)
 
 
 def _serve_one(listener: socket.socket) -> int:
