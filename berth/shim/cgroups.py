@@ -242,31 +242,29 @@ class CgroupV1:
             return None
 
 
-class _EventfdOOM:
-    """cgroup v1 OOM notification: an eventfd registered through ``cgroup.event_control``.
-    The kernel also signals it when the cgroup is removed; then the watch ends quietly."""
+class _FdWatch:
+    """An OOM watch on an fd the kernel makes readable: drained on each wake-up, closed when
+    the fd fails or the cgroup is gone. Subclasses set ``_fd``, ``_path``, ``_on_oom``, call
+    :meth:`_start`, and say how to drain (:meth:`_drain`) and whether it was an OOM
+    (:meth:`_fired`)."""
 
-    def __init__(self, path: str, on_oom: Callable[[], None]) -> None:
-        self._path = path
-        self._on_oom = on_oom
+    _fd = -1
+    _path = ""
+    _on_oom: Callable[[], None]
+
+    def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        oom_fd = -1
-        try:
-            oom_fd = os.open(f"{path}/memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
-            with open(f"{path}/cgroup.event_control", "w") as control:
-                control.write(f"{self._efd} {oom_fd}")
-        except BaseException:
-            os.close(self._efd)
-            raise
-        finally:
-            if oom_fd >= 0:
-                os.close(oom_fd)
-        self._loop.add_reader(self._efd, self._readable)
+        self._loop.add_reader(self._fd, self._readable)
+
+    def _drain(self) -> None:
+        raise NotImplementedError
+
+    def _fired(self) -> bool:
+        return True
 
     def _readable(self) -> None:
         try:
-            os.eventfd_read(self._efd)
+            self._drain()
         except BlockingIOError:
             return
         except OSError:
@@ -275,13 +273,39 @@ class _EventfdOOM:
         if not os.path.isdir(self._path):
             self.close()
             return
-        self._on_oom()
+        if self._fired():
+            self._on_oom()
 
     def close(self) -> None:
-        if self._efd >= 0:
-            self._loop.remove_reader(self._efd)
-            os.close(self._efd)
-            self._efd = -1
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _EventfdOOM(_FdWatch):
+    """cgroup v1 OOM notification: an eventfd registered through ``cgroup.event_control``.
+    The kernel also signals it when the cgroup is removed; then the watch ends quietly."""
+
+    def __init__(self, path: str, on_oom: Callable[[], None]) -> None:
+        self._path = path
+        self._on_oom = on_oom
+        self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        oom_fd = -1
+        try:
+            oom_fd = os.open(f"{path}/memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+            with open(f"{path}/cgroup.event_control", "w") as control:
+                control.write(f"{self._fd} {oom_fd}")
+        except BaseException:
+            os.close(self._fd)
+            raise
+        finally:
+            if oom_fd >= 0:
+                os.close(oom_fd)
+        self._start()
+
+    def _drain(self) -> None:
+        os.eventfd_read(self._fd)
 
 
 # -- cgroup v2 ---------------------------------------------------------------------------------
@@ -343,7 +367,7 @@ class CgroupV2:
             return None
 
 
-class _InotifyOOM:
+class _InotifyOOM(_FdWatch):
     """cgroup v2 OOM notification: ``memory.events`` is modified; ``oom_kill`` grew."""
 
     _IN_MODIFY = 0x2
@@ -364,27 +388,14 @@ class _InotifyOOM:
                                         self._IN_MODIFY) < 0:
             os.close(self._fd)
             raise OSError(ctypes.get_errno(), "inotify_add_watch")
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._fd, self._readable)
+        self._start()
 
-    def _readable(self) -> None:
-        try:
-            os.read(self._fd, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.close()
-            return
-        if not os.path.isdir(self._path):
-            self.close()
-            return
+    def _drain(self) -> None:
+        os.read(self._fd, 4096)
+
+    def _fired(self) -> bool:
         count = _flat(f"{self._path}/memory.events").get("oom_kill", 0)
-        if count > self._seen:
-            self._seen = count
-            self._on_oom()
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            self._loop.remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+        if count <= self._seen:
+            return False
+        self._seen = count
+        return True
