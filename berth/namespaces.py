@@ -9,31 +9,21 @@ reads it with :func:`current`.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator
 from contextvars import ContextVar
 
-from berth import errdefs
+from berth import errdefs, identifiers
 
 GRPC_HEADER = "containerd-namespace"
 TTRPC_HEADER = "containerd-namespace-ttrpc"
 DEFAULT = "default"
-
-# containerd's identifier rule: label-like segments of alphanumerics, '-', '_' and '.'.
-_VALID = re.compile(r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$")
-_MAX_LEN = 76
 
 _current: ContextVar[str | None] = ContextVar("berth_namespace", default=None)
 
 
 def validate(name: str) -> str:
     """Return ``name`` if it is a valid namespace, else raise InvalidArgument."""
-    if not name or len(name) > _MAX_LEN or not _VALID.match(name):
-        raise errdefs.InvalidArgument(
-            f"namespace {name!r} is invalid: use letters, digits, '.', '_' and '-', "
-            f"starting and ending with a letter or digit, at most {_MAX_LEN} characters"
-        )
-    return name
+    return identifiers.validate(name, "namespace")
 
 
 def current() -> str:

@@ -27,17 +27,14 @@ Values that travel as protobuf ``Any`` (runtime options, extensions, the spec) a
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from berth import errdefs, labels
+from berth import errdefs, identifiers, labels
 from berth.oci.spec import SPEC_TYPE_URL, Spec
 
-# containerd's identifiers.Validate: label-like segments of alphanumerics joined by . _ -
-_ID = re.compile(r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$")
-MAX_ID_LENGTH = 76
+MAX_ID_LENGTH = identifiers.MAX_LENGTH
 
 UPDATABLE = ("labels", "labels.<key>", "spec", "extensions", "extensions.<key>", "image",
              "snapshotkey")
@@ -95,14 +92,7 @@ class Store(Protocol):
 
 def validate_id(container_id: str) -> str:
     """``container_id`` if it is a valid identifier, else InvalidArgument."""
-    if not container_id:
-        raise errdefs.InvalidArgument("container id must not be empty")
-    if len(container_id) > MAX_ID_LENGTH or not _ID.match(container_id):
-        raise errdefs.InvalidArgument(
-            f"container id {container_id!r} is invalid: use letters, digits, '.', '_' and '-', "
-            f"starting and ending with a letter or digit, at most {MAX_ID_LENGTH} characters"
-        )
-    return container_id
+    return identifiers.validate(container_id, "container id")
 
 
 def validate(container: Container) -> None:

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from google.protobuf import any_pb2
 
-from berth import errdefs, namespaces
+from berth import errdefs, identifiers, namespaces
 from berth.api.events import task_pb2 as events_pb
 from berth.api.runtime.task.v2 import shim_pb2
 from berth.api.types import mount_pb2
@@ -252,8 +252,7 @@ class TaskManager:
 
     def exec(self, container_id: str, exec_id: str, spec: any_pb2.Any, *, stdin: str,
              stdout: str, stderr: str, terminal: bool) -> None:
-        if not exec_id:
-            raise errdefs.InvalidArgument("exec id must not be empty")
+        identifiers.validate(exec_id, "exec id")
         self.get(container_id).shim.call("Exec", shim_pb2.ExecProcessRequest(
             id=container_id, exec_id=exec_id, terminal=terminal, stdin=stdin, stdout=stdout,
             stderr=stderr, spec=spec))

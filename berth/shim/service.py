@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from google.protobuf import empty_pb2
 
-from berth import errdefs
+from berth import errdefs, identifiers
 from berth.api.events import task_pb2 as events
 from berth.api.runtime.task.v2 import shim_pb2 as api
 from berth.api.types.task import task_pb2 as types
@@ -179,8 +179,7 @@ class TaskService:
 
     @_uninterrupted
     async def Create(self, ctx: Any, request: Any) -> Any:
-        if not request.id:
-            raise errdefs.InvalidArgument("container id is required")
+        identifiers.validate(request.id, "container id")
         if request.checkpoint:
             raise errdefs.NotImplementedByBerth("restoring from a checkpoint is not supported")
         if request.id in self.containers or request.id in self._creating:
@@ -293,8 +292,7 @@ class TaskService:
     @_uninterrupted
     async def Exec(self, ctx: Any, request: Any) -> Any:
         container = self._container(request.id)
-        if not request.exec_id:
-            raise errdefs.InvalidArgument("exec id is required")
+        identifiers.validate(request.exec_id, "exec id")
         stdio = StdioRequest(request.stdin, request.stdout, request.stderr, request.terminal)
         container.add_exec(request.exec_id, stdio, request.spec.value)
         self._publish(events.TaskExecAdded(container_id=container.id, exec_id=request.exec_id))
