@@ -4,7 +4,9 @@
 
 Login first proves the credentials: ``GET /v2/`` on the registry, answering its auth challenge
 (basic, or a bearer token from its token server) with them, through the registry client of
-:mod:`berth.remotes`. Nothing is stored when the registry rejects them.
+:mod:`berth.remotes`. Nothing is stored when the registry rejects them. They are offered to the
+registry's own challenge only, never to a host it redirects to (nor its token realm), and the
+registry's answer is read with a bound.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from berth import errdefs
 from berth.cli.state import console, err_console
 from berth.remotes.auth import Authorizer
 from berth.remotes.dockerconfig import DockerConfig, normalize_host
+from berth.remotes.errors import RedirectedUnauthorized
 from berth.remotes.hosts import HostsConfig
 from berth.remotes.session import RegistrySession, RetryPolicy, raise_for_status
 
@@ -33,13 +36,21 @@ def verify(host: str, username: str, secret: str, *, plain_http: bool = False) -
         raise errdefs.InvalidArgument(
             f"the hosts configuration gives registry {host} no server to log in to")
     origin = servers[-1]
-    session = RegistrySession(Authorizer(lambda _host: (username, secret)),
-                              retry=RetryPolicy(max_retries=1))
+
+    def credentials(server: str) -> tuple[str, str] | None:
+        # Only the registry being logged in to gets them: a host it redirects to (or whose
+        # challenge names a token realm) must never see them.
+        return (username, secret) if server == origin.host else None
+
+    session = RegistrySession(Authorizer(credentials), retry=RetryPolicy(max_retries=1))
     try:
         resp = session.request("GET", origin, "/", target=f"registry {host}")
         raise_for_status(resp, f"registry {host}", origin.host)
     except errdefs.FailedPrecondition as err:
-        if str(err).startswith(("unauthorized", "denied")):
+        # A host the registry redirected to never saw the credentials: its refusal says
+        # nothing about them, so its own message stands.
+        rejected = not isinstance(err, RedirectedUnauthorized)
+        if rejected and str(err).startswith(("unauthorized", "denied")):
             who = f"user {username!r}" if username else "the identity token"
             raise errdefs.FailedPrecondition(
                 f"login to {host} failed: the registry rejected the credentials of {who}"

@@ -292,7 +292,8 @@ class Prepared:
 
 
 class Authorizer:
-    """Challenges and tokens per registry host; thread-safe; no I/O.
+    """Challenges and tokens per host that sent a challenge (a registry, or a host it
+    redirected to: each answered with its own credentials only); thread-safe; no I/O.
 
     Per host it remembers the last challenge's scheme, realm and service (not its scope: that
     belongs to the one request that got it), and caches bearer tokens by scope. The credentials

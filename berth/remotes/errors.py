@@ -7,6 +7,10 @@
   and "log in first" is a precondition the caller can fix. (If errdefs gains
   ``PermissionDenied``, 403 and rejected credentials belong there.)
 * Unreachable registries and 429/5xx after retries → ``Unavailable``.
+* A response larger than Berth reads into memory → ``ResourceExhausted`` (:func:`too_large`),
+  as gRPC answers a message over its size limit; retrying would only fetch it again.
+  (Manifests over ``MAX_MANIFEST_SIZE`` stay ``InvalidArgument``: that is the resolver's and
+  fetcher's documented contract.)
 * Anything else unexpected → ``FailedPrecondition`` with the status and the registry's message.
 
 The registry's own ``{"errors": [{"code", "message"}]}`` is quoted in every message.
@@ -50,6 +54,31 @@ def unreachable(host: str, err: BaseException) -> errdefs.Unavailable:
     return errdefs.Unavailable(
         f"registry {host} is unreachable: {network_reason(err)}; "
         "check the address and that it is running"
+    )
+
+
+class RedirectedUnauthorized(errdefs.FailedPrecondition):
+    """A host the registry redirected to asked for credentials, or refused what it was given.
+
+    The registry's own credentials were never offered to it (by design), so this says nothing
+    about them: ``berth login`` must not report them as rejected. Its code is
+    FailedPrecondition's, like every other 401.
+    """
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+def too_large(what: str, source: str, limit: int) -> errdefs.ResourceExhausted:
+    """The error for ``what`` (e.g. "the token response") from ``source`` (e.g. "registry
+    r.io") being longer than the ``limit`` bytes Berth will read of it."""
+    return errdefs.ResourceExhausted(
+        f"{what} from {source} is larger than the {limit}-byte ({_size(limit)}) limit for it; "
+        "refusing to read more"
     )
 
 

@@ -9,7 +9,10 @@ Contracts every implementation keeps:
 * Registries are tried in the order the hosts configuration gives (mirrors first, then the
   origin), each with the capabilities it was given (``pull``, ``resolve``, ``push``).
 * Credentials come from a :class:`Credentials` callback per host; bearer and basic challenges
-  (``WWW-Authenticate``) are answered transparently, tokens cached per scope.
+  (``WWW-Authenticate``) are answered transparently, tokens cached per scope. A challenge is
+  answered with the credentials of the host that sent it: a registry's never go to a host it
+  redirects to, nor to a token realm that host names. Redirects never go from HTTPS to HTTP.
+* Response bodies are read into memory only with a bound (``ResourceExhausted`` beyond it).
 * Transient failures (connection errors, 429, 5xx) are retried with backoff a bounded number of
   times; then ``errdefs.Unavailable`` says which registry failed and how.
 * Manifests and indexes larger than ``MAX_MANIFEST_SIZE`` are refused (``InvalidArgument``)
