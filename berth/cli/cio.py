@@ -14,8 +14,12 @@ Tasks.Exec and the shim wires it (see containerd's ``pkg/cio``).
   :mod:`berth.cli.logdriver`, which appends it to the same file.
 
 Log files live at ``/var/log/berth/containers/<namespace>/<id>.log`` (the directory can be
-moved with ``BERTH_LOG_DIR``); the path a container's output went to is recorded in its
-``berth/log-path`` label, so later commands find it wherever it is.
+moved with ``BERTH_LOG_DIR``), a path made from the namespace and the container id only, both
+checked to be identifiers (:func:`log_path`). Nothing a container record carries decides it: its
+labels are anyone's to write who can reach berthd (``ctr containers label``), and a path taken
+from one would let them have ``berth logs`` print, and ``berth rm`` delete, any file of the host.
+The directories are made 0700 and the files 0640; they are opened without following a symbolic
+link, and ``berth logs`` reads only a regular file.
 
 Reading a FIFO: the CLI opens its read end non-blocking right away (no writer needed) and polls
 it; Linux reports no hang-up on a FIFO until a writer has come, so the copy ends exactly when
@@ -30,6 +34,7 @@ import fcntl
 import os
 import select
 import shutil
+import stat
 import struct
 import sys
 import tempfile
@@ -41,18 +46,26 @@ from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlencode
 
+from berth import errdefs, namespaces
+from berth.containers import validate_id
+
 LOG_DIR_ENV = "BERTH_LOG_DIR"
 DEFAULT_LOG_DIR = "/var/log/berth/containers"
+LOG_FILE_MODE = 0o640  # the owner appends; its group (adm, say) may read
 FIFO_DIR = "/run/berth/fifo"
 _CHUNK = 32768
 
 
 def log_dir() -> str:
-    return os.environ.get(LOG_DIR_ENV) or DEFAULT_LOG_DIR
+    return os.path.abspath(os.environ.get(LOG_DIR_ENV) or DEFAULT_LOG_DIR)
 
 
-def default_log_path(namespace: str, container_id: str) -> str:
-    return os.path.join(os.path.abspath(log_dir()), namespace, f"{container_id}.log")
+def log_path(namespace: str, container_id: str) -> str:
+    """The log file of ``container_id`` in ``namespace`` (InvalidArgument unless both are
+    identifiers, so neither can climb out of the log directory)."""
+    namespaces.validate(namespace)
+    validate_id(container_id)
+    return os.path.join(log_dir(), namespace, f"{container_id}.log")
 
 
 def file_uri(path: str) -> str:
@@ -66,12 +79,75 @@ def logger_uri(path: str) -> str:
     return f"binary://{sys.executable}?{urlencode({script: path})}"
 
 
+def _private_directory(path: str, *, may_be_link: bool) -> None:
+    """Make ``path`` (and its parents) a directory only its owner can enter, unless it exists
+    as one. A symbolic link there is refused unless ``may_be_link`` (the log directory itself
+    is an administrator's choice, and may be a link to a larger disk)."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path) if may_be_link else os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise errdefs.FailedPrecondition(f"{path} must be a directory (not a link or a file)")
+    # Older berths made these 0755; tighten what is ours (a directory someone else owns is
+    # left as it is).
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+
+
+def _open_no_link(path: str, flags: int, mode: int = 0o600) -> int:
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise errdefs.FailedPrecondition(
+                f"log file {path} is a symbolic link: not followed") from None
+        raise
+
+
+def open_log(path: str) -> int:
+    """A descriptor that appends to the log file ``path`` (see :func:`log_path`), made 0640 in
+    directories made 0700 when missing. A symbolic link or anything but a regular file at
+    ``path`` is refused."""
+    _private_directory(os.path.dirname(os.path.dirname(path)), may_be_link=True)
+    _private_directory(os.path.dirname(path), may_be_link=False)
+    # O_NONBLOCK: a FIFO planted there fails at once (ENXIO) instead of blocking the open.
+    fd = _open_no_link(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK,
+                       LOG_FILE_MODE)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise errdefs.FailedPrecondition(f"log file {path} is not a regular file")
+        # made wider by an older berth (0644)
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & ~LOG_FILE_MODE:
+            os.fchmod(fd, LOG_FILE_MODE)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def prepare_log(path: str) -> None:
-    """Make sure the log file's directory exists (the file itself is appended to)."""
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    """Make the log file ``path`` exist with its mode (see :func:`open_log`), for a shim or the
+    log driver to append to."""
+    os.close(open_log(path))
+
+
+def read_log(path: str) -> int | None:
+    """A read-only descriptor of the log file ``path``, or None if there is none yet. A
+    symbolic link or anything but a regular file is refused (a FIFO would block the reader)."""
+    try:
+        fd = _open_no_link(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise errdefs.FailedPrecondition(f"log file {path} is not a regular file")
+    return fd
 
 
 def remove_log(path: str) -> None:
+    """Remove the log file ``path`` (a link there is removed itself, never what it points to),
+    and its namespace's directory if that became empty."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     with contextlib.suppress(OSError):  # only if it became empty

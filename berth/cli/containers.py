@@ -3,8 +3,11 @@
 A container made by ``berth run`` carries labels the other commands read:
 
 * ``berth/name``: its name (the id, when ``--name`` gave one);
-* ``berth/log-path``: the file its output goes to (see :mod:`berth.cli.cio`);
 * ``berth/stop-signal``: the image's ``StopSignal``, which ``berth stop`` sends first.
+
+Labels are anyone's to write who can reach berthd, so none is ever taken as a host path: a
+container's log file is always ``<log dir>/<namespace>/<id>.log`` (:func:`berth.cli.cio.log_path`).
+(Berth once kept that path in a ``berth/log-path`` label; such a label is now ignored.)
 
 A container is named on the command line by its id, or by a prefix of its id that no other
 container shares. Its state is its task's: none (``Created``), created, running (``Up``),
@@ -34,7 +37,6 @@ from berth.client import Client
 from berth.services.convert import from_timestamp
 
 LABEL_NAME = "berth/name"
-LABEL_LOG_PATH = "berth/log-path"
 LABEL_STOP_SIGNAL = "berth/stop-signal"
 
 STATUS = task_pb2.Status
@@ -71,7 +73,8 @@ def name_of(c: containers_pb2.Container) -> str:
 
 
 def log_path_of(c: containers_pb2.Container) -> str:
-    return c.labels.get(LABEL_LOG_PATH, "")
+    """Where ``c``'s output is kept: made from the namespace and its id, never from a label."""
+    return cio.log_path(state.namespace, c.id)
 
 
 def spec_of(c: containers_pb2.Container) -> dict[str, Any]:
@@ -180,8 +183,7 @@ def remove(client: Client, c: containers_pb2.Container, *, force: bool) -> None:
     if c.snapshot_key and c.snapshotter:
         with contextlib.suppress(errdefs.NotFound):
             client.remove_snapshot(c.snapshotter, c.snapshot_key)
-    if log_path_of(c):
-        cio.remove_log(log_path_of(c))
+    cio.remove_log(log_path_of(c))
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -372,26 +374,21 @@ def logs(
     client = state.client()
     c = resolve(client, container)
     path = log_path_of(c)
-    if not path:
-        raise errdefs.NotFound(
-            f"container {name_of(c)} has no log file (it was not made by `berth run`)")
     out = cio.binary_stdout()
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        if not follow:
-            return
-        fd = -1
+    opened = cio.read_log(path)
+    if opened is None and not follow:
+        return  # no output yet, or not made by `berth run`
+    fd = -1 if opened is None else opened
     try:
         pos = _tail_offset(fd, tail) if fd >= 0 and tail is not None else 0
 
         def pump() -> bool:
             nonlocal pos, fd
             if fd < 0:
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
+                opened = cio.read_log(path)
+                if opened is None:
                     return False
+                fd = opened
             moved = False
             while data := os.pread(fd, 65536, pos):
                 out.write(data)

@@ -8,9 +8,10 @@ URI is ``binary:///<python>?<this file>=<log file>``: the interpreter runs this 
 script, which imports nothing from Berth, so the logger starts in milliseconds and stays small
 for as long as the container runs.
 
-It opens the log file, closes fd 5 (ready), then appends whatever arrives on fd 3 and fd 4
-until stdout ends (with a terminal, stderr never carries anything and may never end), takes
-what stderr still has, and exits; SIGTERM makes it finish the same way.
+It opens the log file (never through a symbolic link), closes fd 5 (ready), then appends
+whatever arrives on fd 3 and fd 4 until stdout ends (with a terminal, stderr never carries
+anything and may never end), takes what stderr still has, and exits; SIGTERM makes it finish
+the same way.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     path = argv[0]
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    out = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # berth made the file (0640, in its private directory: berth.cli.cio.open_log) before it
+    # named it in the URI; a link put there since is not followed.
+    out = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                  0o640)
     os.close(READY_FD)
     stop_r, stop_w = os.pipe()
     signal.signal(signal.SIGTERM, lambda *_: os.write(stop_w, b"x"))

@@ -9,7 +9,9 @@ them, as ``ctr run`` makes them (and nerdctl's flags).
 3. under a lease: Snapshots.Prepare of the container's root filesystem (key = the container
    id, parent = the top chain ID), the OCI spec (:mod:`berth.oci.spec`: containerd's defaults,
    then the image config, then the flags; user and group names resolved in that root
-   filesystem, mounted read-only for a moment), and Containers.Create;
+   filesystem, mounted read-only for a moment; last, containerd's default seccomp profile
+   (:mod:`berth.oci.seccomp`) unless ``--security-opt`` or ``--privileged`` says otherwise),
+   and Containers.Create;
 4. Tasks.Create with the process's stdio (:mod:`berth.cli.cio`), Tasks.Wait, Tasks.Start;
 5. in the foreground: stdio copied, signals forwarded (Tasks.Kill) or the terminal's size
    (Tasks.ResizePty), and the container's exit status becomes berth's. The stopped task is kept
@@ -26,7 +28,7 @@ import secrets
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Annotated, Any
 
@@ -37,7 +39,6 @@ from berth import errdefs
 from berth.api.services.containers.v1 import containers_pb2
 from berth.cli import cio, documents, rootfs
 from berth.cli.containers import (
-    LABEL_LOG_PATH,
     LABEL_NAME,
     LABEL_STOP_SIGNAL,
     STATUS,
@@ -50,6 +51,7 @@ from berth.cli.state import find_image, state
 from berth.client import Client
 from berth.containers import pack_spec, validate_id
 from berth.images.manifest import chain_ids
+from berth.oci import seccomp
 from berth.oci import spec as oci
 
 DEFAULT_RUNTIME = "io.containerd.runc.v2"
@@ -140,9 +142,7 @@ def attached(client: Client, container_id: str, exec_id: str, attach: Attach,
         out_fd = cio.open_reader(fifos.stdout)
         err_fd = cio.open_reader(fifos.stderr) if fifos.stderr else None
         if attach.log_path:
-            cio.prepare_log(attach.log_path)
-            log_fd = os.open(attach.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                             0o644)
+            log_fd = cio.open_log(attach.log_path)
         pumps.append(cio.OutputPump(out_fd, cio.binary_stdout(), log_fd))
         if err_fd is not None:
             pumps.append(cio.OutputPump(err_fd, cio.binary_stderr(), log_fd))
@@ -248,6 +248,93 @@ def _new_id(client: Client) -> str:
     raise errdefs.Internal("could not pick an unused container id")
 
 
+# -- security options --------------------------------------------------------------------------
+
+SECCOMP_PROFILE_LIMIT = 1 << 20  # bytes of a --security-opt seccomp=FILE profile
+
+
+@dataclass
+class Security:
+    """What ``--security-opt`` asked for."""
+
+    seccomp: str | dict[str, Any] = "default"  # "default", "unconfined" or a profile
+    no_new_privileges: bool | None = None  # None: the default (true, unless --privileged)
+
+
+def _load_seccomp_profile(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(SECCOMP_PROFILE_LIMIT + 1)
+    except OSError as err:
+        raise errdefs.InvalidArgument(
+            f"cannot read seccomp profile {path}: {err.strerror or err}") from None
+    if len(data) > SECCOMP_PROFILE_LIMIT:
+        raise errdefs.InvalidArgument(
+            f"seccomp profile {path} is larger than {SECCOMP_PROFILE_LIMIT} bytes")
+    try:
+        profile = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise errdefs.InvalidArgument(f"seccomp profile {path} is not JSON: {err}") from None
+    if not isinstance(profile, dict):
+        raise errdefs.InvalidArgument(
+            f"seccomp profile {path} must be a JSON object (an OCI linux.seccomp)")
+    oci.with_seccomp(profile)  # checks it now, before anything is made
+    return profile
+
+
+def parse_security_opts(entries: list[str]) -> Security:
+    """``--security-opt`` values, as nerdctl reads them: ``seccomp=unconfined``,
+    ``seccomp=FILE`` (an OCI ``linux.seccomp`` object, read now), ``no-new-privileges`` and
+    ``no-new-privileges=true|false``. Anything else is InvalidArgument."""
+    security = Security()
+    for entry in entries:
+        key, eq, value = entry.partition("=")
+        if key == "seccomp":
+            if not value:
+                raise errdefs.InvalidArgument(
+                    "--security-opt seccomp needs a value: unconfined or a profile file")
+            security.seccomp = "unconfined" if value == "unconfined" else \
+                _load_seccomp_profile(value)
+        elif key == "no-new-privileges":
+            # the words Go's strconv.ParseBool (nerdctl's parser) takes
+            if not eq or value in ("1", "t", "T", "true", "TRUE", "True"):
+                security.no_new_privileges = True
+            elif value in ("0", "f", "F", "false", "FALSE", "False"):
+                security.no_new_privileges = False
+            else:
+                raise errdefs.InvalidArgument(
+                    f"--security-opt {entry!r}: no-new-privileges takes true or false")
+        else:
+            raise errdefs.InvalidArgument(
+                f"--security-opt {entry!r} is not supported: use seccomp=unconfined, "
+                "seccomp=FILE or no-new-privileges[=true|false]")
+    return security
+
+
+def _security_opts(security: Security, privileged: bool) -> list[oci.SpecOpt]:
+    """The spec options for ``--privileged`` and ``--security-opt``, to apply last.
+
+    By default a container gets both containerd's default seccomp profile and
+    ``noNewPrivileges``. Neither ctr nor nerdctl has both by default: `ctr run` sets
+    noNewPrivileges (``--allow-new-privs`` clears it) but applies the profile only with
+    ``--seccomp``; nerdctl applies the profile but sets noNewPrivileges only with
+    ``--security-opt no-new-privileges``. Berth takes the safe default of each. As in nerdctl,
+    --privileged has no seccomp filter unless a profile file is named, and allows new
+    privileges unless no-new-privileges is asked for."""
+    opts: list[oci.SpecOpt] = []
+    if privileged:
+        opts.append(oci.with_privileged(oci.current_capabilities(), oci.host_devices()))
+    if security.no_new_privileges is not None:
+        opts.append(oci.with_new_privileges(not security.no_new_privileges))
+    # The default profile depends on the capabilities, so it comes after anything that sets
+    # them (containerd's WithDefaultProfile has the same rule).
+    if isinstance(security.seccomp, dict):
+        opts.append(oci.with_seccomp(security.seccomp))
+    elif security.seccomp == "default" and not privileged:
+        opts.append(seccomp.with_default_profile())
+    return opts
+
+
 @dataclass
 class RunOptions:
     image: str
@@ -262,6 +349,8 @@ class RunOptions:
     snapshotter: str
     network: str
     tty: bool
+    security_opts: list[str] = field(default_factory=list)
+    privileged: bool = False
 
 
 def create_container(client: Client, o: RunOptions) -> containers_pb2.Container:
@@ -282,6 +371,7 @@ def create_container(client: Client, o: RunOptions) -> containers_pb2.Container:
     if o.network not in NETWORKS:
         raise errdefs.InvalidArgument(f"--network must be one of {', '.join(NETWORKS)}")
     _check_binds(o.volumes)
+    security = parse_security_opts(o.security_opts)
     if o.name is not None:
         cid = validate_id(o.name)
         with contextlib.suppress(errdefs.NotFound):
@@ -292,7 +382,7 @@ def create_container(client: Client, o: RunOptions) -> containers_pb2.Container:
     else:
         cid = _new_id(client)
     namespace = state.namespace
-    labels = {LABEL_NAME: cid, LABEL_LOG_PATH: cio.default_log_path(namespace, cid)}
+    labels = {LABEL_NAME: cid}
     inner = config_doc.get("config")
     stop_signal = inner.get("StopSignal") if isinstance(inner, dict) else None
     if isinstance(stop_signal, str) and stop_signal:
@@ -317,6 +407,7 @@ def create_container(client: Client, o: RunOptions) -> containers_pb2.Container:
                     opts.append(oci.with_mounts(o.volumes))
                 if o.tty:
                     opts.append(oci.with_tty())
+                opts += _security_opts(security, o.privileged)
                 spec = oci.generate_spec(namespace, cid, *opts)
             if not (spec.get("process") or {}).get("args"):
                 raise errdefs.InvalidArgument(
@@ -340,7 +431,7 @@ def start_task(client: Client, c: containers_pb2.Container, *, attach: Attach | 
     """Step 4 (and 5): a new task for ``c``; attached, its exit status; detached, None (its
     output goes to the container's log file)."""
     if attach is None:
-        log_path = c.labels.get(LABEL_LOG_PATH) or cio.default_log_path(state.namespace, c.id)
+        log_path = cio.log_path(state.namespace, c.id)
         cio.prepare_log(log_path)
         if tty:
             client.create_task(c.id, stdout=cio.logger_uri(log_path), terminal=True)
@@ -401,6 +492,13 @@ def run(
     ] = None,
     network: Annotated[str, typer.Option(
         "--network", "--net", help="none (a loopback of its own) or host.")] = "none",
+    security_opt: Annotated[list[str] | None, typer.Option(
+        "--security-opt", metavar="OPT",
+        help="seccomp=unconfined (no filter), seccomp=PROFILE.json (an OCI linux.seccomp "
+             "object), no-new-privileges[=true|false] (repeatable).")] = None,
+    privileged: Annotated[bool, typer.Option(
+        "--privileged", help="Every capability berth has, every host device, no seccomp "
+                             "filter, no masked paths, new privileges allowed.")] = False,
 ) -> None:
     """Run a command in a new container.
 
@@ -418,10 +516,10 @@ def run(
     client = state.client()
     opts = RunOptions(image, list(command or []), name, list(env or []), workdir, user,
                       list(volume or []), entrypoint, runtime, snapshotter or state.snapshotter,
-                      network, tty)
+                      network, tty, list(security_opt or []), privileged)
     c = create_container(client, opts)
     attach = None if detach else Attach(stdin=interactive, tty=tty,
-                                        log_path=c.labels.get(LABEL_LOG_PATH, ""))
+                                        log_path=cio.log_path(state.namespace, c.id))
     try:
         status = start_task(client, c, attach=attach, tty=tty)
     except BaseException:
@@ -467,7 +565,7 @@ def start(
         print(name_of(c))
         return
     status = start_task(client, c, attach=Attach(stdin=interactive, tty=tty,
-                                                 log_path=c.labels.get(LABEL_LOG_PATH, "")),
+                                                 log_path=cio.log_path(state.namespace, c.id)),
                         tty=tty)
     raise typer.Exit(status or 0)
 

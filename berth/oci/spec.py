@@ -10,6 +10,8 @@ when :func:`with_user`, :func:`with_additional_gids` or :func:`with_image_config
 missing user is reported there), and those files are resolved *inside* that directory (symlinks
 cannot lead out of it; see :func:`berth.diff.rootpath.resolve_in_root`), opened without following
 a final symlink, and must be regular files of bounded size (berth.oci.users reads them).
+:func:`current_capabilities` and :func:`host_devices`, which :func:`with_privileged` takes, read
+this process's status and the host's ``/dev`` when called.
 
 The defaults are what containerd 1.6.20's ``oci.WithDefaultSpec`` + ``oci.WithDefaultUnixDevices``
 give on Linux (as ``ctr containers create`` sends them, measured here): process as root (0:0) in
@@ -19,7 +21,10 @@ root ``rootfs`` (relative to the bundle), read-write; mounts ``/proc``, ``/dev``
 ipc, uts, mount and network namespaces; the masked and read-only ``/proc`` paths; all devices
 denied but the usual character devices (null, zero, full, random, urandom, tty, console, ptmx,
 the pts); and ``cgroupsPath`` ``/<namespace>/<id>``. Like containerd 1.6.20's, it mounts no cgroup
-filesystem at ``/sys/fs/cgroup``; add one where a container needs it.
+filesystem at ``/sys/fs/cgroup``; add one where a container needs it. Like containerd's, the
+default spec has no seccomp filter: :mod:`berth.oci.seccomp` makes containerd's default profile
+(``berth run`` applies it); :func:`with_seccomp_unconfined` and :func:`with_privileged` take it
+away.
 
 User strings follow the OCI image spec and containerd's ``WithUser``: ``user``, ``uid``,
 ``user:group``, ``uid:gid``, ``uid:group``, ``user:gid``. A numeric uid alone takes its primary
@@ -31,6 +36,8 @@ list the user as a member; the primary gid is always among ``additionalGids``.
 from __future__ import annotations
 
 import copy
+import os
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -404,3 +411,155 @@ def with_image_config(config_doc: Mapping[str, Any], rootfs: str | None = None,
         process["cwd"] = cwd
 
     return compose(_edit(change), user_opt)
+
+
+# -- privileges --------------------------------------------------------------------------------
+
+# Linux capability names by bit number (linux/capability.h), to read a capability bitmap.
+CAPABILITY_BITS = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
+    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+)
+# Directories of /dev that hold no device a privileged container should get (or that the
+# container mounts itself), as containerd's HostDevices skips them.
+_SKIPPED_DEV_DIRS = frozenset({"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"})
+
+
+def current_capabilities(status: str | None = None) -> list[str]:
+    """The names of the capabilities in this process's effective set (``CapEff`` of
+    ``/proc/self/status``, or of the ``status`` text given), in bit order; bits this table
+    does not name (a newer kernel's) are left out, as containerd's ``cap.Current`` does."""
+    if status is None:
+        with open("/proc/self/status") as f:
+            status = f.read()
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key == "CapEff":
+            try:
+                bits = int(value.strip(), 16)
+            except ValueError:
+                break
+            return [name for i, name in enumerate(CAPABILITY_BITS) if bits >> i & 1]
+    raise errdefs.Internal("cannot read this process's capabilities (no CapEff in its status)")
+
+
+def with_capabilities(caps: Sequence[str]) -> SpecOpt:
+    """Set the bounding, effective and permitted sets to ``caps`` (containerd's
+    ``WithCapabilities``)."""
+    for cap in caps:
+        if not cap.startswith("CAP_") or not cap[4:].replace("_", "").isalnum():
+            raise errdefs.InvalidArgument(f"capability {cap!r} is invalid: use names like "
+                                          "CAP_NET_ADMIN")
+    names = list(caps)
+
+    def change(spec: Spec) -> None:
+        current = _process(spec).get("capabilities")
+        kept = dict(current) if isinstance(current, dict) else {}
+        for which in ("bounding", "effective", "permitted"):
+            kept[which] = list(names)
+        _process(spec)["capabilities"] = kept
+
+    return _edit(change)
+
+
+def with_new_privileges(allowed: bool) -> SpecOpt:
+    """Let the process gain privileges through setuid files and file capabilities
+    (``noNewPrivileges: false``), or forbid it (``true``, the default)."""
+
+    def change(spec: Spec) -> None:
+        _process(spec)["noNewPrivileges"] = not allowed
+
+    return _edit(change)
+
+
+def _linux(spec: Spec) -> dict[str, Any]:
+    linux = spec.setdefault("linux", {})
+    if not isinstance(linux, dict):
+        raise errdefs.InvalidArgument("the spec's linux section is not an object")
+    return linux
+
+
+def with_seccomp(profile: Mapping[str, Any]) -> SpecOpt:
+    """Filter the process's system calls with ``profile`` (an OCI ``linux.seccomp`` object; see
+    :mod:`berth.oci.seccomp` for the default one)."""
+    action = profile.get("defaultAction")
+    if not isinstance(action, str) or not action.startswith("SCMP_ACT_"):
+        raise errdefs.InvalidArgument(
+            "a seccomp profile must be an OCI linux.seccomp object with a defaultAction "
+            "such as SCMP_ACT_ERRNO")
+    kept = copy.deepcopy(dict(profile))
+
+    def change(spec: Spec) -> None:
+        _linux(spec)["seccomp"] = copy.deepcopy(kept)
+
+    return _edit(change)
+
+
+def with_seccomp_unconfined() -> SpecOpt:
+    """No seccomp filter at all."""
+
+    def change(spec: Spec) -> None:
+        _linux(spec).pop("seccomp", None)
+
+    return _edit(change)
+
+
+def host_devices(root: str = "/dev") -> list[dict[str, Any]]:
+    """The host's block, character and FIFO devices under ``root`` as ``linux.devices``
+    entries (containerd's ``HostDevices``: symbolic links, ``console`` and the directories in
+    :data:`_SKIPPED_DEV_DIRS` left out)."""
+    kinds = {stat.S_IFBLK: "b", stat.S_IFCHR: "c", stat.S_IFIFO: "p"}
+    found: list[dict[str, Any]] = []
+
+    def walk(directory: str) -> None:
+        with os.scandir(directory) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name not in _SKIPPED_DEV_DIRS:
+                        walk(entry.path)
+                    continue
+                if entry.name == "console":  # the container gets its own
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # gone since it was listed
+                    continue
+                kind = kinds.get(stat.S_IFMT(st.st_mode))
+                if kind is None or os.major(st.st_rdev) == 0:
+                    continue
+                found.append({"path": entry.path, "type": kind, "major": os.major(st.st_rdev),
+                              "minor": os.minor(st.st_rdev),
+                              "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid,
+                              "gid": st.st_gid})
+
+    walk(root)
+    return found
+
+
+def with_privileged(capabilities: Sequence[str], devices: Sequence[Mapping[str, Any]]) -> SpecOpt:
+    """A privileged container, as ``nerdctl run --privileged`` makes it: ``capabilities``
+    (the caller's own, see :func:`current_capabilities`), no masked or read-only paths,
+    writable ``/sys`` and cgroup mounts, no seccomp filter, every device allowed and the
+    host's ``devices`` (see :func:`host_devices`) created, and new privileges allowed."""
+    added = [dict(d) for d in devices]
+
+    def change(spec: Spec) -> None:
+        linux = _linux(spec)
+        linux.pop("maskedPaths", None)
+        linux.pop("readonlyPaths", None)
+        linux.pop("seccomp", None)
+        for mount in spec.get("mounts") or []:
+            if mount.get("type") in ("sysfs", "cgroup"):
+                mount["options"] = ["rw" if o == "ro" else o for o in mount.get("options") or []]
+        resources = linux.setdefault("resources", {})
+        resources["devices"] = [{"allow": True, "access": "rwm"}]
+        linux["devices"] = [*(linux.get("devices") or []), *copy.deepcopy(added)]
+
+    return compose(with_capabilities(capabilities), _edit(change), with_new_privileges(True))
