@@ -46,3 +46,18 @@ lint:
 
 run:
 	$(BIN)/berthd
+
+# The systemd unit (contrib/systemd/berthd.service) with ExecStart set to this checkout's berthd.
+# SYSTEMD_UNIT_DIR and BERTHD may be overridden (a packaged berthd, a staging directory).
+SYSTEMD_UNIT_DIR ?= /etc/systemd/system
+BERTHD ?= $(abspath $(BIN))/berthd
+
+.PHONY: install-systemd
+install-systemd:
+	@test -x '$(BERTHD)' || { echo "install-systemd: $(BERTHD) is not executable: run make setup first" >&2; exit 1; }
+	install -d -m 0755 '$(SYSTEMD_UNIT_DIR)'
+	sed 's|@BERTHD@|$(BERTHD)|' contrib/systemd/berthd.service > '$(SYSTEMD_UNIT_DIR)/berthd.service.tmp'
+	chmod 0644 '$(SYSTEMD_UNIT_DIR)/berthd.service.tmp'
+	mv '$(SYSTEMD_UNIT_DIR)/berthd.service.tmp' '$(SYSTEMD_UNIT_DIR)/berthd.service'
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; \
+	else echo "install-systemd: systemd is not running here; the unit is installed but not loaded"; fi

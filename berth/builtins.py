@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from berth import errdefs
+from berth import errdefs, fsmode
 from berth.plugin import registry as p
 from berth.plugin.registry import InitContext, Registration, Registry
 from berth.services.server import Edge, Observer
@@ -48,7 +48,8 @@ def _overlayfs(ctx: InitContext) -> Any:
     from berth.snapshots import overlay
 
     root = str(ctx.config.get("root_path", ctx.root))
-    os.makedirs(root, exist_ok=True)
+    # 0700 even when root_path puts it outside berthd's root: the layers hold setuid binaries.
+    fsmode.private_dir(root)
     overlay.supported(root)
     ctx.exports["root"] = root
     return overlay.OverlaySnapshotter(root)
@@ -65,6 +66,7 @@ def _native(ctx: InitContext) -> Any:
 def _metadata(ctx: InitContext) -> Any:
     from berth.metadata.store import Metadata
 
+    fsmode.private_dir(ctx.root)
     return Metadata(ctx.root, ctx.get(p.CONTENT), ctx.get_all(p.SNAPSHOTTER), ctx.get(p.EVENT))
 
 
@@ -82,8 +84,9 @@ def _walking(ctx: InitContext) -> Any:
     from berth.diff.local import LocalDiff
     from berth.diff.walking import WalkingDiff
 
-    os.makedirs(ctx.state, exist_ok=True)
-    return LocalDiff(WalkingDiff(temp_dir=ctx.state), ctx.get(p.METADATA).content)
+    # Its temporary mounts go where berthd set them (<root>/tmpmounts, 0700): under the state
+    # dir, which others may traverse, they would expose the snapshots they show.
+    return LocalDiff(WalkingDiff(), ctx.get(p.METADATA).content)
 
 
 def _transfer(ctx: InitContext) -> Any:
@@ -243,6 +246,7 @@ def _introspection_service(ctx: InitContext) -> GRPCService:
     from berth.api.services.introspection.v1 import introspection_pb2_grpc
     from berth.services.introspection import IntrospectionService, server_uuid
 
+    fsmode.private_dir(ctx.root)
     return GRPCService(IntrospectionService(ctx.registry, server_uuid(ctx.root)),
                        introspection_pb2_grpc.add_IntrospectionServicer_to_server,
                        "containerd.services.introspection.v1.Introspection")

@@ -8,12 +8,14 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import threading
 from types import FrameType
 
 import grpc
 
-from berth import builtins, errdefs
+from berth import builtins, errdefs, fsmode
+from berth import mount as mountlib
 from berth.metrics.metrics import DaemonMetrics, MetricsServer
 from berth.plugin import registry as p
 from berth.plugin.config import Config
@@ -21,6 +23,11 @@ from berth.plugin.registry import Registry
 from berth.services.server import new_server
 
 log = logging.getLogger("berthd")
+
+#: Where temporary mounts live, under the root (containerd's ``<root>/tmpmounts``).
+TEMP_MOUNTS = "tmpmounts"
+#: Where Berth made the walking differ's temporary mounts before they moved under the root.
+LEGACY_TEMP_MOUNTS = "io.containerd.differ.v1.walking"
 
 
 class AlreadyRunning(errdefs.FailedPrecondition):
@@ -37,7 +44,9 @@ class Daemon:
         self.metrics_server: MetricsServer | None = None
 
     def _lock_root(self) -> None:
-        os.makedirs(self.config.root, mode=0o711, exist_ok=True)
+        # 0700, and an existing root made more open by an older Berth is restricted: only root
+        # may reach the stores, the databases and the snapshots below it (see berth.fsmode).
+        fsmode.private_dir(self.config.root)
         path = os.path.join(self.config.root, "berthd.lock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -57,9 +66,13 @@ class Daemon:
     def start(self) -> None:
         cfg = self.config
         self._lock_root()
-        os.makedirs(cfg.state, mode=0o711, exist_ok=True)
+        # Made traversable, not listable: a user namespace's root may need to reach its bundle.
+        # An existing one keeps its mode (it may be shared, as /run): what is secret below it is
+        # protected further down (bundles 0700), as with containerd.
+        os.makedirs(cfg.state, mode=fsmode.TRAVERSABLE, exist_ok=True)
         for key in cfg.unknown_keys:
             log.warning("config: unknown key %r ignored", key)
+        self._clean_temp_mounts()
         self.registry = builtins.registry()
         self.registry.init_all(cfg.root, cfg.state, cfg.plugins, cfg.disabled_plugins,
                                address=cfg.address, ttrpc_address=cfg.address + ".ttrpc")
@@ -69,7 +82,9 @@ class Daemon:
             svc.register(server, self.metrics.observe)
             log.debug("grpc service %s registered", name)
         address = cfg.address
-        os.makedirs(os.path.dirname(address) or ".", mode=0o711, exist_ok=True)
+        # Only a directory made here gets a mode: the socket may live in a shared one (/run).
+        # Traversable, so that members of grpc_gid reach the socket (itself 0660).
+        os.makedirs(os.path.dirname(address) or ".", mode=fsmode.TRAVERSABLE, exist_ok=True)
         if os.path.exists(address):
             os.unlink(address)  # stale: we hold the root lock, so no berthd is serving it
         server.add_insecure_port(f"unix:{address}")
@@ -88,11 +103,25 @@ class Daemon:
         # Sweep what an earlier crash may have left (orphan snapshots, unreferenced blobs).
         self.registry.get(p.METADATA).collect(False)
         log.info("berthd serving on %s (root %s, state %s)", address, cfg.root, cfg.state)
+        _notify_systemd("READY=1")
+
+    def _clean_temp_mounts(self) -> None:
+        """Make ``<root>/tmpmounts`` where every temporary mount goes, and take off what a
+        berthd that died mid-way left mounted there (and where older versions mounted)."""
+        location = mountlib.set_temp_location(os.path.join(self.config.root, TEMP_MOUNTS))
+        legacy = os.path.join(self.config.state, LEGACY_TEMP_MOUNTS)
+        for directory in (location, legacy):
+            if os.path.isdir(directory):
+                for warning in mountlib.cleanup_temp_mounts(directory):
+                    log.warning("leftover temporary mount: %s", warning)
+        with contextlib.suppress(OSError):  # unused now; kept only while something is left in it
+            os.rmdir(legacy)
 
     def wait(self) -> None:
         self._stopped.wait()
 
     def stop(self) -> None:
+        _notify_systemd("STOPPING=1")
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
@@ -117,3 +146,19 @@ class Daemon:
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+
+
+def _notify_systemd(message: str) -> None:
+    """Tell systemd (a ``Type=notify`` unit) how berthd is doing: ``READY=1`` once the socket
+    serves, so that units ordered after berthd find it answering. A no-op elsewhere."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as err:
+        log.warning("could not notify systemd at %s: %s", address.lstrip("\0"), err)

@@ -3,6 +3,12 @@
 A :class:`Mount` is what containerd's ``types.Mount`` carries: a type (``bind``, ``overlay``,
 ...), a source and options in mount(8) form. Flag-like options (``ro``, ``rbind``, ``nosuid``...)
 become mount(2) flags; the rest (``lowerdir=...``) become the filesystem data string.
+
+Temporary mounts (:func:`temp_mount`) show a snapshot's files, setuid binaries included, so
+their mount points must not be reachable by other users: berthd keeps them in
+``<root>/tmpmounts`` (0700, :func:`set_temp_location`) and, on start, takes off what a berthd
+that died left there (:func:`cleanup_temp_mounts`), as containerd does. A process that set no
+location (the ``berth`` CLI) mounts inside a private directory of its own instead.
 """
 
 from __future__ import annotations
@@ -12,11 +18,12 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from berth import errdefs
+from berth import errdefs, fsmode
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -223,18 +230,103 @@ def unmount(target: str, *, detach: bool = False) -> None:
         raise errdefs.Internal(f"unmount {target} failed: {os.strerror(err)} (errno {err})")
 
 
+_temp_location: str | None = None
+
+
+def set_temp_location(path: str) -> str:
+    """Make ``path`` (created 0700, or restricted to it) where this process's temporary mounts
+    go; returns its absolute path."""
+    global _temp_location
+    path = os.path.abspath(path)
+    fsmode.private_dir(path)
+    _temp_location = path
+    return path
+
+
+def temp_location() -> str | None:
+    """Where temporary mounts go, if :func:`set_temp_location` was called."""
+    return _temp_location
+
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mountinfo writes space, tab, newline and backslash as \ooo.
+    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_points_under(directory: str) -> list[str]:
+    """The mount points strictly below ``directory`` (by its real path), deepest first."""
+    prefix = os.path.realpath(directory).rstrip("/") + "/"
+    found = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            target = _unescape(line.split(" ", 5)[4])
+            if target.startswith(prefix):
+                found.add(target)
+    return sorted(found, key=len, reverse=True)
+
+
+def cleanup_temp_mounts(directory: str) -> list[str]:
+    """Take off every mount below ``directory`` (a temporary mount location), then remove its
+    empty entries; returns what could not be done, as warnings.
+
+    Directories are only ever removed with rmdir(2), and only ``directory``'s own entries:
+    one whose mount could not be taken off still shows a snapshot, and a recursive removal
+    would delete the snapshot's files through it.
+    """
+    warnings = []
+    for target in mount_points_under(directory):
+        try:
+            unmount(target)
+        except errdefs.BerthError as err:
+            warnings.append(str(err))
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return warnings
+    for name in entries:
+        path = os.path.join(directory, name)
+        try:
+            os.rmdir(path)
+        except NotADirectoryError:
+            warnings.append(f"{path} is not a directory; left in place")
+        except FileNotFoundError:
+            continue
+        except OSError as err:  # still mounted (EBUSY), or not empty: left for an operator
+            warnings.append(f"cannot remove {path}: {err.strerror}")
+    return warnings
+
+
 @contextlib.contextmanager
 def temp_mount(mounts: Sequence[Mount], *, prefix: str = "berth-mount-",
                parent: str | None = None) -> Iterator[str]:
-    """Mount ``mounts`` on a new temporary directory for the duration of the block."""
-    target = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    """Mount ``mounts`` on a new temporary directory for the duration of the block.
+
+    The mount point is made in ``parent`` or else in the location :func:`set_temp_location`
+    set, either of which must be reachable by root alone. Without either, it is made inside a
+    new 0700 directory in the system's temporary directory: a mount point's mode is the mounted
+    root's (0755, usually), so a mount point made straight in /tmp would be open to all.
+    """
+    location = parent or _temp_location
+    private = None
+    if not location:
+        private = location = tempfile.mkdtemp(prefix=prefix)
+    target = tempfile.mkdtemp(prefix=prefix, dir=location)
     try:
         mount_all(mounts, target)
     except BaseException:
-        os.rmdir(target)
+        _remove_temp(target, private)
         raise
     try:
         yield target
     finally:
         unmount(target)
-        os.rmdir(target)
+        _remove_temp(target, private)
+
+
+def _remove_temp(target: str, private: str | None) -> None:
+    os.rmdir(target)
+    if private is not None:
+        os.rmdir(private)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from berth import errdefs
+from berth import errdefs, fsmode
 from berth.content.content import Status, Writer
 
 __all__ = [
@@ -291,9 +291,11 @@ def lock_ingest(path: str, *, ref: str, create: bool) -> int:
     lock_path = os.path.join(path, "lock")
     for _ in range(_LOCK_ATTEMPTS):
         if create:
-            os.makedirs(path, exist_ok=True)
+            # Root's alone, as all of the store (see berth.fsmode): an upload in progress may be
+            # an image config, environment and all.
+            os.makedirs(path, mode=fsmode.PRIVATE, exist_ok=True)
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, fsmode.PRIVATE_FILE)
         except FileNotFoundError:
             if create:
                 continue  # the directory was removed between makedirs and open
@@ -340,13 +342,16 @@ def _read_int(path: str, name: str) -> int:
 def _write_file(path: str, name: str, text: str) -> None:
     """Replace a small file atomically, so a crash never leaves it half-written."""
     tmp = os.path.join(path, name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, fsmode.PRIVATE_FILE)
+    with open(fd, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, os.path.join(path, name))
 
 
 def _open_data(path: str) -> int:
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # 0600 while written; the commit makes the finished blob 0444.
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                   fsmode.PRIVATE_FILE)
 
 
 def _hash_file(path: str) -> tuple[hashlib._Hash, int]:

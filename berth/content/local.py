@@ -1,6 +1,6 @@
 """The content store on the local filesystem.
 
-Layout under the store's root::
+Layout under the store's root (directories 0700: root's alone, see :mod:`berth.fsmode`)::
 
     blobs/sha256/<hex>          committed blobs, mode 0444; nothing else lives here
     ingest/<sha256 of ref>/     one upload, open or resumable (see :mod:`berth.content.ingest`)
@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
-from berth import errdefs
+from berth import errdefs, fsmode
 from berth.content.content import (
     Info,
     ReaderAt,
@@ -67,8 +67,9 @@ class LocalStore(Store):
         self.root = root
         self._blobs = os.path.join(root, "blobs", "sha256")
         self._ingests = os.path.join(root, "ingest")
-        os.makedirs(self._blobs, exist_ok=True)
-        os.makedirs(self._ingests, exist_ok=True)
+        # Restricted even when they exist: a store made by an older Berth was 0755 throughout.
+        for directory in (root, os.path.dirname(self._blobs), self._blobs, self._ingests):
+            fsmode.private_dir(directory)
         self._ingest_expiry = ingest_expiry
         self._mutex = threading.Lock()
         # Refs this store holds; None while a ref is being opened or aborted.

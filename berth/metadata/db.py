@@ -27,6 +27,8 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 
+from berth import fsmode
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -163,6 +165,9 @@ class DB:
         # committed, a backend snapshot made), exclusively by the collector's sweep, so the
         # sweep never takes such a thing for garbage.
         self.gc_lock = SharedExclusiveLock()
+        # 0600 (and restricted if an older Berth made it 0644): it holds every container's spec,
+        # whose environment often carries secrets.
+        fsmode.private_database(path)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")

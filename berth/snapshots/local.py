@@ -18,7 +18,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 
-from berth import errdefs
+from berth import errdefs, fsmode
 from berth.mount import Mount
 from berth.snapshots.snapshotter import Info, Kind, Snapshotter, Usage
 from berth.snapshots.storage import MetaStore, Snapshot
@@ -122,7 +122,10 @@ class LocalSnapshotter(Snapshotter):
         self.root = os.path.abspath(root)
         self._snapshots_dir = os.path.join(self.root, "snapshots")
         with os_errors(f"cannot create snapshotter root {self.root}"):
-            os.makedirs(self._snapshots_dir, mode=0o700, exist_ok=True)
+            # Both 0700, restricted if older: the snapshots hold the images' files, setuid
+            # binaries among them, and only root may reach them (see berth.fsmode).
+            fsmode.private_dir(self.root)
+            fsmode.private_dir(self._snapshots_dir)
         self._ms = MetaStore(os.path.join(self.root, "metadata.db"))
         # rm- directories being deleted outside the store's lock: cleanup() leaves them alone.
         self._busy: set[str] = set()

@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from berth import errdefs, filters
+from berth import errdefs, filters, fsmode
 from berth.snapshots.snapshotter import Info, Kind, Usage
 
 _SCHEMA_VERSION = 1
@@ -290,6 +290,11 @@ class MetaStore:
 
     def __init__(self, path: str) -> None:
         self._lock = threading.Lock()
+        try:
+            # 0600: the snapshots' labels are the clients' to fill, and nobody else's to read.
+            fsmode.private_database(path)
+        except OSError as err:
+            raise errdefs.Internal(f"cannot create snapshot metadata {path}: {err}") from err
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
