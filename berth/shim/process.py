@@ -83,16 +83,14 @@ class Process:
         await self._exited.wait()
 
     def set_exited(self, exit_: Exit) -> None:
-        """Record the exit (from the reaper). Output readers get EOF once the process's
-        stdio are closed everywhere."""
+        """Record the exit (from the reaper). Output readers get EOF when the copy of its
+        output ends: once the process's stdio are closed everywhere."""
         if self.exited:
             return
         self.exit_status = exit_.status
         self.exited_at = exit_.at
         if self.state != DELETED:
             self.state = STOPPED
-        if self.io is not None:
-            self.io.exited()
         self._exited.set()
 
     def _unblock_waiters(self) -> None:
@@ -227,7 +225,7 @@ class InitProcess(Process):
             raise errdefs.FailedPrecondition(f"cannot delete a {self._state_word()} process")
         if self.state == DELETED:
             raise errdefs.NotFound(f"process {self.id} is already deleted")
-        await self._close_io_for_delete()
+        await self._close_io()
         try:
             await self.ctx.runc.delete(self.ctx.reaper, self.id)
         except errdefs.BerthError as err:
@@ -235,11 +233,6 @@ class InitProcess(Process):
                 raise errdefs.BerthError(f"failed to delete task: {err}") from None
         self.state = DELETED
         self._unblock_waiters()
-
-    async def _close_io_for_delete(self) -> None:
-        if self.io is not None:
-            self.io.exited()
-        await self._close_io()
 
     async def kill(self, sig: int, *, all_processes: bool = False) -> None:
         if self.state == DELETED:
@@ -363,8 +356,6 @@ class ExecProcess(Process):
             raise errdefs.FailedPrecondition("cannot delete a running process")
         if self.state == DELETED:
             raise errdefs.NotFound(f"process {self.id} is already deleted")
-        if self.io is not None:
-            self.io.exited()
         await self._close_io()
         with contextlib.suppress(OSError):
             os.unlink(self.pid_file)

@@ -6,32 +6,37 @@ path the client made, or, for stdout (which then decides for stderr too) a ``fil
 containerd's shims run it: the streams on its fds 3 and 4, a readiness pipe on fd 5, and
 ``CONTAINER_ID`` / ``CONTAINER_NAMESPACE`` in its environment).
 
-Without a terminal (:class:`ProcessIO`), stdin and stdout are wired straight into the process:
-the FIFO (or file, or logger pipe) is opened here and handed to the runtime as the process's
-own fd, so the shim copies nothing. containerd's shim puts pipes between and copies; the direct
-wiring gives the same behaviour at no CPU or memory cost, because the shim keeps the same
-guards containerd's copy keeps:
+No host file's descriptor is ever handed to a container. The process gets pipes made here, and
+the shim copies between them and the client's FIFOs or the log file (:class:`Pump`, with
+splice(2) where the kernel allows, so the bytes never enter the shim's memory). A host file as
+the process's own fd would let the container ``chmod 4755 /proc/self/fd/1`` and leave a
+setuid-root file on the host (and runc chowns its stdio to the container's user); containerd's
+shim copies through pipes for the same reason.
 
-* stdout FIFO: the shim holds it open read-write until the process exits, so the process can
-  write before the client opens its end and never gets EPIPE while it runs; the client sees
-  EOF once the process (and whatever inherited its stdout) is gone.
-* stdin FIFO: the shim holds a write end until CloseIO, so the process sees EOF only after
-  CloseIO *and* once every client writer has closed (a client may come and go meanwhile).
+Without a terminal (:class:`ProcessIO`):
 
-stderr (FIFO or file) alone goes through a pipe the shim relays: the runtime's stdio become the
-process's, and runc prints its own failure (``exec: "x": executable file not found``) on its
-stderr; relayed only once the process runs, that text never reaches the client, as with
-containerd. A ``binary://`` logger gets the runtime's pipes directly, as containerd's does.
+* stdout and stderr: the client's FIFO is opened read-write, so opening never waits for the
+  client's reader and the copy never meets EPIPE while the client comes and goes. The copy
+  ends when the process's pipe does (the process and whatever inherited its stdout are gone);
+  then the FIFO is closed, and the client sees EOF.
+* stdin: the shim reads the FIFO and holds a write end of it until CloseIO, so the process
+  sees EOF only after CloseIO *and* once every client writer has closed (a client may come and
+  go meanwhile).
+* The copies start only once the runtime has started the process: runc prints its own failure
+  (``exec: "x": executable file not found``) on the process's stderr, and that text never
+  reaches the client, as with containerd.
+* A ``binary://`` logger gets the process's pipes directly, as containerd's does.
 
 With a terminal, the runtime sends the pty master to a console socket and :class:`Console`
-copies between it and the stdin FIFO and the output (FIFO, file or logging binary: that copy
-cannot be avoided), and resizes it.
+copies between it and the stdin FIFO and the output (FIFO, file or logging binary), and
+resizes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -44,7 +49,9 @@ from berth.shim.reaper import Exit, Reaper
 from berth.shim.runc import Stdio
 
 LOGGER_TERM_TIMEOUT = 12.0  # a logging binary gets this long to flush after SIGTERM
-_CHUNK = 32768
+LOG_FILE_MODE = 0o640  # a file:// log, as containerd's CRI makes container logs
+LOG_DIR_MODE = 0o700
+_CHUNK = 1 << 16  # a pipe's default capacity: one splice moves at most what a pipe holds
 
 
 @dataclass(frozen=True)
@@ -66,41 +73,34 @@ def _scheme(uri: str) -> str:
     return scheme if sep else "fifo"
 
 
-def _open_fifo_writer(path: str) -> tuple[int, int | None]:
-    """(fd for the process, keeper or None) for an output path: a FIFO gets a blocking
-    write-only fd and a read-write keeper (so opening never blocks and the FIFO always has
-    a reader); anything else is opened for appending."""
+def _open_output(path: str) -> int:
+    """Where an output is copied to: a FIFO read-write and non-blocking (see the module),
+    anything else for writing at its end."""
     try:
         is_fifo = stat.S_ISFIFO(os.stat(path).st_mode)
     except FileNotFoundError:
         raise errdefs.NotFound(f"stdio {path} does not exist") from None
-    if not is_fifo:
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC), None
-    keeper = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    if is_fifo:
+        return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    return _at_end(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+
+
+def _at_end(fd: int) -> int:
+    """``fd`` positioned at its file's end. Not O_APPEND: splice(2) refuses an O_APPEND target;
+    the shim is the file's one writer, and stdout and stderr share the one offset (dup)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except BaseException:
-        os.close(keeper)
-        raise
-    os.set_blocking(fd, True)
-    return fd, keeper
+        os.lseek(fd, 0, os.SEEK_END)
+    except OSError as err:
+        if err.errno != errno.ESPIPE:  # a character device or socket has no end to seek to
+            os.close(fd)
+            raise
+    return fd
 
 
-def _open_relay_target(path: str) -> int:
-    """Where relayed stderr is written: a FIFO read-write (never blocks, never EPIPE), else
-    the file, appended to."""
-    try:
-        is_fifo = stat.S_ISFIFO(os.stat(path).st_mode)
-    except FileNotFoundError:
-        raise errdefs.NotFound(f"stdio {path} does not exist") from None
-    flags = os.O_RDWR if is_fifo else os.O_WRONLY | os.O_APPEND
-    return os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
-
-
-def _open_stdin(path: str, *, blocking: bool) -> tuple[int, int | None]:
-    """(read fd, keeper writer or None) for a stdin path. The keeper is opened first thing
-    after the reader, so the FIFO has a writer from the start: the process cannot read a
-    premature EOF before the client's writer arrives."""
+def _open_stdin(path: str) -> tuple[int, int | None]:
+    """(non-blocking read fd, keeper writer or None) for a stdin path. The keeper is opened
+    first thing after the reader, so the FIFO has a writer from the start: the process cannot
+    read a premature EOF before the client's writer arrives."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     keeper = None
     try:
@@ -109,18 +109,17 @@ def _open_stdin(path: str, *, blocking: bool) -> tuple[int, int | None]:
     except BaseException:
         os.close(fd)
         raise
-    if blocking:
-        os.set_blocking(fd, True)
     return fd, keeper
 
 
 def _open_log_file(uri: str) -> int:
-    """A ``file://`` URI's file, created with its directory, opened for appending."""
+    """A ``file://`` URI's file, created (with its directory) private to root, opened for
+    writing at its end."""
     from urllib.parse import urlsplit
 
     path = urlsplit(uri).path
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    os.makedirs(os.path.dirname(path), mode=LOG_DIR_MODE, exist_ok=True)
+    return _at_end(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE))
 
 
 def _close(fd: int | None) -> None:
@@ -129,26 +128,45 @@ def _close(fd: int | None) -> None:
             os.close(fd)
 
 
+class _Copy:
+    """One copy between a pipe of the process's and the client's side; it owns both fds."""
+
+    def __init__(self, src: int, dst: int) -> None:
+        os.set_blocking(src, False)
+        os.set_blocking(dst, False)
+        self.src: int | None = src
+        self.dst: int | None = dst
+        self.pump: Pump | None = None
+
+    def start(self) -> None:
+        if self.pump is None and self.src is not None:
+            self.pump = Pump(self.src, self.dst, on_end=self.close)
+
+    def close(self) -> None:
+        if self.pump is not None:
+            self.pump.stop()
+        _close(self.src)
+        _close(self.dst)
+        self.src = self.dst = None
+
+
 class ProcessIO:
-    """Non-terminal stdio, wired into the process (stderr through a relay, see the module).
+    """Non-terminal stdio: pipes for the process, copied to and from the request's FIFOs or
+    file (see the module).
 
     Lifecycle: :meth:`open` -> hand :attr:`fds` to the runtime -> :meth:`started` once it ran
-    (our copies of the process's fds go, the stderr relay starts) or :meth:`close` if it did
-    not -> :meth:`exited` when the process is reaped (stdout keepers go: readers get EOF; the
-    relay ends by itself at its pipe's EOF) -> :meth:`close` at delete (stdin keeper, relay,
-    logging binary).
+    (our copies of the process's ends go, the copies start) or :meth:`close` if it did not
+    -> :meth:`close` at delete (the output still on its way gets a moment to arrive; stdin's
+    keeper and the logging binary go).
     """
 
     def __init__(self) -> None:
         self.fds: Stdio = (None, None, None)
         self._handed: list[int] = []
-        self._keepers: list[int] = []
+        self._stdin: _Copy | None = None
         self._stdin_keeper: int | None = None
+        self._outputs: list[_Copy] = []
         self._logger: tuple[int, asyncio.Future[Exit]] | None = None
-        # stderr relay: the pipe's read end, where it goes, the copy once started
-        self._err_pipe: int | None = None
-        self._err_target: int | None = None
-        self._err_pump: Pump | None = None
 
     @classmethod
     async def open(cls, req: StdioRequest, *, process_id: str, namespace: str,
@@ -195,42 +213,38 @@ class ProcessIO:
                     reaper: Reaper) -> None:
         stdin = stdout = stderr = None
         if req.stdin:
-            stdin, self._stdin_keeper = _open_stdin(req.stdin, blocking=True)
-            self._handed.append(stdin)
+            source, self._stdin_keeper = _open_stdin(req.stdin)
+            r, w = os.pipe()
+            self._stdin = _Copy(source, w)
+            self._handed.append(r)
+            stdin = r
         scheme = _scheme(req.stdout)
         if scheme == "fifo":
             if req.stdout:
-                stdout = self._output(req.stdout)
+                stdout = self._output(_open_output(req.stdout))
             if req.stderr:
-                stderr = self._relay(_open_relay_target(req.stderr))
+                stderr = self._output(_open_output(req.stderr))
         elif scheme == "file":
-            stdout = _open_log_file(req.stdout)
-            self._handed.append(stdout)
-            stderr = self._relay(_open_log_file(req.stdout))
+            log = _open_log_file(req.stdout)
+            stdout = self._output(log)
+            stderr = self._output(os.dup(log))
         elif scheme == "binary":
             stdout, stderr = await self._start_logger(req.stdout, process_id, namespace, reaper)
         else:
             raise errdefs.InvalidArgument(f"unknown STDIO scheme {scheme}")
         self.fds = (stdin, stdout, stderr)
 
-    def _relay(self, target: int) -> int:
-        """A pipe for the process's stderr, relayed to ``target`` once the process runs: the
-        runtime prints its own failure on its stderr, which would otherwise reach the client
-        as if the container had written it (containerd's copy starts after success, too)."""
-        self._err_target = target
-        r, w = os.pipe()
-        self._err_pipe = r
+    def _output(self, target: int) -> int:
+        """The write end of a pipe for one of the process's outputs, copied to ``target``
+        (which this now owns) once the process runs."""
+        try:
+            r, w = os.pipe()
+        except BaseException:
+            os.close(target)
+            raise
+        self._outputs.append(_Copy(r, target))
         self._handed.append(w)
-        os.set_blocking(r, False)
-        os.set_blocking(target, False)
         return w
-
-    def _output(self, path: str) -> int:
-        fd, keeper = _open_fifo_writer(path)
-        self._handed.append(fd)
-        if keeper is not None:
-            self._keepers.append(keeper)
-        return fd
 
     async def _start_logger(self, uri: str, process_id: str, namespace: str,
                             reaper: Reaper) -> tuple[int, int]:
@@ -261,41 +275,35 @@ class ProcessIO:
         return out_w, err_w
 
     def started(self) -> None:
-        """The process runs with its fds: drop our copies, start relaying stderr."""
+        """The process runs with its fds: drop our copies of its ends, start copying."""
         self._drop_handed()
-        if self._err_pipe is not None and self._err_pump is None:
-            self._err_pump = Pump(self._err_pipe, self._err_target, on_end=self._relay_ended)
+        for copy in self._copies():
+            copy.start()
+
+    def _copies(self) -> list[_Copy]:
+        return [*self._outputs, *([self._stdin] if self._stdin is not None else [])]
 
     def _drop_handed(self) -> None:
         for fd in self._handed:
             _close(fd)
         self._handed.clear()
 
-    def _relay_ended(self) -> None:
-        _close(self._err_pipe)
-        _close(self._err_target)  # the client's EOF, when the target is a FIFO
-        self._err_pipe = self._err_target = None
-
-    def exited(self) -> None:
-        """The process exited: let readers of its output see EOF."""
-        for fd in self._keepers:
-            _close(fd)
-        self._keepers.clear()
-
     def close_stdin(self) -> None:
         _close(self._stdin_keeper)
         self._stdin_keeper = None
 
     async def close(self, drain_timeout: float = 2.0) -> None:
-        """Release everything; stderr still in the relay gets ``drain_timeout`` to arrive."""
+        """Release everything; output still in the pipes gets ``drain_timeout`` to arrive."""
         self._drop_handed()
-        self.exited()
         self.close_stdin()
-        if self._err_pump is not None:
+        running = [c.pump.done for c in self._outputs if c.pump is not None]
+        if running:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._err_pump.done), drain_timeout)
-            self._err_pump.stop()
-        self._relay_ended()
+                await asyncio.wait_for(asyncio.shield(asyncio.gather(*running)), drain_timeout)
+        for copy in self._copies():
+            copy.close()
+        self._outputs.clear()
+        self._stdin = None
         if self._logger is not None:
             pid, done = self._logger
             self._logger = None
@@ -379,19 +387,26 @@ class ConsoleSocket:
 class Pump:
     """Copies ``src`` to ``dst`` (non-blocking fds) on the loop, with back-pressure: while
     ``dst`` is full, ``src`` is not read. Ends at EOF or error of either side; then
-    :attr:`done` completes and ``on_end`` runs. It closes neither fd."""
+    :attr:`done` completes and ``on_end`` runs. It closes neither fd.
+
+    Where one side is a pipe, the kernel moves the bytes (splice(2)) without their passing
+    through the shim; a side splice cannot serve (a pty, say) falls back to read and write.
+    """
 
     def __init__(self, src: int, dst: int | None, on_end: Callable[[], None] | None = None
                  ) -> None:
         self._loop = asyncio.get_running_loop()
         self._src = src
         self._dst = dst
+        self._splice = dst is not None
         self._pending = b""
         self._on_end = on_end
         self.done: asyncio.Future[None] = self._loop.create_future()
         self._loop.add_reader(src, self._readable)
 
     def _readable(self) -> None:
+        if self._splice and self._spliced():
+            return
         try:
             data = os.read(self._src, _CHUNK)
         except BlockingIOError:
@@ -405,9 +420,37 @@ class Pump:
             return  # nowhere to go: read and drop, so the writer never blocks
         self._pending = data
         self._flush()
-        if self._pending and not self.done.done():
-            self._loop.remove_reader(self._src)
-            self._loop.add_writer(self._dst, self._writable)
+        if self._pending:
+            self._wait_for_dst()
+
+    def _spliced(self) -> bool:
+        """Move what ``src`` holds with splice(2); False if splice cannot serve these fds
+        (then read and write take over for good)."""
+        assert self._dst is not None
+        try:
+            n = os.splice(self._src, self._dst, _CHUNK,
+                          flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE)
+        except BlockingIOError:
+            # ``src`` was readable, so it is ``dst`` that is full (or the wake-up was
+            # spurious, which the wait below settles: a writable ``dst`` sends us back).
+            self._wait_for_dst()
+            return True
+        except OSError as err:
+            if err.errno == errno.EINVAL:
+                self._splice = False
+                return False
+            self.stop()  # EPIPE and the like: the other side is gone
+            return True
+        if n == 0:
+            self.stop()
+        return True
+
+    def _wait_for_dst(self) -> None:
+        if self.done.done():
+            return
+        assert self._dst is not None
+        self._loop.remove_reader(self._src)
+        self._loop.add_writer(self._dst, self._writable)
 
     def _flush(self) -> None:
         assert self._dst is not None
@@ -459,7 +502,7 @@ class Console:
         self._out = output
         self._in_pump: Pump | None = None
         if stdin:
-            self._in, self._in_keeper = _open_stdin(stdin, blocking=False)
+            self._in, self._in_keeper = _open_stdin(stdin)
         if self._in is not None:
             self._in_pump = Pump(self._in, master)
         self._out_pump = Pump(master, self._out, on_end=self._output_ended)
