@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from berth import errdefs, fsmode
 
@@ -182,6 +182,12 @@ def _mount_from(directory: str, source: str, target: str, fstype: str, flags: in
                                f" (layer paths relative to {directory})")
 
 
+_BIND_REMOUNT_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+# What a temporary mount adds: nothing of a snapshot's setuid files or device nodes takes
+# effect through it, whoever reaches it.
+_TEMP_OPTIONS = ("nosuid", "nodev")
+
+
 def mount(m: Mount, target: str) -> None:
     """Mount ``m`` on ``target`` (which must exist)."""
     flags, propagation, data = parse_options(m.options)
@@ -194,8 +200,8 @@ def mount(m: Mount, target: str) -> None:
     else:
         _syscall_mount(m.source, target, fstype,
                        flags & ~MS_REMOUNT if flags & MS_BIND else flags, data)
-    # A read-only bind needs a remount to take effect.
-    if flags & MS_BIND and flags & MS_RDONLY:
+    # A bind mount ignores per-mount flags (ro, nosuid, nodev, noexec): a remount applies them.
+    if flags & MS_BIND and flags & _BIND_REMOUNT_FLAGS:
         _syscall_mount("", target, "", flags | MS_REMOUNT, "")
     if propagation:
         _syscall_mount("", target, "", propagation, "")
@@ -302,7 +308,8 @@ def cleanup_temp_mounts(directory: str) -> list[str]:
 @contextlib.contextmanager
 def temp_mount(mounts: Sequence[Mount], *, prefix: str = "berth-mount-",
                parent: str | None = None) -> Iterator[str]:
-    """Mount ``mounts`` on a new temporary directory for the duration of the block.
+    """Mount ``mounts`` on a new temporary directory for the duration of the block, each
+    ``nosuid,nodev``.
 
     The mount point is made in ``parent`` or else in the location :func:`set_temp_location`
     set, either of which must be reachable by root alone. Without either, it is made inside a
@@ -315,7 +322,7 @@ def temp_mount(mounts: Sequence[Mount], *, prefix: str = "berth-mount-",
         private = location = tempfile.mkdtemp(prefix=prefix)
     target = tempfile.mkdtemp(prefix=prefix, dir=location)
     try:
-        mount_all(mounts, target)
+        mount_all([replace(m, options=(*m.options, *_TEMP_OPTIONS)) for m in mounts], target)
     except BaseException:
         _remove_temp(target, private)
         raise
