@@ -8,6 +8,10 @@ last error line the failed command added there, else whatever it printed.
 
 Commands run through the shim's :class:`~berth.shim.reaper.Reaper`, never ``waitpid`` of their
 own, and their output is read while they run, so a large ``ps`` cannot fill a pipe and stall.
+Their input (``update``'s resources) is written as they read it, from the loop, never with a
+blocking write: one shim's loop serves every container of its group, and a write that waits for
+a reader stalls them all (a write of more than the pipe's 64 KiB, made before the reader even
+ran, waited for ever). go-runc feeds the same stdin from a goroutine.
 
 ``create`` and ``exec`` take the new process's stdio as three fds (the runtime hands its own
 stdio to the container) or a console socket path (the runtime sends the pty master there).
@@ -33,6 +37,10 @@ DEFAULT_BINARY = "runc"
 #: directory per namespace below it. (containerd's Go shim uses /run/containerd/runc.)
 DEFAULT_ROOT = "/run/berth/runc"
 LOG_FILE = "log.json"
+#: The most an Update's resources (an OCI ``LinuxResources`` JSON document) may weigh. A real
+#: one is a few KiB (device rules, hugepage limits, a few unified keys); ttrpc lets a request
+#: carry 4 MiB, and runc would parse all of it. (containerd's shim has no limit of its own.)
+MAX_RESOURCES = 1 << 20
 
 Stdio = tuple[int | None, int | None, int | None]
 
@@ -45,6 +53,14 @@ class RuntimeCommandError(errdefs.BerthError):
 def state_root(root: str, namespace: str) -> str:
     """The runtime's ``--root`` for a namespace: ``<root or DEFAULT_ROOT>/<namespace>``."""
     return os.path.join(root or DEFAULT_ROOT, namespace)
+
+
+def check_resources(resources: bytes) -> None:
+    """InvalidArgument, naming the limit, for resources over :data:`MAX_RESOURCES`."""
+    if len(resources) > MAX_RESOURCES:
+        raise errdefs.InvalidArgument(
+            f"resources of {len(resources)} bytes exceed the limit of "
+            f"{MAX_RESOURCES >> 20} MiB ({MAX_RESOURCES} bytes)")
 
 
 def last_error(log_path: str, offset: int = 0) -> str:
@@ -157,7 +173,8 @@ class Runc:
         return [int(p) for p in pids]
 
     async def update(self, reaper: Reaper, container_id: str, resources: bytes) -> None:
-        """``resources``: an OCI ``LinuxResources`` JSON document."""
+        """``resources``: an OCI ``LinuxResources`` JSON document, on runc's stdin."""
+        check_resources(resources)  # (whoever calls: runc is never handed an unbounded one)
         await self._run(reaper, "OCI runtime update failed",
                         ["update", "--resources", "-", container_id], input=resources)
 
@@ -190,12 +207,16 @@ class Runc:
 
         offset = _size(self.log)
         pipes: list[int] = []
+        feeder: _Feeder | None = None
         try:
+            in_w = -1
             if stdio is not None:
                 stdin, stdout, stderr = stdio
                 out_r = err_r = -1
             else:
-                stdin = _input_pipe(input, pipes) if input is not None else None
+                stdin = None
+                if input is not None:
+                    stdin, in_w = _pipe(pipes)
                 out_r, stdout = _pipe(pipes)
                 err_r, stderr = _pipe(pipes)
             try:
@@ -205,17 +226,22 @@ class Runc:
                 raise RuntimeCommandError(f"{what}: cannot run {self.binary}: {err}") from None
             readers: list[_Collector] = []
             if stdio is None:
-                # Our copies of the child's ends must go, or the readers never see EOF.
+                # Our copies of the child's ends must go, or the readers never see EOF (nor
+                # the feeder EPIPE if the child leaves without reading all).
                 for fd in (stdin, stdout, stderr):
                     if fd is not None:
                         _close(fd, pipes)
                 readers = [_Collector(out_r), _Collector(err_r)]
+                if input is not None:
+                    feeder = _Feeder(in_w, input, pipes)
             exit_ = await exited
             # A descendant that kept the pipes open must not hold the call up for long.
             if readers:
                 await asyncio.wait([r.done for r in readers], timeout=1.0)
             outputs = [r.close() for r in readers]
         finally:
+            if feeder is not None:
+                feeder.close()  # (before its fd goes below: the loop must not watch a closed fd)
             for fd in pipes:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -240,20 +266,52 @@ def _pipe(opened: list[int]) -> tuple[int, int]:
     return r, w
 
 
-def _input_pipe(data: bytes, opened: list[int]) -> int:
-    """A pipe whose read end yields ``data`` then EOF (``data`` fits in the pipe buffer)."""
-    r, w = _pipe(opened)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(w, view):]
-    _close(w, opened)
-    return r
-
-
 def _close(fd: int, opened: list[int]) -> None:
     if fd in opened:
         opened.remove(fd)
         os.close(fd)
+
+
+class _Feeder:
+    """Writes ``data`` into a pipe's write end ``fd`` as the child reads it, then closes it (the
+    child's EOF). Each write takes only what the pipe has room for (the fd is non-blocking: its
+    read end, the child's stdin, is a file description of its own and stays blocking); the rest
+    waits for the loop to see the pipe writable. A child that exits or closes its stdin before
+    reading all ends the feeding (EPIPE: the shim, as any Python program, ignores SIGPIPE)."""
+
+    def __init__(self, fd: int, data: bytes, opened: list[int]) -> None:
+        import asyncio
+
+        self._loop = asyncio.get_running_loop()
+        self._fd = fd
+        self._opened = opened
+        self._rest = memoryview(data)
+        self._watched = False
+        os.set_blocking(fd, False)
+        self._writable()
+        if self._fd >= 0:  # more than the pipe took at once
+            self._loop.add_writer(fd, self._writable)
+            self._watched = True
+
+    def _writable(self) -> None:
+        try:
+            while self._rest:
+                self._rest = self._rest[os.write(self._fd, self._rest):]
+        except BlockingIOError:
+            return  # full: the loop calls again once the child has read some
+        except OSError:
+            pass  # the child will not read the rest (gone, or closed its stdin)
+        self.close()
+
+    def close(self) -> None:
+        """Stop feeding and close the pipe (at once if fed; else the child is done anyway)."""
+        if self._watched:
+            self._loop.remove_writer(self._fd)
+            self._watched = False
+        if self._fd >= 0:
+            _close(self._fd, self._opened)
+            self._fd = -1
+        self._rest = memoryview(b"")
 
 
 class _Collector:

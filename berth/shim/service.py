@@ -312,6 +312,10 @@ class TaskService:
 
     @_uninterrupted
     async def Update(self, ctx: Any, request: Any) -> Any:
+        from berth.shim.runc import check_resources  # (loaded already: the shim drives runc)
+
+        # Bounded at the edge, before any work: a shim serves its whole group from one loop.
+        check_resources(request.resources.value)
         container = self._container(request.id)
         await container.init.update(request.resources.value)
         return _EMPTY
