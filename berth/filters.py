@@ -27,11 +27,15 @@ Meaning of a selector, given what the object's adaptor answers for the field pat
 * ``fieldpath!=value``: not equal; an absent field counts as the empty string (containerd's rule:
   ``labels.a!=x`` matches objects without label ``a``).
 * ``fieldpath~=regexp``: the regular expression matches somewhere in the value (unanchored; an
-  absent field is the empty string). Berth uses Python's ``re`` where containerd uses Go's RE2:
-  the common syntax is the same.
+  absent field is the empty string). The syntax and matching are RE2's, as containerd's (Go's
+  ``regexp`` is RE2): matching takes time linear in the value whatever the expression, so a
+  filter cannot stall the server with backtracking (``(a+)+$``), and what RE2 lacks
+  (backreferences, lookaround) is an error, as in containerd. Expressions and values are
+  matched as bytes, as Go does.
 
-Deviation from containerd, on purpose: a regular expression that does not compile is an
-``InvalidArgument`` at parse time; containerd logs it and matches nothing.
+Deviations from containerd, on purpose: a regular expression that does not compile is an
+``InvalidArgument`` at parse time (containerd logs it and matches nothing), and so is one longer
+than :data:`MAX_REGEX` bytes or one whose compiled program would exceed RE2's memory budget.
 
 Field path examples: ``name``, ``labels.foo``, ``labels."containerd.io/gc.root"``. An adaptor
 receives the components (``["labels", "containerd.io/gc.root"]``); an unquoted ``labels.a.b`` gives
@@ -41,14 +45,30 @@ receives the components (``["labels", "containerd.io/gc.root"]``); an unquoted `
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 
 from berth import errdefs
 
-__all__ = ["Adaptor", "Filter", "adapt_labels", "match", "parse"]
+__all__ = ["MAX_REGEX", "Adaptor", "Filter", "adapt_labels", "match", "parse"]
+
+MAX_REGEX = 4096
+"""The longest ``~=`` expression accepted, in bytes: the most containerd lets a label hold (key
+and value together), so any label value can still be matched literally. RE2 bounds the rest:
+its compiled program must fit ``max_mem`` (8 MiB, RE2's default), and matching is linear."""
+
+
+def _re2_options() -> Any:
+    options = re2.Options()
+    options.log_errors = False  # the error reaches the caller; RE2 would also print it to stderr
+    options.never_capture = True  # only "does it match" is asked: no groups to keep
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
 
 Adaptor = Callable[[Sequence[str]], tuple[str, bool]]
 """Answers ``(value, present)`` for a field path of the object being matched."""
@@ -130,7 +150,7 @@ class _Selector:
     fieldpath: tuple[str, ...]
     op: _Op
     value: str = ""
-    regex: re.Pattern[str] | None = None
+    regex: Any = None  # a compiled re2 expression (over UTF-8 bytes), for MATCHES only
 
     def match(self, adaptor: Adaptor) -> bool:
         value, present = adaptor(self.fieldpath)
@@ -141,7 +161,8 @@ class _Selector:
         if self.op is _Op.NOT_EQUAL:
             return value != self.value
         assert self.regex is not None  # set by the parser for every MATCHES selector
-        return self.regex.search(value) is not None
+        # surrogateescape: a value holding bytes that are not UTF-8 is matched as those bytes.
+        return self.regex.search(value.encode("utf-8", "surrogateescape")) is not None
 
 
 # --- the scanner --------------------------------------------------------------------------------
@@ -344,11 +365,21 @@ class _Parser:
             raise self._error(token.pos, "expected value or quoted")
         if op is not _Op.MATCHES:
             return _Selector(fieldpath, op, value)
+        return _Selector(fieldpath, op, value, self._compile(value, token.pos))
+
+    def _compile(self, value: str, pos: int) -> Any:
+        pattern = value.encode("utf-8", "surrogateescape")
+        if len(pattern) > MAX_REGEX:
+            raise self._error(pos, f"regular expression of {len(pattern)} bytes is over the "
+                                   f"limit of {MAX_REGEX} bytes")
         try:
-            regex = re.compile(value)
-        except re.error as err:
-            raise self._error(token.pos, f"invalid regular expression {value!r}: {err}") from err
-        return _Selector(fieldpath, op, value, regex)
+            return re2.compile(pattern, _RE2_OPTIONS)
+        except re2.error as err:
+            # RE2 reports bytes (b'missing ): ('); say it as text.
+            reason = err.args[0] if err.args else err
+            if isinstance(reason, bytes):
+                reason = reason.decode("utf-8", "replace")
+            raise self._error(pos, f"invalid regular expression {value!r}: {reason}") from err
 
     def _fieldpath(self) -> tuple[str, ...]:
         fields = [self._field()]

@@ -42,8 +42,17 @@ Opaque directories
     this layer created implicitly (as the parent of a member) counts as created, so its
     members survive.
 
-Errors are ``errdefs.InvalidArgument`` naming the member when the layer is at fault, and
-``errdefs.Internal`` for host failures (full disk, I/O error).
+Limits
+    A layer is untrusted input, and a small blob can expand to a huge stream (gzip by a factor of
+    up to 1032, zstd by far more) whose members cost nothing on disk (a file overwritten again
+    and again, bytes after the end-of-archive marker). :class:`LayerLimits` caps the number of
+    members and the bytes of uncompressed stream; past either the apply stops with
+    ``errdefs.ResourceExhausted`` naming the limit. The tar parser bounds each member's metadata
+    (see :mod:`berth.diff.tarformat`).
+
+Errors are ``errdefs.InvalidArgument`` naming the member when the layer is at fault,
+``errdefs.ResourceExhausted`` when it exceeds a limit, and ``errdefs.Internal`` for host
+failures (full disk, I/O error).
 """
 
 from __future__ import annotations
@@ -54,7 +63,8 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeVar, cast
 
 from berth import errdefs
@@ -74,7 +84,7 @@ from berth.diff.tarformat import (
 )
 from berth.diff.writediff import write_diff
 
-__all__ = ["OVERLAY_OPAQUE_XATTR", "apply_tar", "write_diff"]
+__all__ = ["OVERLAY_OPAQUE_XATTR", "LayerLimits", "apply_tar", "write_diff"]
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +109,73 @@ _LAYER_ERRNOS = frozenset((
 _T = TypeVar("_T")
 _DEVICE_TYPES = {CHAR: stat.S_IFCHR, BLOCKDEV: stat.S_IFBLK, FIFO: stat.S_IFIFO}
 
+DEFAULT_MAX_ENTRIES = 1 << 22
+"""Members one layer may have by default (about four million). The largest real layers hold a
+few hundred thousand (a full TeX Live, an Android SDK, a big ``node_modules``); the applier
+remembers every directory (and, without overlay, every path) it made, so this also bounds its
+memory."""
+
+EXPANSION_FACTOR = 2
+"""By default a layer's uncompressed stream may be this many times the size of the file system
+it is unpacked onto. Everything an honest layer holds is written there, so it cannot be larger
+than that file system (tar's headers take less room than the inodes and blocks they describe);
+the factor leaves room for file systems that compress (btrfs, zfs). Only a stream whose bytes
+land nowhere (a file overwritten again and again, a tail after the end marker: work for
+nothing) can go past it."""
+
+FALLBACK_MAX_EXPANDED = 1 << 40
+"""The default cap (1 TiB) where the file system reports no size (some FUSE file systems)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LayerLimits:
+    """Caps on one layer: ``max_entries`` members, ``max_expanded_bytes`` bytes of uncompressed
+    stream (None: :data:`EXPANSION_FACTOR` times the size of the file system the layer is
+    unpacked onto)."""
+
+    max_entries: int = DEFAULT_MAX_ENTRIES
+    max_expanded_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_entries < 1 or (self.max_expanded_bytes is not None
+                                    and self.max_expanded_bytes < 1):
+            raise errdefs.InvalidArgument(f"layer limits must be positive: {self}")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> LayerLimits:
+        """From a differ plugin's config table: ``max_layer_entries`` and
+        ``max_layer_expanded_bytes`` (each optional, a positive integer)."""
+        values: dict[str, int] = {}
+        for key, attr in (("max_layer_entries", "max_entries"),
+                          ("max_layer_expanded_bytes", "max_expanded_bytes")):
+            value = config.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise errdefs.InvalidArgument(f"{key} must be an integer, not {value!r}")
+            values[attr] = value
+        return cls(**values)
+
+    def expanded_limit(self, root: str) -> tuple[int, str]:
+        """The cap on uncompressed bytes for a layer unpacked into ``root``, and where it comes
+        from (for the error message)."""
+        if self.max_expanded_bytes is not None:
+            return self.max_expanded_bytes, "the configured limit"
+        st = os.statvfs(root)
+        size = st.f_blocks * st.f_frsize
+        if not size:
+            return FALLBACK_MAX_EXPANDED, "the limit for a file system of unknown size"
+        return EXPANSION_FACTOR * size, (
+            f"{EXPANSION_FACTOR} times the {size}-byte file system it is unpacked onto")
+
+
+DEFAULT_LIMITS = LayerLimits()
+
 
 def apply_tar(stream: Readable, root: str, *, overlay_whiteouts: bool,
               parents: Sequence[str] = (), opaque_xattr: str = OVERLAY_OPAQUE_XATTR,
-              skip_devices: bool = False, made_parents: list[str] | None = None) -> int:
+              skip_devices: bool = False, made_parents: list[str] | None = None,
+              limits: LayerLimits = DEFAULT_LIMITS) -> int:
     """Apply the uncompressed layer tar read from ``stream`` onto the directory ``root``.
 
     ``overlay_whiteouts`` selects the overlay form: whiteouts become 0/0 character devices and
@@ -112,7 +185,8 @@ def apply_tar(stream: Readable, root: str, *, overlay_whiteouts: bool,
     ``skip_devices`` drops character and block devices (for user namespaces, where mknod fails).
     ``made_parents``, when given, receives the root-relative paths of the directories the layer
     did not contain but had to be created as parents of its members, in creation order (see
-    :func:`adopt_parents`).
+    :func:`adopt_parents`). ``limits`` caps the layer's members and uncompressed bytes
+    (``errdefs.ResourceExhausted`` past either).
 
     The stream is read to its end: bytes after the end-of-archive marker are read and ignored,
     so that a digest computed over ``stream`` covers every byte. Returns the number of bytes read.
@@ -123,6 +197,8 @@ def apply_tar(stream: Readable, root: str, *, overlay_whiteouts: bool,
         raise errdefs.InvalidArgument("refusing to apply a layer onto /")
     if not os.path.isdir(root):
         raise errdefs.InvalidArgument(f"cannot apply a layer onto {root}: not a directory")
+    max_entries = limits.max_entries
+    max_expanded, expanded_why = limits.expanded_limit(root)
     applier = _Applier(root, overlay_whiteouts, tuple(parents), opaque_xattr, skip_devices)
     applier.made_parents = made_parents
     parser = TarParser()
@@ -131,11 +207,18 @@ def apply_tar(stream: Readable, root: str, *, overlay_whiteouts: bool,
     read = stream.read
     fd = -1
     left = 0
+    entries = 0
+    expanded = 0
     entry: TarEntry | None = None
     try:
         # Reading stays outside the error mapping below: a failing source is not the layer's
         # fault and keeps its own exception.
         while chunk := read(READ_CHUNK):
+            # Checked before the chunk is parsed, so no byte past the cap is acted on.
+            expanded += len(chunk)
+            if expanded > max_expanded:
+                raise errdefs.ResourceExhausted(
+                    f"layer expands to more than {max_expanded} bytes, {expanded_why}")
             try:
                 for event in feed(chunk):
                     if event.__class__ is memoryview:
@@ -145,15 +228,23 @@ def apply_tar(stream: Readable, root: str, *, overlay_whiteouts: bool,
                             while data:
                                 data = data[write(fd, data):]
                             if not left:
-                                applier.finish_file(fd, cast(TarEntry, entry))
-                                fd = -1
+                                # finish_file closes it even when it fails: forget it first, so
+                                # that the finally below cannot close it (or a descriptor
+                                # another thread got with its number) a second time.
+                                done, fd = fd, -1
+                                applier.finish_file(done, cast(TarEntry, entry))
                     elif event is not END:
+                        entries += 1
+                        if entries > max_entries:
+                            raise errdefs.ResourceExhausted(
+                                f"layer has more than {max_entries} entries, the limit for "
+                                "one layer")
                         entry = cast(TarEntry, event)
                         fd = applier.entry(entry)
                         left = entry.size
                         if fd >= 0 and not left:
-                            applier.finish_file(fd, entry)
-                            fd = -1
+                            done, fd = fd, -1
+                            applier.finish_file(done, entry)
             except OSError as exc:
                 raise _entry_error(entry, exc) from exc
             except (ValueError, OverflowError) as exc:  # NUL in an xattr name, uid >= 2^32...

@@ -11,6 +11,16 @@ so containerd) reads:
   ``atime`` and ``SCHILY.xattr.*``; global headers (``g``) are read and ignored, as containerd
   ignores them.
 
+Extended headers combine as in Go: of two ``x`` headers before a member only the last counts
+(GNU tar reads them so too), a GNU long name or link name wins over a PAX ``path`` or
+``linkpath`` (an empty one changes nothing), and a ``g`` header ends whatever extended headers
+came before it (Go hands it to the caller as a member of its own, which containerd skips).
+
+The input is untrusted (a registry serves it), so what one member's metadata may cost is
+bounded: an extended header's data at :data:`MAX_EXTENDED_HEADER` (Go's limit), the extended
+headers in a row before a member at :data:`MAX_EXTENDED_HEADERS`, and their bytes together at
+:data:`MAX_PENDING_METADATA`. Each is an ``InvalidArgument`` naming the limit.
+
 Like Go, links, symlinks, devices, fifos and directories carry no content whatever their size
 field says. GNU sparse files, multi-volume and other exotic members are refused with
 ``InvalidArgument``: no image tool produces them. Names are decoded as UTF-8 with
@@ -53,12 +63,24 @@ _KNOWN = frozenset((REGULAR, HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIRECTORY, FIFO)
 # Go refuses extended headers larger than this (maxSpecialFileSize); so do we, so that a layer
 # cannot make us buffer gigabytes of "file name".
 MAX_EXTENDED_HEADER = 1 << 20
+# Extended headers (x, g, L, K) in a row before one member. An honest writer puts at most one of
+# each kind there (git archive's leading g, then x, L, K); the cap makes a layer of nothing but
+# extended headers fail at once instead of being parsed, megabyte by megabyte, to its end.
+MAX_EXTENDED_HEADERS = 8
+# Bytes of extended-header data read for one member, every kind together. This bounds what the
+# parser holds for the member to come (PAX records, long name, long link) and the work spent on
+# one member's metadata: two of the largest headers Go accepts. Real metadata is far smaller
+# (PATH_MAX is 4 KiB; Linux caps an xattr value at 64 KiB).
+MAX_PENDING_METADATA = 2 * MAX_EXTENDED_HEADER
 
 PAX_XATTR = "SCHILY.xattr."
 
 _ZERO_BLOCK = bytes(BLOCK)
+_EXTENDED_NAMES = {_PAX: "PAX header", _PAX_GLOBAL: "PAX global header",
+                   _GNU_LONGNAME: "GNU long name header", _GNU_LONGLINK: "GNU long link header"}
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
 _PAX_KEYS = frozenset(("path", "linkpath", "size", "uid", "gid", "mtime", "atime"))
+_PAX_SPARSE = "GNU.sparse."
 
 
 @dataclass(slots=True)
@@ -139,8 +161,13 @@ def _pax_time(raw: bytes) -> int:
     return sign * (int(whole) * 1_000_000_000 + int((frac + "000000000")[:9]))
 
 
-def _pax_records(data: bytes) -> dict[str, bytes]:
-    """Parse ``"<len> <key>=<value>\\n"`` records; values stay raw bytes (xattrs are binary)."""
+def _pax_records(data: bytes, *, keep: bool = True) -> dict[str, bytes]:
+    """Parse ``"<len> <key>=<value>\\n"`` records; values stay raw bytes (xattrs are binary).
+
+    Only the records a member uses are kept (:data:`_PAX_KEYS` and xattrs): a header of a
+    hundred thousand tiny records of other keys costs no memory beyond its own bytes. With
+    ``keep=False`` (a global header, which describes no member) the records are only checked
+    for form; otherwise a GNU sparse record is refused, as sparse members are."""
     records: dict[str, bytes] = {}
     pos = 0
     while pos < len(data):
@@ -159,7 +186,13 @@ def _pax_records(data: bytes) -> dict[str, bytes]:
         key, eq, value = data[space + 1:end - 1].partition(b"=")
         if not eq:
             raise _invalid("PAX record without '='")
-        records[key.decode("utf-8", "surrogateescape")] = value
+        if keep:
+            name = key.decode("utf-8", "surrogateescape")
+            if name in _PAX_KEYS or name.startswith(PAX_XATTR):
+                records[name] = value
+            elif name.startswith(_PAX_SPARSE):
+                raise errdefs.InvalidArgument(
+                    "layer tar: unsupported tar member (PAX sparse file)")
         pos = end
     return records
 
@@ -183,9 +216,15 @@ class TarParser:
         self._ext_type = ""  # the extended header whose data is being collected
         self._ext_size = 0
         self._zero_seen = False
+        # What the extended headers since the last member said, for the member to come: the
+        # last x header's records, the last L and K (empty: none).
         self._pax: dict[str, bytes] = {}
-        self._longname: bytes | None = None
-        self._longlink: bytes | None = None
+        self._longname = b""
+        self._longlink = b""
+        # Extended headers since the last member, and their data's bytes (the caps above). A
+        # member's header resets them only when they are not zero: one test on the hot path.
+        self._ext_count = 0
+        self._ext_bytes = 0
 
     def feed(self, chunk: bytes | memoryview) -> Iterator[Event]:
         view = memoryview(chunk)
@@ -237,7 +276,7 @@ class TarParser:
             return
         if self._pending or self._data_left or self._skip or self._ext_type:
             raise _invalid("truncated archive (the stream ended inside a member)")
-        if self._pax or self._longname is not None or self._longlink is not None:
+        if self._pax or self._longname or self._longlink:
             raise _invalid("truncated archive (an extended header has no member)")
         # Go accepts input that simply stops at a header boundary (no end marker): so do we.
         self.finished = True
@@ -267,8 +306,22 @@ class TarParser:
             raise _invalid("negative size")
 
         if kind in (_PAX, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK):
+            # Every cap is checked before the header's data is buffered.
+            what = _EXTENDED_NAMES[kind]
             if length > MAX_EXTENDED_HEADER:
-                raise _invalid(f"extended header of {length} bytes (limit {MAX_EXTENDED_HEADER})")
+                raise _invalid(f"a {what} of {length} bytes is over the limit of "
+                               f"{MAX_EXTENDED_HEADER} bytes for one extended header")
+            count = self._ext_count + 1
+            if count > MAX_EXTENDED_HEADERS:
+                raise _invalid(f"more than {MAX_EXTENDED_HEADERS} extended headers in a row "
+                               f"before a member (the limit), the last a {what}")
+            total = self._ext_bytes + length
+            if total > MAX_PENDING_METADATA:
+                raise _invalid(f"extended headers of {total} bytes in all before one member, "
+                               f"over the limit of {MAX_PENDING_METADATA} bytes (the last a "
+                               f"{what} of {length} bytes)")
+            self._ext_count = count
+            self._ext_bytes = total
             self._ext_type = kind
             self._ext_size = length
             self._want = (length + BLOCK - 1) // BLOCK * BLOCK
@@ -298,14 +351,8 @@ class TarParser:
             atime = _number(raw[345:357], "atime")  # GNU keeps atime where ustar has a prefix
             if atime:
                 entry.atime_ns = atime * 1_000_000_000
-        if self._longname is not None:
-            entry.name = _decode(self._longname)
-        if self._longlink is not None:
-            entry.linkname = _decode(self._longlink)
-        if self._pax:
-            self._merge_pax(entry, self._pax)
-        self._pax = {}
-        self._longname = self._longlink = None
+        if self._ext_count:
+            self._merge_extended(entry)
 
         if kind in ("\0", _CONTIGUOUS):
             # Pre-POSIX archives mark directories only with a trailing slash.
@@ -327,18 +374,34 @@ class TarParser:
         self._ext_type = ""
         self._want = BLOCK
         data = data[:size]
+        # Each header replaces what an earlier one of its kind said: what is held never grows
+        # past one header of each kind (Go and GNU tar read two x headers in a row so too).
         if kind == _PAX:
-            records = _pax_records(data)
-            if any(key.startswith("GNU.sparse.") for key in records):
-                raise errdefs.InvalidArgument("layer tar: unsupported tar member (PAX sparse file)")
-            self._pax.update(records)
+            self._pax = _pax_records(data)
         elif kind == _GNU_LONGNAME:
             self._longname = _cstring(data)
         elif kind == _GNU_LONGLINK:
             self._longlink = _cstring(data)
-        # A global PAX header is validated above and otherwise ignored, as containerd does.
         elif kind == _PAX_GLOBAL:
-            _pax_records(data)
+            # Validated and otherwise ignored, as containerd does. Go returns it as a member of
+            # its own, so the extended headers before it describe nothing: drop them too.
+            _pax_records(data, keep=False)
+            self._pax = {}
+            self._longname = self._longlink = b""
+
+    def _merge_extended(self, entry: TarEntry) -> None:
+        """Give ``entry`` what the extended headers before it said, then forget them. GNU long
+        names win over PAX, as in Go; an empty one changes nothing."""
+        if self._pax:
+            self._merge_pax(entry, self._pax)
+            self._pax = {}
+        if self._longname:
+            entry.name = _decode(self._longname)
+            self._longname = b""
+        if self._longlink:
+            entry.linkname = _decode(self._longlink)
+            self._longlink = b""
+        self._ext_count = self._ext_bytes = 0
 
     @staticmethod
     def _merge_pax(entry: TarEntry, pax: Mapping[str, bytes]) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from berth import errdefs
-from berth.diff.archive import OVERLAY_OPAQUE_XATTR, apply_tar
+from berth.diff.archive import DEFAULT_LIMITS, OVERLAY_OPAQUE_XATTR, LayerLimits, apply_tar
 from berth.diff.compression import (
     GZIP,
     UNCOMPRESSED,
@@ -91,11 +91,14 @@ class WalkingDiff:
 
     ``prefetch`` decompresses and digests in a background thread while files are written.
     ``temp_dir`` is where temporary mount points are made (the system default if None).
+    ``limits`` caps what one applied layer may hold (see :class:`LayerLimits`).
     """
 
-    def __init__(self, *, prefetch: bool = True, temp_dir: str | None = None) -> None:
+    def __init__(self, *, prefetch: bool = True, temp_dir: str | None = None,
+                 limits: LayerLimits = DEFAULT_LIMITS) -> None:
         self._prefetch = prefetch
         self._temp_dir = temp_dir
+        self.limits = limits
 
     # -- Applier -------------------------------------------------------------------------------
 
@@ -112,7 +115,8 @@ class WalkingDiff:
         if _in_user_namespace():
             raise errdefs.NotImplementedByBerth("detached overlay apply needs the host namespace")
         return self._stream(desc, open_blob, lambda stream: apply_tar(
-            stream, upper, overlay_whiteouts=True, made_parents=made_parents))
+            stream, upper, overlay_whiteouts=True, made_parents=made_parents,
+            limits=self.limits))
 
     def _stream(self, desc: image.Descriptor, open_blob: BlobOpener,
                 apply: Callable[[Readable], object]) -> image.Descriptor:
@@ -143,14 +147,16 @@ class WalkingDiff:
                 opaque = (_USER_OPAQUE_XATTR if "userxattr" in m.options
                           else OVERLAY_OPAQUE_XATTR)
                 apply_tar(stream, upper, overlay_whiteouts=True,
-                          parents=lowers.split(":") if lowers else (), opaque_xattr=opaque)
+                          parents=lowers.split(":") if lowers else (), opaque_xattr=opaque,
+                          limits=self.limits)
                 return
             if _is_bind(m) and not m.readonly:
                 apply_tar(stream, m.source, overlay_whiteouts=False,
-                          skip_devices=_in_user_namespace())
+                          skip_devices=_in_user_namespace(), limits=self.limits)
                 return
         with temp_mount(mounts, prefix="berth-apply-", parent=self._temp_dir) as root:
-            apply_tar(stream, root, overlay_whiteouts=False, skip_devices=_in_user_namespace())
+            apply_tar(stream, root, overlay_whiteouts=False, skip_devices=_in_user_namespace(),
+                      limits=self.limits)
 
     # -- Comparer ------------------------------------------------------------------------------
 

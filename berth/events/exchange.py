@@ -2,8 +2,11 @@
 
 Publishers hand it protobuf event messages with a topic (``/images/create``); it stamps them with
 the time and the current namespace and delivers them to every subscriber whose filters match.
-Subscribers read from a bounded queue: a subscriber that stops reading loses events (it is told
-nothing), but never slows publishers down.
+Subscribers read from a queue bounded both in events (:data:`QUEUE_EVENTS`) and in bytes
+(:data:`QUEUE_BYTES`): a subscriber that stops reading loses the events that do not fit (it is
+told nothing; the daemon logs it), but never slows publishers down nor makes the daemon hold
+more than that for it. An event larger than :data:`MAX_EVENT_SIZE` is refused at publish time
+with ``ResourceExhausted``.
 
 Filters use containerd's syntax over the fields ``topic``, ``namespace`` and ``event.<field>``
 (the event message's own fields, e.g. ``event.name``).
@@ -11,9 +14,9 @@ Filters use containerd's syntax over the fields ``topic``, ``namespace`` and ``e
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
-import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +29,17 @@ from berth.metadata.db import now_ns
 
 log = logging.getLogger(__name__)
 
-_QUEUE_SIZE = 1024
+QUEUE_EVENTS = 1024
+"""Events a subscriber may have waiting before newer ones are dropped for it."""
+
+MAX_EVENT_SIZE = 4 << 20
+"""The largest event payload accepted (4 MiB): ttrpc's message limit, so every event a shim can
+forward fits, and well under the gRPC limit (16 MiB) its envelope is sent to subscribers in.
+Real events are a few hundred bytes."""
+
+QUEUE_BYTES = 16 << 20
+"""Bytes a subscriber may have waiting (16 MiB, four of the largest events) before newer events
+are dropped for it: without it, :data:`QUEUE_EVENTS` large events would pin gigabytes."""
 
 
 @dataclass(frozen=True)
@@ -50,18 +63,51 @@ def validate_topic(topic: str) -> None:
         )
 
 
+def _size(env: Envelope) -> int:
+    """What an envelope is counted as in a subscriber's queue: its payload and its strings."""
+    return len(env.value) + len(env.topic) + len(env.namespace) + len(env.type_url)
+
+
 class Subscription:
-    def __init__(self, exchange: Exchange, flt: filters.Filter) -> None:
+    """A subscriber's queue, bounded by ``max_events`` and ``max_bytes``."""
+
+    def __init__(self, exchange: Exchange, flt: filters.Filter, *,
+                 max_events: int = QUEUE_EVENTS, max_bytes: int = QUEUE_BYTES) -> None:
         self._exchange = exchange
         self.filter = flt
-        self.queue: queue.Queue[Envelope] = queue.Queue(maxsize=_QUEUE_SIZE)
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._queue: collections.deque[tuple[Envelope, int]] = collections.deque()
+        self._ready = threading.Condition(threading.Lock())
+        self.pending_bytes = 0
         self.dropped = 0
 
+    def offer(self, env: Envelope, size: int) -> int:
+        """Queue ``env`` (counted as ``size`` bytes) unless either bound would be passed.
+        Returns 0 if it was queued, else how many events this subscriber has lost so far."""
+        with self._ready:
+            if (len(self._queue) >= self.max_events
+                    or self.pending_bytes + size > self.max_bytes):
+                self.dropped += 1
+                return self.dropped
+            self._queue.append((env, size))
+            self.pending_bytes += size
+            self._ready.notify()
+        return 0
+
     def get(self, timeout: float) -> Envelope | None:
-        try:
-            return self.queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        """The oldest waiting event, waiting up to ``timeout`` seconds; None if there is none."""
+        with self._ready:
+            if not self._queue and not self._ready.wait_for(lambda: bool(self._queue), timeout):
+                return None
+            env, size = self._queue.popleft()
+            self.pending_bytes -= size
+        return env
+
+    @property
+    def waiting(self) -> int:
+        """Events in the queue now."""
+        return len(self._queue)
 
     def close(self) -> None:
         self._exchange._unsubscribe(self)
@@ -88,17 +134,21 @@ class Exchange:
         """Deliver an already stamped envelope (from a shim, or from publish)."""
         validate_topic(env.topic)
         namespaces.validate(env.namespace)
+        if len(env.value) > MAX_EVENT_SIZE:
+            raise errdefs.ResourceExhausted(
+                f"event {env.type_url or '(no type)'} on {env.topic} is {len(env.value)} bytes, "
+                f"over the limit of {MAX_EVENT_SIZE} bytes for one event")
+        size = _size(env)
         with self._lock:
             subscribers = list(self._subscribers)
         for sub in subscribers:
             if not sub.filter.match(functools.partial(_adapt, env)):
                 continue
-            try:
-                sub.queue.put_nowait(env)
-            except queue.Full:
-                sub.dropped += 1
-                if sub.dropped == 1 or sub.dropped % 1000 == 0:
-                    log.warning("event subscriber too slow, dropped %d events", sub.dropped)
+            dropped = sub.offer(env, size)
+            if dropped == 1 or (dropped and dropped % 1000 == 0):
+                log.warning("event subscriber too slow (%d events, %d bytes waiting; limits %d "
+                            "events, %d bytes): dropped %d events", sub.waiting,
+                            sub.pending_bytes, sub.max_events, sub.max_bytes, dropped)
         log.debug("event topic=%s namespace=%s type=%s", env.topic, env.namespace, env.type_url)
 
     def subscribe(self, filter_strings: Sequence[str] = ()) -> Subscription:
