@@ -81,12 +81,14 @@ def _gc(ctx: InitContext) -> Any:
 
 
 def _walking(ctx: InitContext) -> Any:
+    from berth.diff.archive import LayerLimits
     from berth.diff.local import LocalDiff
     from berth.diff.walking import WalkingDiff
 
     # Its temporary mounts go where berthd set them (<root>/tmpmounts, 0700): under the state
     # dir, which others may traverse, they would expose the snapshots they show.
-    return LocalDiff(WalkingDiff(), ctx.get(p.METADATA).content)
+    differ = WalkingDiff(limits=LayerLimits.from_config(ctx.config))
+    return LocalDiff(differ, ctx.get(p.METADATA).content)
 
 
 def _transfer(ctx: InitContext) -> Any:

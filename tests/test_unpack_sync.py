@@ -1,9 +1,10 @@
-"""Unpacking syncs each layer's files to disk before the snapshot that holds them is committed.
+"""Each layer's files are synced to disk before the snapshot that holds them is committed.
 
 A commit is durable (the snapshotter's database syncs it): were the layer's files still only in
 the page cache, a power loss would leave a committed layer with empty or missing files under a
-chain ID that says it is complete. The Unpacker runs syncfs(2) once per layer after applying it
-(in the extracting worker for the parallel strategy) and before committing it.
+chain ID that says it is complete. The differ runs syncfs(2) once per layer after applying it,
+whoever asked: the Unpacker (in the extracting worker for the parallel strategy, before its
+commit), or a client's Diff.Apply, as ``ctr images pull`` sends before it commits.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 
 from berth import namespaces
 from berth.content.local import LocalStore
-from berth.diff import WalkingDiff
+from berth.diff import WalkingDiff, durable
 from berth.events import Exchange
 from berth.images import unpack
 from berth.images.unpack import Unpacker
@@ -97,7 +98,7 @@ def test_each_layer_is_synced_before_its_commit(md: Metadata, parallel: bool,
         fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    monkeypatch.setattr(unpack, "sync_filesystem", sync)
+    monkeypatch.setattr(durable, "sync_filesystem", sync)
     monkeypatch.setattr(unpack.os, "fsync", fsync)
     sn = md.snapshotters["overlayfs"]
     real_commit = sn.commit
@@ -124,10 +125,10 @@ def test_each_layer_is_synced_before_its_commit(md: Metadata, parallel: bool,
 
 def test_sync_can_be_turned_off(md: Metadata, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(unpack, "sync_filesystem", calls.append)
+    monkeypatch.setattr(durable, "sync_filesystem", calls.append)
     descs, diff_ids = _store(md)
-    u = Unpacker(md.content, md.snapshotters["overlayfs"], WalkingDiff(), descs, diff_ids,
-                 sync=False)
+    u = Unpacker(md.content, md.snapshotters["overlayfs"], WalkingDiff(sync=False), descs,
+                 diff_ids)
     for i in range(len(LAYERS)):
         u.extract(i)
     for i in range(len(LAYERS)):
@@ -135,7 +136,24 @@ def test_sync_can_be_turned_off(md: Metadata, monkeypatch: pytest.MonkeyPatch) -
     assert calls == []
 
 
+def test_diff_apply_syncs_before_it_returns(md: Metadata, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ctr images pull`` applies each layer through the Diff service, then commits."""
+    from berth.diff.local import LocalDiff
+    from berth.mount import Mount
+
+    synced: list[list[str]] = []
+    monkeypatch.setattr(durable, "sync_filesystem", lambda d: synced.append(
+        sorted(p.name for p in Path(d).rglob("*") if p.is_file())))
+    descs, _ = _store(md)
+    target = tmp_path / "target"
+    target.mkdir()
+    LocalDiff(WalkingDiff(), md.content).apply(
+        descs[0], [Mount("bind", str(target), ("rbind", "rw"))])
+    assert synced == [["one"]]
+
+
 def test_sync_filesystem_runs_syncfs(tmp_path: Path) -> None:
-    unpack.sync_filesystem(str(tmp_path))  # the real call: no error on a real directory
+    durable.sync_filesystem(str(tmp_path))  # the real call: no error on a real directory
     with pytest.raises(FileNotFoundError):
-        unpack.sync_filesystem(str(tmp_path / "missing"))
+        durable.sync_filesystem(str(tmp_path / "missing"))

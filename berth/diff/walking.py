@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from berth import errdefs
+from berth.diff import durable
 from berth.diff.archive import DEFAULT_LIMITS, OVERLAY_OPAQUE_XATTR, LayerLimits, apply_tar
 from berth.diff.compression import (
     GZIP,
@@ -90,15 +91,19 @@ class WalkingDiff:
     """Applies layers to, and computes layers from, any mounts this host can mount.
 
     ``prefetch`` decompresses and digests in a background thread while files are written.
-    ``temp_dir`` is where temporary mount points are made (the system default if None).
+    ``temp_dir`` is where temporary mount points are made (if None, where
+    :func:`berth.mount.set_temp_location` said: ``<root>/tmpmounts`` in berthd).
     ``limits`` caps what one applied layer may hold (see :class:`LayerLimits`).
+    ``sync``: an applied layer's files are on disk when apply returns (see
+    :mod:`berth.diff.durable`), ready for the commit that follows.
     """
 
     def __init__(self, *, prefetch: bool = True, temp_dir: str | None = None,
-                 limits: LayerLimits = DEFAULT_LIMITS) -> None:
+                 limits: LayerLimits = DEFAULT_LIMITS, sync: bool = True) -> None:
         self._prefetch = prefetch
         self._temp_dir = temp_dir
         self.limits = limits
+        self.sync = sync  # an applied layer's files on disk before apply returns (durable.py)
 
     # -- Applier -------------------------------------------------------------------------------
 
@@ -114,9 +119,12 @@ class WalkingDiff:
         :func:`berth.diff.archive.adopt_parents` can finish them once the lowers exist."""
         if _in_user_namespace():
             raise errdefs.NotImplementedByBerth("detached overlay apply needs the host namespace")
-        return self._stream(desc, open_blob, lambda stream: apply_tar(
-            stream, upper, overlay_whiteouts=True, made_parents=made_parents,
-            limits=self.limits))
+        def apply(stream: Readable) -> None:
+            apply_tar(stream, upper, overlay_whiteouts=True, made_parents=made_parents,
+                      limits=self.limits)
+            self._synced(upper)
+
+        return self._stream(desc, open_blob, apply)
 
     def _stream(self, desc: image.Descriptor, open_blob: BlobOpener,
                 apply: Callable[[Readable], object]) -> image.Descriptor:
@@ -149,14 +157,21 @@ class WalkingDiff:
                 apply_tar(stream, upper, overlay_whiteouts=True,
                           parents=lowers.split(":") if lowers else (), opaque_xattr=opaque,
                           limits=self.limits)
+                self._synced(upper)
                 return
             if _is_bind(m) and not m.readonly:
                 apply_tar(stream, m.source, overlay_whiteouts=False,
                           skip_devices=_in_user_namespace(), limits=self.limits)
+                self._synced(m.source)
                 return
         with temp_mount(mounts, prefix="berth-apply-", parent=self._temp_dir) as root:
             apply_tar(stream, root, overlay_whiteouts=False, skip_devices=_in_user_namespace(),
                       limits=self.limits)
+            self._synced(root)
+
+    def _synced(self, directory: str) -> None:
+        if self.sync:
+            durable.sync_filesystem(directory)
 
     # -- Comparer ------------------------------------------------------------------------------
 

@@ -16,22 +16,16 @@ Two strategies, one contract:
 Either way :meth:`Unpacker.extract` may be called from worker threads in any order, and
 :meth:`Unpacker.commit` must be called for layers 0, 1, 2... in order.
 
-A committed snapshot is durable (the snapshotter's database syncs its commit), so its files must
-be on disk first: otherwise a power loss could leave a committed layer with empty or missing
-files, which nothing would notice or repair (its chain ID says it is there). Each layer's
-filesystem is therefore synced (syncfs(2), one call per layer) once applied, before its commit:
-in the worker that extracted it for the parallel strategy, so that it overlaps the other
-layers' downloads and extraction. containerd 1.6 does not sync at all; containerd 2.0 does the
-same syncfs when its CRI's ``image_pull_with_sync_fs`` is set.
+Each layer's files are on disk before its commit: the differ syncs what it applied
+(:mod:`berth.diff.durable`), in the worker that extracted it for the parallel strategy, so that
+it overlaps the other layers' work; the directories adopted at commit are fsynced here.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,35 +39,10 @@ from berth.diff.walking import WalkingDiff
 from berth.images.manifest import chain_ids
 from berth.metadata.content import NamespacedContentStore
 from berth.metadata.snapshots import NamespacedSnapshotter
-from berth.mount import Mount
 from berth.oci.image import Descriptor
 from berth.snapshots.snapshotter import Kind
 
 log = logging.getLogger(__name__)
-
-# syncfs(2) is in glibc since 2.14; os has no binding for it.
-_syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
-if _syncfs is not None:
-    _syncfs.argtypes = [ctypes.c_int]
-    _syncfs.restype = ctypes.c_int
-
-
-def sync_filesystem(directory: str) -> None:
-    """Write the dirty data of the filesystem holding ``directory`` to disk (syncfs(2); the
-    GIL is released meanwhile). Internal if the kernel reports that writing failed."""
-    started = time.monotonic()
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if _syncfs is None:
-            os.sync()  # every filesystem: more than needed, never less
-        elif _syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise errdefs.Internal(f"syncing the filesystem of {directory} failed: "
-                                   f"{os.strerror(err)}; the layer may not be on disk")
-    finally:
-        os.close(fd)
-    log.debug("synced the filesystem of %s in %.3fs", directory, time.monotonic() - started)
-
 
 def _fsync_dirs(root: str, relative: Sequence[str]) -> None:
     for rel in relative:
@@ -87,19 +56,6 @@ def _fsync_dirs(root: str, relative: Sequence[str]) -> None:
             os.close(fd)
 
 
-def _layer_dir(mounts: Sequence[Mount]) -> str | None:
-    """The directory an apply onto ``mounts`` wrote into (an overlay's upper directory, or a
-    writable bind's source); None for mounts whose files live elsewhere."""
-    if len(mounts) != 1:
-        return None
-    m = mounts[0]
-    if m.type == "overlay":
-        return m.option("upperdir")
-    if (m.type == "bind" or "bind" in m.options or "rbind" in m.options) and not m.readonly:
-        return m.source
-    return None
-
-
 @dataclass
 class _Extracted:
     key: str
@@ -110,7 +66,7 @@ class _Extracted:
 class Unpacker:
     def __init__(self, content: NamespacedContentStore, snapshotter: NamespacedSnapshotter,
                  differ: WalkingDiff, layers: Sequence[Descriptor], diff_ids: Sequence[str],
-                 *, parallel: bool = True, sync: bool = True) -> None:
+                 *, parallel: bool = True) -> None:
         if len(layers) != len(diff_ids):
             raise errdefs.InvalidArgument(
                 f"image has {len(layers)} layers but its config lists {len(diff_ids)} diff IDs")
@@ -121,7 +77,6 @@ class Unpacker:
         self.diff_ids = list(diff_ids)
         self.chain = chain_ids(diff_ids)
         self.parallel = parallel and snapshotter.can_reparent
-        self.sync = sync  # each layer's files on disk before its commit (see the module)
         self._extracted: dict[int, _Extracted] = {}
         self._lock = threading.Lock()
         self.first_missing = self._first_missing()
@@ -172,8 +127,6 @@ class Unpacker:
             applied = self.differ.apply_upper(self.layers[index], extracted.upper, self._open,
                                               extracted.made_parents)
             self._check(index, applied)
-            if self.sync:
-                sync_filesystem(extracted.upper)
         except BaseException:
             self._discard(key)
             raise
@@ -197,7 +150,7 @@ class Unpacker:
                     if extracted.made_parents and lowers:
                         adopt_parents(extracted.upper, extracted.made_parents,
                                       lowers[0][len("lowerdir="):].split(":"))
-                        if self.sync:  # their new metadata too; a few directories only
+                        if self.differ.sync:  # their new metadata too: a few directories
                             _fsync_dirs(extracted.upper, extracted.made_parents)
                 self._commit(name, key)
             except BaseException:
@@ -209,9 +162,6 @@ class Unpacker:
         try:
             applied = self.differ.apply(self.layers[index], mounts, self._open)
             self._check(index, applied)
-            directory = _layer_dir(mounts)
-            if self.sync and directory is not None:
-                sync_filesystem(directory)
             self._commit(name, key)
         except BaseException:
             self._discard(key)
