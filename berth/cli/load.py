@@ -9,6 +9,23 @@ The archive is untrusted input: nothing is extracted to disk, documents are size
 parsed strictly, every blob is written with its expected digest and size, and a layer whose
 uncompressed digest differs from the config's diff ID is never committed. Everything runs
 under one lease, so an interrupted load leaves nothing the collector will not reclaim.
+
+What the archive can make this process hold is bounded (CVE-2023-25153: containerd's importer
+read ``index.json`` and ``manifest.json`` whole until 1.6.18 capped them at 20 MiB):
+
+* documents (``index.json``, ``manifest.json``, indexes, manifests, configs) are read whole to
+  be parsed: each at most ``MAX_MANIFEST_SIZE``, all of them together at most
+  :data:`MAX_DOCUMENTS`; each is read and parsed once however often it is referenced, so an
+  index naming one large manifest thousands of times costs one read. Layers are streamed;
+* the tar's member headers: Python's tarfile reads an extended header's data (PAX, GNU long
+  name) whole and keeps every member's header, so extended headers are capped as Go's
+  archive/tar caps them (:data:`MAX_EXTENDED_HEADER` each, :data:`MAX_EXTENDED_HEADERS` in a
+  row, :data:`MAX_EXTENDED_TOTAL` in all), PAX global headers are ignored (as containerd
+  ignores them), sparse members (whose maps tarfile reads unbounded) are refused, and an
+  archive has at most :data:`MAX_MEMBERS` members.
+
+Each bound, when crossed, is an ``InvalidArgument`` naming the archive, what crossed it and
+the limit.
 """
 
 from __future__ import annotations
@@ -39,6 +56,23 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _COMPRESSED_TAR_MAGIC = (_GZIP_MAGIC, b"BZh", b"\xfd7zXZ\x00", _ZSTD_MAGIC)
 
+# The documents read from one archive, together (see the module's description). A real
+# archive's are kilobytes each: this is sixteen of the largest one manifest may be.
+MAX_DOCUMENTS = 16 * MAX_MANIFEST_SIZE
+# Go's archive/tar refuses extended headers over 1 MiB (maxSpecialFileSize); an honest writer
+# puts at most a few before one member (a PAX header, a long name, a long link name).
+MAX_EXTENDED_HEADER = 1 << 20
+MAX_EXTENDED_HEADERS = 8
+MAX_EXTENDED_TOTAL = 16 << 20
+# tarfile keeps a header object (~120 bytes, more with a long name) for every member. Image
+# archives have a few per blob or layer; a hundred thousand is far beyond any real one.
+MAX_MEMBERS = 100_000
+_EXTENDED_TYPES = {
+    tarfile.XHDTYPE: "PAX header", tarfile.SOLARIS_XHDTYPE: "PAX header",
+    tarfile.XGLTYPE: "PAX global header", tarfile.GNUTYPE_LONGNAME: "GNU long name header",
+    tarfile.GNUTYPE_LONGLINK: "GNU long link header",
+}
+
 Report = Callable[[str], None]
 
 
@@ -60,6 +94,73 @@ class _Load:
     names: list[tuple[str, Descriptor]] = field(default_factory=list)
     unpack: dict[str, _Image] = field(default_factory=dict)  # by image target digest
     skipped: list[str] = field(default_factory=list)
+    # Each document and layer is read once however often the archive references it.
+    manifests: dict[str, _Image] = field(default_factory=dict)  # by manifest digest
+    targets: dict[str, _Image | None] = field(default_factory=dict)  # by index.json target
+    configs: dict[str, bytes] = field(default_factory=dict)  # docker: by archive path
+    layers: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # docker: by path
+
+
+class _HeaderBounds:
+    """What the archive's member headers have cost so far (see :func:`_bounded_tarinfo`)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.members = 0
+        self.in_a_row = 0
+        self.extended = 0
+
+
+def _bounded_tarinfo(bounds: _HeaderBounds) -> type[tarfile.TarInfo]:
+    """A TarInfo class for tarfile to read headers with, refusing what would make tarfile
+    hold unbounded data: it checks each header as tarfile has read its 512 bytes and before
+    it reads anything that follows (``_proc_member`` is where tarfile dispatches on the type;
+    the extended headers it reads recursively come through here again)."""
+
+    def invalid(message: str) -> errdefs.InvalidArgument:
+        return errdefs.InvalidArgument(f"{bounds.source}: {message}; refused")
+
+    class BoundedTarInfo(tarfile.TarInfo):
+        def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+            bounds.members += 1
+            if bounds.members > MAX_MEMBERS:
+                raise invalid(f"more than {MAX_MEMBERS} members (the limit)")
+            # PAX global headers are ignored, as containerd ignores them: whatever one put
+            # here is dropped before the next header is read. tarfile would otherwise merge
+            # them into every later member's headers, copying them for each.
+            tar.pax_headers = {}
+            what = _EXTENDED_TYPES.get(self.type)
+            if what is None:
+                bounds.in_a_row = 0
+            else:
+                if self.size > MAX_EXTENDED_HEADER:
+                    raise invalid(f"a {what} of {self.size} bytes is over the limit of "
+                                  f"{MAX_EXTENDED_HEADER} bytes")
+                bounds.in_a_row += 1
+                if bounds.in_a_row > MAX_EXTENDED_HEADERS:
+                    raise invalid(f"more than {MAX_EXTENDED_HEADERS} extended headers in a "
+                                  "row (the limit)")
+                bounds.extended += self.size
+                if bounds.extended > MAX_EXTENDED_TOTAL:
+                    raise invalid(f"extended headers of more than {MAX_EXTENDED_TOTAL} bytes "
+                                  "in all (the limit)")
+            member = super()._proc_member(tar)  # type: ignore[misc]
+            # Applied to the member already; a member keeps no copy of them.
+            member.pax_headers = {}
+            return member  # type: ignore[no-any-return]
+
+        # Sparse members: tarfile reads their maps without bound (the PAX 1.0 map runs on
+        # for as many entries as its first line claims). No image tool writes them.
+        def _proc_sparse(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+            raise invalid(f"{self.name!r} is a sparse file, which image archives never hold")
+
+        def _proc_gnusparse_00(self, *args: object) -> None:
+            raise invalid("a PAX header describes a sparse file, which image archives never "
+                          "hold")
+
+        _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
+
+    return BoundedTarInfo
 
 
 class ArchiveReader:
@@ -68,8 +169,13 @@ class ArchiveReader:
     def __init__(self, tar: tarfile.TarFile, source: str) -> None:
         self.tar = tar
         self.source = source
+        self.documents_read = 0
         self.members: dict[str, tarfile.TarInfo] = {}
-        for m in tar.getmembers():
+        try:
+            every = tar.getmembers()
+        except tarfile.TarError as err:
+            raise errdefs.InvalidArgument(f"{source} is not a valid tar archive: {err}") from None
+        for m in every:
             if m.isfile() or m.issym() or m.islnk():
                 self.members[_normalize(m.name)] = m
 
@@ -93,12 +199,25 @@ class ArchiveReader:
             return f.seek(0, 2)
 
     def read_small(self, path: str, limit: int = MAX_MANIFEST_SIZE) -> bytes:
+        """A document, read whole: InvalidArgument over ``limit`` bytes, or when the
+        archive's documents together would pass :data:`MAX_DOCUMENTS`."""
         with self._open(path) as f:
-            data = f.read(limit + 1)
-        if len(data) > limit:
+            size = f.seek(0, 2)
+            if size > limit:
+                raise errdefs.InvalidArgument(
+                    f"{self.source}: {path} is {size} bytes, larger than the {limit} bytes a "
+                    "document may have; refused")
+            self.charge(size, path)
+            f.seek(0)
+            return f.read(size)
+
+    def charge(self, size: int, what: str) -> None:
+        """Count ``size`` bytes of a document against :data:`MAX_DOCUMENTS`."""
+        self.documents_read += size
+        if self.documents_read > MAX_DOCUMENTS:
             raise errdefs.InvalidArgument(
-                f"{self.source}: {path} is larger than {limit} bytes; refused")
-        return data
+                f"{self.source}: its documents (indexes, manifests, configs) come to more than "
+                f"{MAX_DOCUMENTS} bytes in all, the limit, at {what}; refused")
 
     def chunks(self, path: str) -> Iterator[bytes]:
         with self._open(path) as f:
@@ -116,6 +235,10 @@ def _json(reader: ArchiveReader, path: str) -> Any:
         return json.loads(reader.read_small(path))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise errdefs.InvalidArgument(f"{reader.source}: {path} is not valid JSON: {err}") from None
+    except RecursionError:
+        # json's decoder recurses per nesting level: "[[[[..." runs out of stack.
+        raise errdefs.InvalidArgument(
+            f"{reader.source}: {path} is nested too deeply to be an image document") from None
 
 
 def _image_name(annotations: dict[str, str]) -> str:
@@ -150,10 +273,18 @@ def _add_blob(reader: ArchiveReader, load: _Load, client: Client, desc: Descript
 
 def _document(reader: ArchiveReader, client: Client, load: _Load, desc: Descriptor,
               what: str) -> bytes:
+    known = load.documents.get(desc.digest)
+    if known is not None:
+        return known  # verified when it was read
+    if desc.size > MAX_MANIFEST_SIZE:
+        raise errdefs.InvalidArgument(
+            f"{reader.source}: {what} {desc.digest} is {desc.size} bytes, larger than the "
+            f"{MAX_MANIFEST_SIZE} bytes a document may have; refused")
     path = archive.blob_path(desc.digest)
     if reader.has(path):
         data = reader.read_small(path)
     elif client.has_content(desc.digest):
+        reader.charge(desc.size, f"{what} {desc.digest}")
         data = documents.read_document(client, desc)
     else:
         raise errdefs.InvalidArgument(f"{reader.source} lacks {what} {desc.digest}")
@@ -167,6 +298,9 @@ def _document(reader: ArchiveReader, client: Client, load: _Load, desc: Descript
 
 def _read_manifest(reader: ArchiveReader, client: Client, load: _Load,
                    desc: Descriptor) -> _Image:
+    known = load.manifests.get(desc.digest)
+    if known is not None:
+        return known
     m = manifest.parse_manifest(_document(reader, client, load, desc, "manifest"))
     config = manifest.parse_config(_document(reader, client, load, m.config, "config"))
     for layer in m.layers:
@@ -175,7 +309,8 @@ def _read_manifest(reader: ArchiveReader, client: Client, load: _Load,
     labels_.update({f"{labels.GC_REF_CONTENT}.l.{i}": layer.digest
                     for i, layer in enumerate(m.layers)})
     load.labels[desc.digest] = labels_
-    return _Image(m, config)
+    image = load.manifests[desc.digest] = _Image(m, config)
+    return image
 
 
 def _read_oci(reader: ArchiveReader, client: Client, want: Platform) -> _Load:
@@ -188,8 +323,8 @@ def _read_oci(reader: ArchiveReader, client: Client, want: Platform) -> _Load:
             load.skipped.append(desc.digest)
             continue
         target = Descriptor(desc.media_type, desc.digest, desc.size)
-        if desc.digest not in load.unpack:
-            image = _read_target(reader, client, load, target, want)
+        if desc.digest not in load.targets:
+            image = load.targets[desc.digest] = _read_target(reader, client, load, target, want)
             if image is not None:
                 load.unpack[desc.digest] = image
         load.names.append((name, target))
@@ -208,14 +343,22 @@ def _read_target(reader: ArchiveReader, client: Client, load: _Load, target: Des
     entries = manifest.parse_index(_document(reader, client, load, target, "index"))
     chosen: _Image | None = None
     children: dict[str, str] = {}
+    present: dict[str, bool] = {}  # by digest: whether the archive or the store has it
     for i, e in enumerate(entries):
         d = e.descriptor
+        if d.media_type not in manifest.MANIFEST_TYPES:
+            continue
+        # A manifest the index lists again (for another platform, or a hostile thousand
+        # times) is looked up, read and labelled once.
+        if d.digest not in present:
+            present[d.digest] = reader.has(archive.blob_path(d.digest)) or \
+                client.has_content(d.digest)
+            if present[d.digest]:
+                children[f"{labels.GC_REF_CONTENT}.m.{i}"] = d.digest
         # Platforms the archive left out are fine: the index lists them, nothing needs them.
-        if d.media_type not in manifest.MANIFEST_TYPES or not (
-                reader.has(archive.blob_path(d.digest)) or client.has_content(d.digest)):
+        if not present[d.digest]:
             continue
         image = _read_manifest(reader, client, load, d)
-        children[f"{labels.GC_REF_CONTENT}.m.{i}"] = d.digest
         if chosen is None and e.platform is not None and platforms.matches(want, e.platform):
             chosen = image
     load.labels[target.digest] = children
@@ -252,14 +395,23 @@ def _read_docker(reader: ArchiveReader, want: Platform) -> _Load:
                 not isinstance(entry.get("Layers"), list) or \
                 not all(isinstance(x, str) for x in entry["Layers"]):
             raise errdefs.InvalidArgument(f"{where} needs Config and a list of Layers")
-        config_data = reader.read_small(entry["Config"])
+        if len(entry["Layers"]) > manifest.MAX_LAYERS:
+            # Checked before any layer is hashed: the manifest made of them would be refused.
+            raise errdefs.InvalidArgument(
+                f"{where} has {len(entry['Layers'])} layers; at most {manifest.MAX_LAYERS} are "
+                "supported")
+        config_data = load.configs.get(entry["Config"])
+        if config_data is None:
+            config_data = load.configs[entry["Config"]] = reader.read_small(entry["Config"])
         config = manifest.parse_config(config_data)
         config_desc = Descriptor(oci.DOCKER_CONFIG,
                                  "sha256:" + hashlib.sha256(config_data).hexdigest(),
                                  len(config_data))
         layers = []
         for path in entry["Layers"]:
-            digest, media_type, size = _inspect_layer(reader, path)
+            if path not in load.layers:
+                load.layers[path] = _inspect_layer(reader, path)
+            digest, media_type, size = load.layers[path]
             layers.append(Descriptor(media_type, digest, size))
             load.blobs.setdefault(digest, (layers[-1], path))
         zstd = any(layer.media_type == oci.MEDIA_TYPE_LAYER_ZSTD for layer in layers)
@@ -341,7 +493,8 @@ def _open_archive(stack: ExitStack, source: IO[bytes], name: str) -> tarfile.Tar
         raise errdefs.InvalidArgument(
             f"{name} is compressed with something other than gzip; decompress it first")
     try:
-        return stack.enter_context(tarfile.open(fileobj=source, mode="r:"))
+        return stack.enter_context(tarfile.open(
+            fileobj=source, mode="r:", tarinfo=_bounded_tarinfo(_HeaderBounds(name))))
     except tarfile.TarError as err:
         raise errdefs.InvalidArgument(f"{name} is not a tar archive: {err}") from None
 

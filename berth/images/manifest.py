@@ -57,6 +57,9 @@ def _load(data: bytes, what: str) -> dict[str, Any]:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise errdefs.InvalidArgument(f"{what} is not valid JSON: {err}") from None
+    except RecursionError:
+        # json's decoder recurses per nesting level: "[[[[..." runs out of stack.
+        raise errdefs.InvalidArgument(f"{what} is nested too deeply to be valid") from None
     if not isinstance(doc, dict):
         raise errdefs.InvalidArgument(f"{what} must be a JSON object")
     return doc

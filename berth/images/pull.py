@@ -38,6 +38,14 @@ from berth.remotes.remotes import MAX_MANIFEST_SIZE, Fetcher, Resolver
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+
+
+def _check_document_size(desc: Descriptor, kind: str) -> None:
+    """InvalidArgument for a manifest, index or config too large to be read whole."""
+    if desc.size > MAX_MANIFEST_SIZE:
+        raise errdefs.InvalidArgument(
+            f"{kind} {desc.digest} is {desc.size} bytes; more than {MAX_MANIFEST_SIZE} is "
+            "refused")
 FETCH_ATTEMPTS = 3
 LABEL_DISTRIBUTION_SOURCE = "containerd.io/distribution.source."
 
@@ -203,10 +211,15 @@ class Puller:
                          labels: dict[str, str]) -> bytes:
         """A document read from the content store if it is there, else fetched, verified and
         stored with ``labels``; one fetch for concurrent pulls."""
+        # Bounded before either: a stored blob is no more trusted than a fetched one (``ctr
+        # images import`` stores whatever an archive holds, CVE-2023-25153's input).
+        _check_document_size(desc, kind)
         while True:
             with self._inflight.claim(desc.digest) as mine:
                 if self._have(desc):
                     with self.md.content.reader(desc.digest) as r:
+                        _check_document_size(Descriptor(desc.media_type, desc.digest, r.size),
+                                             kind)
                         return r.read_at(0, r.size)
                 if mine:
                     data = self._document(fetcher, desc, kind)
@@ -215,10 +228,7 @@ class Puller:
 
     def _document(self, fetcher: Fetcher, desc: Descriptor, kind: str) -> bytes:
         """A manifest, index or config: read whole (bounded), verified, not yet stored."""
-        if desc.size > MAX_MANIFEST_SIZE:
-            raise errdefs.InvalidArgument(
-                f"{kind} {desc.digest} is {desc.size} bytes; more than {MAX_MANIFEST_SIZE} is "
-                "refused")
+        _check_document_size(desc, kind)
         with fetcher.fetch(desc) as stream:
             data = stream.read(desc.size + 1)
         if len(data) != desc.size:

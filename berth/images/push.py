@@ -23,7 +23,7 @@ from berth.images.pull import LABEL_DISTRIBUTION_SOURCE, Progress, ProgressFn
 from berth.metadata.content import NamespacedContentStore
 from berth.oci.image import Descriptor
 from berth.remotes import reference
-from berth.remotes.remotes import Resolver
+from berth.remotes.remotes import MAX_MANIFEST_SIZE, Resolver
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,14 @@ class ImagePusher:
         self.max_concurrent = max_concurrent
 
     def _read(self, desc: Descriptor) -> bytes:
+        """A stored manifest or index, read whole to be parsed: bounded as a pulled one is,
+        since what is stored may come from anywhere (``ctr images import`` of an archive)."""
         with self.content.reader(desc.digest) as r:
+            if r.size > MAX_MANIFEST_SIZE:
+                kind = "index" if desc.media_type in manifest.INDEX_TYPES else "manifest"
+                raise errdefs.InvalidArgument(
+                    f"{kind} {desc.digest} is {r.size} bytes; more than {MAX_MANIFEST_SIZE} is "
+                    "refused")
             return r.read_at(0, r.size)
 
     def _opener(self, desc: Descriptor) -> Callable[[], BinaryIO]:
