@@ -569,3 +569,71 @@ def push_layers(
         layout = Path(tmp) / "layout"
         write_layout(layout, tag, layers, compression, precompressed=precompressed)
         return push_layout(registry, layout, tag, repo_tag)
+
+
+def push_derived(
+    registry: Registry,
+    base: ImageInfo,
+    repo_tag: str,
+    *,
+    files: Mapping[str, bytes] | None = None,
+    symlinks: Mapping[str, str] | None = None,
+    config: Mapping[str, object] | None = None,
+) -> str:
+    """Push `base` (a layout built here, tag `latest`) with one more layer holding `files`
+    (0644) and `symlinks` (path -> target), and `config`'s keys (`User`, `WorkingDir`, ...)
+    set over the base image's `config`; return the ref. The base layers are reused as they
+    are (same digests); the layout is written by hand, so no umoci and no root are needed."""
+    _repo, tag = _split_repo_tag(repo_tag)
+    files, symlinks, config = files or {}, symlinks or {}, config or {}
+    index = json.loads((base.layout / "index.json").read_text())
+    manifest_desc = next(m for m in index["manifests"]
+                         if m.get("annotations", {}).get("org.opencontainers.image.ref.name")
+                         == "latest")
+
+    def blob(desc: Mapping[str, object]) -> bytes:
+        algorithm, _, digest = str(desc["digest"]).partition(":")
+        return (base.layout / "blobs" / algorithm / digest).read_bytes()
+
+    manifest = json.loads(blob(manifest_desc))
+    image_config = json.loads(blob(manifest["config"]))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        dirs = sorted({"/".join(p.lstrip("/").split("/")[:i])
+                       for p in [*files, *symlinks]
+                       for i in range(1, len(p.lstrip("/").split("/")))})
+        for directory in dirs:
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        for path, data in sorted(files.items()):
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+        for path, target in sorted(symlinks.items()):
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    layer = buf.getvalue()
+    with tempfile.TemporaryDirectory(prefix="berth-derived-") as tmp:
+        layout = Path(tmp) / "layout"
+        (layout / "blobs/sha256").mkdir(parents=True)
+        (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+        layers = []
+        for desc in manifest["layers"]:
+            layers.append(_put_blob(layout, blob(desc), str(desc["mediaType"])))
+        layers.append(_put_blob(layout, compress(layer, "gzip"), LAYER_MEDIA_TYPES["gzip"]))
+        image_config["config"] = {**image_config.get("config", {}), **config}
+        image_config["rootfs"]["diff_ids"].append(
+            "sha256:" + hashlib.sha256(layer).hexdigest())
+        image_config.setdefault("history", []).append({"created_by": "berth tests push_derived"})
+        new_manifest = {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_TYPE_MANIFEST,
+            "config": _put_blob(layout, json.dumps(image_config).encode(), MEDIA_TYPE_CONFIG),
+            "layers": layers,
+        }
+        desc = _put_blob(layout, json.dumps(new_manifest).encode(), MEDIA_TYPE_MANIFEST)
+        desc["annotations"] = {"org.opencontainers.image.ref.name": tag}
+        (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [desc]}))
+        return push_layout(registry, layout, tag, repo_tag)

@@ -26,17 +26,26 @@ default spec has no seccomp filter: :mod:`berth.oci.seccomp` makes containerd's 
 (``berth run`` applies it); :func:`with_seccomp_unconfined` and :func:`with_privileged` take it
 away.
 
+Capabilities: the default spec and every option here set only the bounding, effective and
+permitted sets, never ``inheritable`` or ``ambient`` (CVE-2022-24769: containerd before 1.6.2
+gave containers a non-empty inheritable set, so a program with inheritable file capabilities
+gained them on exec even for a non-root user). Working directories are refused where they lead
+through a process's own ``/proc`` directory (:func:`check_cwd`, CVE-2024-21626 class).
+
 User strings follow the OCI image spec and containerd's ``WithUser``: ``user``, ``uid``,
 ``user:group``, ``uid:gid``, ``uid:group``, ``user:gid``. A numeric uid alone takes its primary
 group from ``/etc/passwd`` (gid 0 if the uid is not listed or there is no file); a name that is
 not listed is an error (``NotFound``). Supplementary groups are the ``/etc/group`` entries that
-list the user as a member; the primary gid is always among ``additionalGids``.
+list the user as a member; the primary gid is always among ``additionalGids`` (CVE-2023-25173:
+a user's groups are exactly these, so that a group's restrictions cannot be shed by leaving it).
+Every uid and gid must lie in 0 to 2^31 - 1 (see :mod:`berth.oci.users`; CVE-2024-40635).
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -228,11 +237,55 @@ def with_process_args(*args: str) -> SpecOpt:
     return _edit(change)
 
 
-def with_cwd(cwd: str) -> SpecOpt:
-    """Run the process in ``cwd``, an absolute path inside the container."""
+# The first component of a /proc path that names a process's own directory.
+_PROCESS_DIR = re.compile(r"^(self|thread-self|[0-9]+)$")
+# Links runc makes in the container's /dev that lead into /proc/self.
+_DEV_LINKS_TO_PROC = frozenset({"fd", "stdin", "stdout", "stderr"})
+
+
+def _into_process_dir(parts: Sequence[str]) -> bool:
+    """Whether the path ``parts`` (no "", "." or "..") is inside a process's /proc directory
+    (``/proc/self/fd``, ``/proc/1/cwd``...), or /dev's links to it (``/dev/fd/7``)."""
+    if len(parts) >= 3 and parts[0] == "proc" and _PROCESS_DIR.match(parts[1]):
+        return True
+    return len(parts) >= 2 and parts[0] == "dev" and parts[1] in _DEV_LINKS_TO_PROC
+
+
+def check_cwd(cwd: str, what: str = "working directory") -> str:
+    """``cwd`` if it can be a process's working directory: absolute, and never through a
+    process's own /proc directory (CVE-2024-21626 class). There the ``fd``, ``cwd``, ``root``
+    links lead wherever the process that follows them has them at that moment: runc before
+    1.1.12 started containers with a host directory open as fd 7 or 8, and a cwd of
+    ``/proc/self/fd/7`` put the container on the host. No working directory is legitimately
+    there, so the path is refused as written (each ``..`` as the kernel would take it after
+    the links before it, which is why every prefix is checked). A symbolic link in the image
+    that leads there is runc's to catch when it changes directory (Debian's runc carries that
+    fix); this check gives the clear, early error for what a person or an image writes.
+    ``what`` names the path in the error."""
     if not cwd.startswith("/") or "\0" in cwd:
         raise errdefs.InvalidArgument(
-            f"working directory {cwd!r} must be an absolute path inside the container")
+            f"{what} {cwd!r} must be an absolute path inside the container")
+    parts: list[str] = []
+    for part in cwd.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+        if _into_process_dir(parts):
+            raise errdefs.InvalidArgument(
+                f"{what} {cwd!r} leads into a process's own /proc directory "
+                f"(/{'/'.join(parts)}), whose links can lead out of the container: use a "
+                "directory of the container's filesystem")
+    return cwd
+
+
+def with_cwd(cwd: str) -> SpecOpt:
+    """Run the process in ``cwd``, an absolute path inside the container (see
+    :func:`check_cwd`)."""
+    check_cwd(cwd)
 
     def change(spec: Spec) -> None:
         _process(spec)["cwd"] = cwd
@@ -395,7 +448,8 @@ def with_image_config(config_doc: Mapping[str, Any], rootfs: str | None = None,
         raise errdefs.InvalidArgument("image config: config must be an object")
     image_env = _string_list(config, "Env")
     argv = _string_list(config, "Entrypoint") + (list(args) or _string_list(config, "Cmd"))
-    cwd = _string(config, "WorkingDir") or "/"
+    cwd = check_cwd(_string(config, "WorkingDir") or "/",
+                    "image config: the working directory (WorkingDir)")
     user = _string(config, "User")
     if user:
         uid, gid = resolve_user(user, rootfs)
