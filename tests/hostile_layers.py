@@ -336,3 +336,56 @@ def describe_tree(top: str, *, dir_times: bool = True,
         for rel in names:
             result[rel] = (*result[rel], tuple(sorted(names)))
     return result
+
+
+def metadata_through_symlink_cases(outside: str) -> list[tuple[str, list[bytes], str, str]]:
+    """The CVE-2021-32760 family: an entry whose metadata (mode, owner, times, xattrs) an
+    applier sets after creating it, where the path it sets them on is, or becomes, a symlink
+    to a file outside the root. containerd before 1.4.8/1.5.4 chmodded a hard link to such a
+    symlink with ``os.Chmod``, which follows it: the host file became setuid and world
+    writable. Some cases put the symlink in a lower layer, so the applier meets it in a
+    parent snapshot (an overlayfs lowerdir, or a copy for the native snapshotter).
+
+    ``outside`` is as for :func:`hostile_layers`. Returns (name, layers bottom first,
+    description, the image path whose metadata the last layer sets).
+    """
+    o = outside.rstrip("/")
+    L = LayerBuilder
+    climb = "../" * 12  # far above the root from any directory of the layer
+    return [
+        ("hardlink-to-symlink-setuid",
+         [L().symlink("s", o + "/secret").hardlink("h", "s", mode=0o4777, uid=123, gid=123)
+          .build()],
+         "a hard link to a symlink to the sentinel file, its header asking for 04777 and a "
+         "chown (CVE-2021-32760 itself)", "h"),
+        ("hardlink-to-relative-symlink",
+         [L().dir("a").symlink("a/s", climb + o.lstrip("/") + "/secret")
+          .hardlink("h", "a/s", mode=0o777).build()],
+         "the same through a relative symlink climbing above the root", "h"),
+        ("hardlink-to-dir-symlink",
+         [L().symlink("s", o + "/dir").hardlink("h", "s", mode=0o777, uid=99).build()],
+         "a hard link to a symlink to the sentinel directory, asking for 0777 and a chown",
+         "h"),
+        ("hardlink-to-symlink-times",
+         [L().symlink("s", o + "/secret").hardlink("h", "s", mtime=1).build()],
+         "a hard link to a symlink to the sentinel file with its own mtime (utimes must not "
+         "follow)", "h"),
+        ("hardlink-to-symlink-xattr",
+         [L().symlink("s", o + "/secret")
+          .hardlink("h", "s", pax={"SCHILY.xattr.user.pwned": "1"}).build()],
+         "a hard link to a symlink to the sentinel file with a user xattr (must not land on "
+         "the target)", "h"),
+        ("hardlink-to-lower-symlink",
+         [L().symlink("s", o + "/secret").build(),
+          L().hardlink("h", "s", mode=0o4777, uid=123).build()],
+         "the symlink in one layer, the hard link asking for 04777 in the next", "h"),
+        ("file-over-lower-symlink",
+         [L().symlink("f", o + "/secret").build(),
+          L().file("f", b"replaced", mode=0o4777, uid=123).build()],
+         "a symlink to the sentinel file in one layer, a setuid file of that name in the next "
+         "(it must replace the symlink, not write or chmod through it)", "f"),
+        ("dir-over-lower-symlink",
+         [L().symlink("d", o + "/dir").build(), L().dir("d", mode=0o777, uid=99).build()],
+         "a symlink to the sentinel directory in one layer, a 0777 directory of that name in "
+         "the next", "d"),
+    ]
