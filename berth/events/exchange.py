@@ -25,7 +25,7 @@ from typing import Protocol
 from google.protobuf.message import Message
 
 from berth import errdefs, filters, namespaces
-from berth.metadata.db import now_ns
+from berth.clock import now_ns
 
 log = logging.getLogger(__name__)
 

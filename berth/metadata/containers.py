@@ -21,10 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 from berth import errdefs, filters, labels, namespaces
 from berth.api.events import container_pb2
+from berth.clock import now_ns
 from berth.containers import AnyValue, Container, RuntimeInfo, validate, validate_id
 from berth.events import Publisher
 from berth.gc.collector import Node, label_refs
-from berth.metadata.db import DB, dumps, loads, now_ns
+from berth.metadata.db import DB, dumps, loads
 
 # With no field paths an update replaces these; snapshotter and runtime.name must not differ.
 _FULL_UPDATE = ("labels", "spec", "extensions", "image", "snapshotkey")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from berth import errdefs, filters, labels, namespaces
 from berth.api.events import content_pb2
+from berth.clock import now_ns
 from berth.content.content import (
     Info,
     ReaderAt,
@@ -26,7 +27,7 @@ from berth.content.content import (
 from berth.digest import validate_digest
 from berth.events import Publisher
 from berth.leases import Resource
-from berth.metadata.db import DB, dumps, loads, now_ns
+from berth.metadata.db import DB, dumps, loads
 from berth.metadata.leases import add_to_current_lease, remove_from_current_lease
 
 

@@ -24,10 +24,10 @@ import contextlib
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Mapping
 
 from berth import fsmode
+from berth.clock import now_ns
 
 SCHEMA_VERSION = 1
 
@@ -104,10 +104,6 @@ CREATE TABLE IF NOT EXISTS lease_resources (
     PRIMARY KEY (namespace, lease, type, id)
 );
 """
-
-
-def now_ns() -> int:
-    return time.time_ns()
 
 
 def dumps(labels: Mapping[str, str] | None) -> str:

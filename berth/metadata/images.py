@@ -8,10 +8,11 @@ from collections.abc import Callable, Sequence
 
 from berth import errdefs, filters, labels, namespaces
 from berth.api.events import image_pb2
+from berth.clock import now_ns
 from berth.digest import validate_digest
 from berth.events import Publisher
 from berth.images import Image
-from berth.metadata.db import DB, dumps, loads, now_ns
+from berth.metadata.db import DB, dumps, loads
 from berth.oci.image import Descriptor
 
 

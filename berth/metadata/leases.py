@@ -8,8 +8,9 @@ import uuid
 from collections.abc import Sequence
 
 from berth import errdefs, filters, leases, namespaces
+from berth.clock import now_ns
 from berth.leases import Lease, Resource
-from berth.metadata.db import DB, dumps, loads, now_ns
+from berth.metadata.db import DB, dumps, loads
 
 _RESOURCE_TYPES = ("content", "ingests")
 

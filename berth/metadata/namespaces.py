@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from berth import errdefs, labels, namespaces
-from berth.metadata.db import DB, dumps, loads, now_ns
+from berth.clock import now_ns
+from berth.metadata.db import DB, dumps, loads
 
 # Tables whose rows keep a namespace from being deleted, with the word a person reads.
 _OWNED = (("images", "images"), ("content", "blobs"), ("snapshots", "snapshots"),

@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 from berth import errdefs, filters, labels, namespaces
 from berth.api.events import snapshot_pb2
+from berth.clock import now_ns
 from berth.events import Publisher
 from berth.leases import Resource
-from berth.metadata.db import DB, dumps, loads, now_ns
+from berth.metadata.db import DB, dumps, loads
 from berth.metadata.leases import add_to_current_lease, remove_from_current_lease
 from berth.mount import Mount
 from berth.snapshots.snapshotter import Info, Kind, Reparenting, Snapshotter, Usage

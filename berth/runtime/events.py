@@ -7,8 +7,8 @@ from google.protobuf import empty_pb2
 
 from berth import errdefs
 from berth.api.services.ttrpc.events.v1 import events_pb2
+from berth.clock import now_ns
 from berth.events.exchange import Envelope, Exchange
-from berth.metadata.db import now_ns
 from berth.services.convert import from_timestamp
 from berth.ttrpc import BackgroundLoop, RequestContext, Server
 

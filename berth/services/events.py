@@ -11,8 +11,8 @@ from google.protobuf import any_pb2, empty_pb2
 from berth import errdefs, namespaces
 from berth.api.services.events.v1 import events_pb2 as pb
 from berth.api.services.events.v1 import events_pb2_grpc
+from berth.clock import now_ns
 from berth.events.exchange import Envelope, Exchange, validate_topic
-from berth.metadata.db import now_ns
 from berth.services.convert import from_timestamp, timestamp
 
 

@@ -14,7 +14,7 @@ from berth.api.services.tasks.v1 import tasks_pb2 as pb
 from berth.api.services.tasks.v1 import tasks_pb2_grpc
 from berth.api.types import metrics_pb2
 from berth.api.types.task import task_pb2
-from berth.metadata.db import now_ns
+from berth.clock import now_ns
 from berth.runtime.manager import CreateRequest, TaskManager
 from berth.services.convert import timestamp
 
