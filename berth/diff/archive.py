@@ -69,7 +69,6 @@ from typing import TypeVar, cast
 
 from berth import errdefs
 from berth.diff.diff import Readable
-from berth.diff.rootpath import clean_name, resolve_in_root, shown
 from berth.diff.tarformat import (
     BLOCKDEV,
     CHAR,
@@ -83,6 +82,7 @@ from berth.diff.tarformat import (
     TarParser,
 )
 from berth.diff.writediff import write_diff
+from berth.rootpath import clean_name, resolve_in_root, shown
 
 __all__ = ["OVERLAY_OPAQUE_XATTR", "LayerLimits", "apply_tar", "write_diff"]
 

@@ -37,7 +37,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from berth import errdefs
-from berth.diff.rootpath import shown
+from berth.rootpath import shown
 
 BLOCK = 512
 

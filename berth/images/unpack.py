@@ -34,12 +34,12 @@ from typing import BinaryIO
 from berth import errdefs
 from berth.content.content import open_stream
 from berth.diff.archive import adopt_parents
-from berth.diff.rootpath import resolve_in_root
 from berth.diff.walking import WalkingDiff
 from berth.images.manifest import chain_ids
 from berth.metadata.content import NamespacedContentStore
 from berth.metadata.snapshots import NamespacedSnapshotter
 from berth.oci.image import Descriptor
+from berth.rootpath import resolve_in_root
 from berth.snapshots.snapshotter import Kind
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ template. Applying an option does no I/O. Making one may read, once: user and gr
 looked up in the image's ``/etc/passwd`` and ``/etc/group`` under the ``rootfs`` a caller passes
 when :func:`with_user`, :func:`with_additional_gids` or :func:`with_image_config` is called (so a
 missing user is reported there), and those files are resolved *inside* that directory (symlinks
-cannot lead out of it; see :func:`berth.diff.rootpath.resolve_in_root`), opened without following
+cannot lead out of it; see :func:`berth.rootpath.resolve_in_root`), opened without following
 a final symlink, and must be regular files of bounded size (berth.oci.users reads them).
 :func:`current_capabilities` and :func:`host_devices`, which :func:`with_privileged` takes, read
 this process's status and the host's ``/dev`` when called.

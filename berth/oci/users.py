@@ -2,7 +2,7 @@
 user strings of the OCI image spec resolved against them (see berth.oci.spec for the rules).
 
 The files are resolved *inside* the rootfs a caller passes (symlinks cannot lead out of it; see
-:func:`berth.diff.rootpath.resolve_in_root`), opened without following a final symlink, and
+:func:`berth.rootpath.resolve_in_root`), opened without following a final symlink, and
 must be regular files of at most :data:`MAX_ACCOUNT_FILE` bytes.
 
 Every uid and gid, whether written in a user string or read from those files, must lie in 0 to
@@ -24,7 +24,7 @@ import stat
 from dataclasses import dataclass
 
 from berth import errdefs
-from berth.diff.rootpath import clean_name, resolve_in_root
+from berth.rootpath import clean_name, resolve_in_root
 
 MAX_ACCOUNT_FILE = 4 << 20  # /etc/passwd or /etc/group larger than this is refused
 MAX_ID = (1 << 31) - 1  # the largest uid or gid (containerd's and runc's limit; see above)
