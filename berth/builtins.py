@@ -141,9 +141,11 @@ def _tasks(ctx: InitContext) -> Any:
     return manager
 
 
-def _grpc(name: str, make: Callable[[InitContext], GRPCService]) -> Registration:
-    return Registration(p.GRPC, name, make,
-                        requires=(p.METADATA, p.EVENT, p.DIFFER, p.GC, TRANSFER, p.RUNTIME))
+def _grpc(name: str, make: Callable[[InitContext], GRPCService],
+          *requires: str) -> Registration:
+    """A gRPC service over the plugins of the types it ``requires`` (and only those: a
+    disabled runtime leaves the image services up)."""
+    return Registration(p.GRPC, name, make, requires=requires)
 
 
 def _content_service(ctx: InitContext) -> GRPCService:
@@ -270,18 +272,18 @@ def registry() -> Registry:
         Registration(TRANSFER, "local", _transfer, requires=(p.METADATA, p.DIFFER)),
         Registration(p.RUNTIME, "task", _tasks, requires=(p.METADATA, p.EVENT),
                      platforms=linux),
-        _grpc("content", _content_service),
-        _grpc("images", _images_service),
-        _grpc("containers", _containers_service),
-        _grpc("snapshots", _snapshots_service),
-        _grpc("diff", _diff_service),
-        _grpc("leases", _leases_service),
-        _grpc("namespaces", _namespaces_service),
-        _grpc("events", _events_service),
-        _grpc("tasks", _tasks_service),
-        _grpc("transfer", _transfer_service),
+        _grpc("content", _content_service, p.METADATA),
+        _grpc("images", _images_service, p.METADATA),
+        _grpc("containers", _containers_service, p.METADATA),
+        _grpc("snapshots", _snapshots_service, p.METADATA),
+        _grpc("diff", _diff_service, p.DIFFER),
+        _grpc("leases", _leases_service, p.METADATA),
+        _grpc("namespaces", _namespaces_service, p.METADATA, p.EVENT),
+        _grpc("events", _events_service, p.EVENT),
+        _grpc("tasks", _tasks_service, p.RUNTIME),
+        _grpc("transfer", _transfer_service, TRANSFER, p.METADATA),
         _grpc("version", _version_service),
-        _grpc("introspection", _introspection_service),
+        _grpc("introspection", _introspection_service, p.ALL),
     ):
         reg.register(r)
     return reg

@@ -62,12 +62,6 @@ class FailedPrecondition(BerthError):
     code = Code.FAILED_PRECONDITION
 
 
-class Conflict(BerthError):
-    """The object changed underneath the caller (an update raced another)."""
-
-    code = Code.FAILED_PRECONDITION
-
-
 class OutOfRange(BerthError):
     code = Code.OUT_OF_RANGE
 

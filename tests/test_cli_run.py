@@ -105,8 +105,6 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     shim = request.param
     if shim == "go" and GO_SHIM is None:
         pytest.skip("containerd-shim-runc-v2 is not installed")
-    if shim == "berth" and not (REPO / "berth" / "shim").is_dir():
-        pytest.skip("Berth's shim (berth/shim/) is not there yet")
     base = tmp_path_factory.mktemp(f"run-{shim}")
     config = None
     if shim == "go":

@@ -2,8 +2,7 @@
 
 Every test runs twice: with Debian's Go shim (`go`: a berthd config maps
 `io.containerd.runc.v2` to `containerd-shim-runc-v2`) and with Berth's own shim (`berth`: the
-default mapping to `containerd-shim-berth-v2`). The `berth` runs are skipped only when
-`berth/shim/` does not exist; a shim that exists but misbehaves fails them.
+default mapping to `containerd-shim-berth-v2`).
 
 Each test works in a namespace of its own, so that the runc state directory of that namespace
 (`/run/containerd/runc/<ns>` for the Go shim, `/run/berth/runc/<ns>` for Berth's) must be empty
@@ -42,7 +41,6 @@ from reference_containerd import ReferenceContainerd
 
 pytestmark = pytest.mark.needs_root
 
-REPO = Path(__file__).resolve().parent.parent
 TASK_STATE = "io.containerd.runtime.v2.task"
 RUNC = "/usr/sbin/runc"
 #: Where each shim keeps runc's state: one directory per namespace below it.
@@ -52,12 +50,7 @@ RUNC_ROOTS = {"go": "/run/containerd/runc", "berth": "/run/berth/runc"}
 OTHER_RUNTIME = {"go": ("io.containerd.gorunc.v1", "containerd-shim-runc-v2"),
                  "berth": ("io.containerd.berthrunc.v1", "containerd-shim-berth-v2")}
 
-SHIMS = [
-    pytest.param("go", id="go"),
-    pytest.param("berth", id="berth", marks=pytest.mark.skipif(
-        not (REPO / "berth" / "shim").is_dir(),
-        reason="berth/shim/ does not exist: Berth's shim is not written yet")),
-]
+SHIMS = [pytest.param("go", id="go"), pytest.param("berth", id="berth")]
 
 SLEEP = ("sleep", "1000")
 

@@ -28,13 +28,3 @@ class Descriptor:
     digest: str
     size: int
     annotations: dict[str, str] = field(default_factory=dict)
-
-
-def layer_compression(media_type: str) -> str:
-    """'gzip', 'zstd' or '' (uncompressed) for a layer media type; InvalidArgument-free: unknown
-    suffixes are treated as uncompressed and the stream's magic bytes decide later."""
-    if media_type.endswith(("+gzip", ".gzip")):
-        return "gzip"
-    if media_type.endswith(("+zstd", ".zstd")):
-        return "zstd"
-    return ""
