@@ -8,9 +8,16 @@ from berth import errdefs
 
 MAX_SIZE = 4096  # containerd's limit on len(key) + len(value)
 
+# The garbage collector's labels (containerd's names; see berth.metadata.gc for what they mean).
 GC_ROOT = "containerd.io/gc.root"
 GC_REF_CONTENT = "containerd.io/gc.ref.content"
+"""A blob's reference to another blob: this, or this + ``.<name>`` / ``/<name>``."""
 GC_REF_SNAPSHOT = "containerd.io/gc.ref.snapshot."
+"""A reference to a snapshot: this + ``<snapshotter>``, optionally + ``/<name>``."""
+GC_EXPIRE = "containerd.io/gc.expire"
+"""On a lease: when it stops protecting anything (RFC 3339)."""
+GC_FLAT = "containerd.io/gc.flat"
+"""On a lease: protect only its own resources, not what they reference."""
 UNCOMPRESSED = "containerd.io/uncompressed"
 
 

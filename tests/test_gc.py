@@ -18,9 +18,10 @@ from berth import errdefs, leases, namespaces
 from berth.content.content import Info
 from berth.content.local import LocalStore
 from berth.events import Exchange
-from berth.gc import Scheduler, Stats
+from berth.gc import Scheduler
 from berth.images import Image
 from berth.leases import Resource
+from berth.metadata.gc import Stats
 from berth.metadata.snapshots import NamespacedSnapshotter
 from berth.metadata.store import Metadata
 from berth.oci.image import Descriptor

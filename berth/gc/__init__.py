@@ -1,5 +1,6 @@
-"""Garbage collection: mark and sweep over the metadata database."""
+"""Garbage collection's scheduling: when to run the mark and sweep, which lives with the
+database it sweeps (:mod:`berth.metadata.gc`)."""
 
-from berth.gc.collector import Collector, Scheduler, Stats
+from berth.gc.scheduler import Scheduler
 
-__all__ = ["Collector", "Scheduler", "Stats"]
+__all__ = ["Scheduler"]

@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from berth import labels
+
 GRPC_HEADER = "containerd-lease"
-LABEL_EXPIRE = "containerd.io/gc.expire"
-LABEL_FLAT = "containerd.io/gc.flat"
+LABEL_EXPIRE = labels.GC_EXPIRE
+LABEL_FLAT = labels.GC_FLAT
 
 
 @dataclass

@@ -24,8 +24,8 @@ from berth.api.events import container_pb2
 from berth.clock import now_ns
 from berth.containers import AnyValue, Container, RuntimeInfo, validate, validate_id
 from berth.events import Publisher
-from berth.gc.collector import Node, label_refs
 from berth.metadata.db import DB, dumps, loads
+from berth.metadata.gc import Node, label_refs
 
 # With no field paths an update replaces these; snapshotter and runtime.name must not differ.
 _FULL_UPDATE = ("labels", "spec", "extensions", "image", "snapshotkey")

@@ -7,10 +7,10 @@ from collections.abc import Callable, Mapping
 
 from berth.content.content import Store
 from berth.events import Publisher
-from berth.gc import Collector
 from berth.metadata.containers import ContainerStore
 from berth.metadata.content import NamespacedContentStore
 from berth.metadata.db import DB
+from berth.metadata.gc import Collector
 from berth.metadata.images import ImageStore
 from berth.metadata.leases import LeaseManager
 from berth.metadata.namespaces import NamespaceStore

@@ -1,4 +1,5 @@
-"""Mark and sweep, as containerd's garbage collector does it.
+"""Mark and sweep over the metadata database, as containerd's garbage collector does it (the
+scheduler that decides when to run it is :mod:`berth.gc`).
 
 Roots, per namespace:
   * every image's target blob (and the ``containerd.io/gc.ref.*`` labels of the image);
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from berth import errdefs, labels, leases
+from berth import errdefs, labels
 from berth.content.content import Store
 from berth.metadata.db import DB, loads
 from berth.snapshots.snapshotter import Snapshotter
@@ -48,13 +49,13 @@ class Stats:
 
 
 def _expired(lbls: Mapping[str, str], now: datetime.datetime) -> bool:
-    value = lbls.get(leases.LABEL_EXPIRE)
+    value = lbls.get(labels.GC_EXPIRE)
     if not value:
         return False
     try:
         when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        log.warning("lease label %s=%r is not RFC 3339; ignoring it", leases.LABEL_EXPIRE, value)
+        log.warning("lease label %s=%r is not RFC 3339; ignoring it", labels.GC_EXPIRE, value)
         return False
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.UTC)
@@ -129,7 +130,7 @@ class Collector:
                 roots.append((r["namespace"], "content", r["digest"]))
                 roots.extend(label_refs(r["namespace"], loads(r["labels"])))
             lease_flat = {
-                (r["namespace"], r["id"]): leases.LABEL_FLAT in loads(r["labels"])
+                (r["namespace"], r["id"]): labels.GC_FLAT in loads(r["labels"])
                 for r in c.execute("SELECT namespace, id, labels FROM leases")
             }
             for r in c.execute("SELECT namespace, lease, type, id FROM lease_resources"):
@@ -215,41 +216,3 @@ class Collector:
             except errdefs.NotFound:
                 pass  # removed by someone else meanwhile: the goal is reached
 
-
-class Scheduler:
-    """Runs the collector in the background a short while after things were deleted, or at once
-    when a caller asks for ``sync``."""
-
-    def __init__(self, collector: Collector, delay: float = 0.5) -> None:
-        self.collector = collector
-        self._delay = delay
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gc-scheduler", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def trigger(self, sync: bool = False) -> None:
-        if sync:
-            self.collector.collect()
-        else:
-            self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait()
-            if self._stop.is_set():
-                return
-            time.sleep(self._delay)  # let a burst of deletions land first
-            self._wake.clear()
-            try:
-                self.collector.collect()
-            except Exception:
-                log.exception("gc: collection failed; will retry on the next deletion")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
