@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -119,9 +119,11 @@ class Writer(abc.ABC):
         """Drop what was written after ``size`` (only 0 need be supported)."""
 
     @abc.abstractmethod
-    def commit(self, size: int, expected: str) -> str:
+    def commit(self, size: int, expected: str, labels: Mapping[str, str] | None = None) -> str:
         """Verify and commit; returns the digest. ``size`` 0 and ``expected`` '' skip that check.
-        The writer is closed afterwards, whether it succeeded or not."""
+        The writer is closed afterwards, whether it succeeded or not. ``labels`` go on the
+        committed blob in a store that keeps labels (the metadata store); the local store keeps
+        none and ignores them, as containerd's does without a label store."""
 
     @abc.abstractmethod
     def close(self) -> None:

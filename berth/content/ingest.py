@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from berth import errdefs, fsmode
@@ -166,7 +166,7 @@ class IngestWriter(Writer):
             self._hasher, self._offset = _hash_file(self._data_path)
         self._meta.updated_at = time.time_ns()
 
-    def commit(self, size: int, expected: str) -> str:
+    def commit(self, size: int, expected: str, labels: Mapping[str, str] | None = None) -> str:
         fd = self._open_fd()
         try:
             if expected:

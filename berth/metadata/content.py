@@ -26,6 +26,7 @@ from berth.content.content import (
 )
 from berth.digest import validate_digest
 from berth.events import Publisher
+from berth.labels import validate as validate_labels
 from berth.leases import Resource
 from berth.metadata.db import DB, dumps, loads
 from berth.metadata.leases import add_to_current_lease, remove_from_current_lease
@@ -58,9 +59,10 @@ class NamespacedWriter(Writer):
         self._inner.truncate(size)
 
     def commit(self, size: int, expected: str,
-               lbls: Mapping[str, str] | None = None) -> str:
-        """Commit and record the blob in this namespace with ``lbls``."""
-        labels.validate(lbls or {})
+               labels: Mapping[str, str] | None = None) -> str:
+        """Commit and record the blob in this namespace with ``labels``."""
+        lbls = labels or {}
+        validate_labels(lbls)
         with self._store.db.gc_lock.shared():
             try:
                 digest = self._inner.commit(size, expected)
@@ -68,7 +70,7 @@ class NamespacedWriter(Writer):
                 # Someone (maybe another namespace) stored the same bytes first: the blob on
                 # disk is what we verified we wanted, so record it here.
                 digest = expected or self._inner.digest()
-            self._store._record(self._ns, digest, lbls or {}, must_be_new=True,
+            self._store._record(self._ns, digest, lbls, must_be_new=True,
                                 committed_ref=self._ref)
         return digest
 
