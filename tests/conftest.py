@@ -13,12 +13,13 @@ file and are imported as top-level modules (pytest puts this directory on sys.pa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shlex
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +245,33 @@ def berthd(tmp_path: Path) -> Iterator[Berthd]:
     require_root()
     with Berthd(tmp_path / "berthd") as daemon:
         yield daemon
+
+
+@contextlib.contextmanager
+def berth_env(tmp_path_factory: pytest.TempPathFactory, name: str, refs: Sequence[str]
+              ) -> Iterator[Any]:
+    """A berthd (Berth's own shim) with ``refs`` pulled, and the `berth` CLI bound to it
+    (``test_cli_run.Env``, its default image the first of ``refs``); every container removed
+    at the end."""
+    from test_cli_run import Env
+
+    base = tmp_path_factory.mktemp(name)
+    with Berthd(base / "berthd") as daemon:
+        e = Env(daemon, refs[0], base / "logs", "berth")
+        try:
+            for ref in refs:
+                e("pull", "--plain-http", "-q", ref)
+            yield e
+        finally:
+            e.remove_all()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, busybox_image: ImageInfo) -> Iterator[Any]:
+    """:func:`berth_env` with the busybox image, one per test module (modules that need
+    another set-up define their own ``env``)."""
+    with berth_env(tmp_path_factory, "berth-env", [busybox_image.ref]) as e:
+        yield e
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ from typing import Any
 import pytest
 from conftest import Ctr
 from google.protobuf import field_mask_pb2
-from images import ImageInfo
 from test_cli_run import Env
 
 from berth.api.services.containers.v1 import containers_pb2
@@ -57,22 +56,6 @@ def assert_nothing_inheritable(output: str) -> None:
 def own_cap_eff() -> str:
     with open("/proc/self/status") as f:
         return caps(f.read())["CapEff"]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, busybox_image: ImageInfo) -> Iterator[Env]:
-    """A berthd (Berth's own shim) with busybox pulled, and `berth` bound to it; every
-    container removed at the end."""
-    from daemon import Berthd
-
-    base = tmp_path_factory.mktemp("inheritable")
-    with Berthd(base / "berthd") as daemon:
-        e = Env(daemon, busybox_image.ref, base / "logs", "berth")
-        try:
-            e("pull", "--plain-http", "-q", busybox_image.ref)
-            yield e
-        finally:
-            e.remove_all()
 
 
 @pytest.fixture

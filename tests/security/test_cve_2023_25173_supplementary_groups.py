@@ -28,8 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Ctr
-from daemon import Berthd
+from conftest import Ctr, berth_env
 from images import ImageInfo, push_derived
 from registry import Registry
 from test_cli_run import Env
@@ -91,19 +90,10 @@ def accounts(registry: Registry, busybox_image: ImageInfo) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, busybox_image: ImageInfo,
-        accounts: dict[str, str]) -> Iterator[Env]:
-    """A berthd (Berth's own shim) with the images pulled, and `berth` bound to it; every
-    container removed at the end."""
-    base = tmp_path_factory.mktemp("groups")
-    with Berthd(base / "berthd") as daemon:
-        e = Env(daemon, accounts["plain"], base / "logs", "berth")
-        try:
-            for ref in accounts.values():
-                e("pull", "--plain-http", "-q", ref)
-            yield e
-        finally:
-            e.remove_all()
+def env(tmp_path_factory: pytest.TempPathFactory, accounts: dict[str, str]) -> Iterator[Env]:
+    with berth_env(tmp_path_factory, "groups",
+                   [accounts["plain"], *(r for k, r in accounts.items() if k != "plain")]) as e:
+        yield e
 
 
 # -- berth run -u --------------------------------------------------------------------------------

@@ -26,8 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Ctr
-from daemon import Berthd
+from conftest import Ctr, berth_env
 from images import ImageInfo, push_derived
 from registry import Registry
 from test_cli_run import Env, one_error_line
@@ -76,17 +75,9 @@ def images(registry: Registry, busybox_image: ImageInfo) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, images: dict[str, str]) -> Iterator[Env]:
-    """A berthd (Berth's own shim) with the images pulled, and `berth` bound to it; every
-    container removed at the end."""
-    base = tmp_path_factory.mktemp("overflow")
-    with Berthd(base / "berthd") as daemon:
-        e = Env(daemon, images["accounts"], base / "logs", "berth")
-        try:
-            for ref in images.values():
-                e("pull", "--plain-http", "-q", ref)
-            yield e
-        finally:
-            e.remove_all()
+    with berth_env(tmp_path_factory, "overflow",
+                   [images["accounts"], *(r for k, r in images.items() if k != "accounts")]) as e:
+        yield e
 
 
 def assert_refused(env: Env, r: Any, *words: str) -> None:

@@ -21,8 +21,6 @@ from pathlib import Path
 
 import pytest
 from conftest import Ctr
-from daemon import Berthd
-from images import ImageInfo
 from test_cli_run import Env
 
 from berth.api.types.task import task_pb2
@@ -30,20 +28,6 @@ from berth.api.types.task import task_pb2
 pytestmark = pytest.mark.needs_root
 
 SECRET = "host secret: not for containers\n"
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, busybox_image: ImageInfo) -> Iterator[Env]:
-    """A berthd (Berth's own shim) with busybox pulled, and `berth` bound to it; every
-    container removed at the end."""
-    base = tmp_path_factory.mktemp("label-paths")
-    with Berthd(base / "berthd") as daemon:
-        e = Env(daemon, busybox_image.ref, base / "logs", "berth")
-        try:
-            e("pull", "--plain-http", "-q", busybox_image.ref)
-            yield e
-        finally:
-            e.remove_all()
 
 
 @pytest.fixture

@@ -16,31 +16,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import Berthd
-from images import ImageInfo
 from test_cli_run import Env, one_error_line
 
 from berth.oci import spec as oci
 
 STATUS_LINES = "grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status"
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, busybox_image: ImageInfo) -> Iterator[Env]:
-    """A berthd (Berth's own shim) with busybox pulled, and `berth` bound to it; every
-    container removed at the end."""
-    base = tmp_path_factory.mktemp("run-defaults")
-    with Berthd(base / "berthd") as daemon:
-        e = Env(daemon, busybox_image.ref, base / "logs", "berth")
-        try:
-            e("pull", "--plain-http", "-q", busybox_image.ref)
-            yield e
-        finally:
-            e.remove_all()
 
 
 def status(env: Env, *options: str) -> dict[str, str]:

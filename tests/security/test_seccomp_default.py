@@ -15,14 +15,11 @@ import json
 import re
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Ctr
-from daemon import Berthd
-from images import ImageInfo
 from reference_containerd import ReferenceContainerd
 from test_cli_run import BERTH, Env
 
@@ -219,19 +216,6 @@ def test_equal_to_what_containerd_writes(reference_containerd: ReferenceContaine
 
 
 # -- in a real container -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, busybox_image: ImageInfo) -> Iterator[Env]:
-    """A berthd (Berth's own shim) with busybox pulled, and `berth` bound to it."""
-    base = tmp_path_factory.mktemp("seccomp")
-    with Berthd(base / "berthd") as daemon:
-        e = Env(daemon, busybox_image.ref, base / "logs", "berth")
-        try:
-            e("pull", "--plain-http", "-q", busybox_image.ref)
-            yield e
-        finally:
-            e.remove_all()
 
 
 def _run(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
