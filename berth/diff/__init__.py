@@ -15,6 +15,7 @@ from berth.diff.diff import (
     Comparison,
     LayerSink,
     Readable,
+    UpperApplier,
 )
 from berth.diff.walking import WalkingDiff
 from berth.diff.writediff import write_diff
@@ -28,6 +29,7 @@ __all__ = [
     "DigestingReader",
     "LayerSink",
     "Readable",
+    "UpperApplier",
     "WalkingDiff",
     "apply_tar",
     "decompressed_reader",

@@ -1,5 +1,6 @@
-"""The diff subsystem's interfaces: an :class:`Applier` unpacks a layer into mounts, a
-:class:`Comparer` computes a layer from two sets of mounts.
+"""The diff subsystem's interfaces: an :class:`Applier` unpacks a layer into mounts (an
+:class:`UpperApplier` into a bare overlay upper too), a :class:`Comparer` computes a layer from
+two sets of mounts.
 
 Lifecycle of a layer, as the image unpacker and the snapshotter see it::
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from berth.mount import Mount
 from berth.oci.image import MEDIA_TYPE_LAYER_GZIP, Descriptor
@@ -70,6 +71,28 @@ class Applier(Protocol):
         * The compressed bytes are not verified against ``desc.digest``: the content store did
           that when the blob was committed.
         """
+        ...
+
+
+@runtime_checkable
+class UpperApplier(Applier, Protocol):
+    """An :class:`Applier` that can also unpack a layer into a bare overlay upper directory
+    before the layers below it exist: what lets a pull unpack layers in parallel on a
+    snapshotter that is :class:`~berth.snapshots.snapshotter.Reparenting` (callers check for
+    both with ``isinstance``)."""
+
+    sync: bool
+    """Whether what it applies is on disk when it returns (see :mod:`berth.diff.durable`); the
+    caller then syncs the directories it adopts at commit too."""
+
+    def apply_upper(self, desc: Descriptor, upper: str, open_blob: BlobOpener,
+                    made_parents: list[str]) -> Descriptor:
+        """Apply ``desc`` into the directory ``upper`` with whiteouts in overlay form, as
+        :meth:`Applier.apply` does otherwise. The directories the layer needed but did not
+        hold are made and listed in ``made_parents``: once the lower layers exist, the caller
+        gives them their lower metadata (:func:`berth.diff.archive.adopt_parents`).
+        ``errdefs.NotImplementedByBerth`` where overlay whiteouts cannot be made (in a user
+        namespace)."""
         ...
 
 

@@ -1,5 +1,5 @@
-"""The differ as the Diff service uses it: layers read from, and written to, the namespace's
-content store."""
+"""The differ as the Diff service uses it: layers read from, and written to, a content store
+(berthd gives it the namespaced one)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ from collections.abc import Mapping, Sequence
 from typing import BinaryIO
 
 from berth import errdefs
-from berth.content.content import open_stream
+from berth.content.content import Store, open_stream
 from berth.diff.walking import WalkingDiff
-from berth.metadata.content import NamespacedContentStore
 from berth.mount import Mount
 from berth.oci.image import MEDIA_TYPE_LAYER_GZIP, Descriptor
 
 
 class LocalDiff:
-    def __init__(self, differ: WalkingDiff, content: NamespacedContentStore) -> None:
+    def __init__(self, differ: WalkingDiff, content: Store) -> None:
         self.differ = differ
         self.content = content
 
