@@ -124,7 +124,7 @@ def _resolvers(config_path: list[str]) -> Callable[[bool, dict[str, tuple[str, s
 def _tasks(ctx: InitContext) -> Any:
     from berth.runtime.events import EventsEndpoint
     from berth.runtime.manager import TaskManager
-    from berth.shim.grouping import DEFAULT_GROUP_SIZE
+    from berth.shimcontract import DEFAULT_GROUP_SIZE
     from berth.ttrpc import BackgroundLoop
 
     shims = ctx.config.get("shims", {})

@@ -1188,7 +1188,8 @@ def test_start_imports_only_cheap_modules(tmp_path: Path) -> None:
     slow (berth.shim.lean says why each of these is kept out). Checked on a real ``start``
     that joins a shim of its namespace (a socket the test listens on: nothing is forked), run
     as the launcher runs it: ``python -IS`` (tools/shim_launcher.py)."""
-    from berth.shim.grouping import GROUP_ENV, socket_address
+    from berth.shim.grouping import socket_address
+    from berth.shimcontract import GROUP_ENV
 
     with open(BERTH_SHIM) as f:
         assert f.readline().rstrip().endswith(" -IS")

@@ -24,12 +24,9 @@ import shutil
 from dataclasses import dataclass
 
 from berth import errdefs, fsmode, namespaces
+from berth.shimcontract import LOG_FIFO, ROOTFS_DIR, SPEC_FILE
 
 log = logging.getLogger(__name__)
-
-ADDRESS_FILE = "address"
-BINARY_FILE = "shim-binary-path"
-SPEC_FILE = "config.json"
 
 
 @dataclass
@@ -40,7 +37,7 @@ class Bundle:
 
     @property
     def rootfs(self) -> str:
-        return os.path.join(self.path, "rootfs")
+        return os.path.join(self.path, ROOTFS_DIR)
 
     def read(self, name: str) -> str:
         try:
@@ -81,12 +78,12 @@ def create(state: str, container_id: str, spec: bytes) -> Bundle:
         raise errdefs.AlreadyExists(f"task {container_id}: already exists") from None
     try:
         _restrict_bundle(path, _remapped_gid(spec))
-        os.mkdir(os.path.join(path, "rootfs"), 0o711)
+        os.mkdir(os.path.join(path, ROOTFS_DIR), 0o711)
         fd = os.open(os.path.join(path, SPEC_FILE),
                      os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, fsmode.PRIVATE_FILE)
         with open(fd, "wb") as f:
             f.write(spec)
-        os.mkfifo(os.path.join(path, "log"), 0o600)
+        os.mkfifo(os.path.join(path, LOG_FIFO), 0o600)
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise

@@ -30,11 +30,11 @@ from berth.containers import AnyValue
 from berth.events import Exchange
 from berth.metadata.store import Metadata
 from berth.runtime import bundle as bundles
-from berth.runtime.bundle import ADDRESS_FILE, BINARY_FILE, Bundle
+from berth.runtime.bundle import Bundle
 from berth.runtime.shim import ShimBinary, ShimLog, resolve_binary, socket_path
 from berth.runtime.ttrpcconn import ShimConnection
 from berth.services.convert import mounts as mounts_to_pb
-from berth.shim.grouping import DEFAULT_GROUP_SIZE
+from berth.shimcontract import ADDRESS_FILE, BINARY_FILE, DEFAULT_GROUP_SIZE
 from berth.ttrpc import BackgroundLoop
 
 log = logging.getLogger(__name__)

@@ -1,14 +1,6 @@
-"""Shims as the daemon sees them: the binary's command-line contract, and the ttrpc connection.
-
-The contract (runtime v2, as containerd runs shims):
-
-* ``<binary> -namespace NS -address GRPC -publish-binary DAEMON -id ID start`` runs in the
-  bundle directory with ``TTRPC_ADDRESS`` (where the shim forwards events) in its environment.
-  It starts (or finds) the long-lived shim process and prints its ttrpc address, then exits.
-  The shim writes its own log into the bundle's ``log`` FIFO, which the daemon keeps open.
-* ``<binary> ... -id ID delete`` cleans up after a shim that died (kills and deletes the
-  container, unmounts the rootfs) and prints a ``DeleteResponse`` (protobuf) on stdout.
-* Everything else goes over ttrpc: ``containerd.task.v2.Task``.
+"""Shim binaries as the daemon runs them: which binary serves a runtime, its ``start`` and
+``delete`` actions (the contract is :mod:`berth.shimcontract`), and the shim's own log. Once
+started, a shim is called over ttrpc (:mod:`berth.runtime.taskclient`).
 
 Runtime names map to binaries as in containerd: ``io.containerd.NAME.vN`` is
 ``containerd-shim-NAME-vN`` on PATH (berthd's own bin directory is searched first), unless the
@@ -27,9 +19,9 @@ import threading
 from collections.abc import Mapping
 
 from berth import errdefs
+from berth import shimcontract as contract
 from berth.api.runtime.task.v2 import shim_pb2
-from berth.runtime.bundle import ADDRESS_FILE, BINARY_FILE, Bundle
-from berth.shim.grouping import GROUP_ENV, GROUP_SIZE_ENV
+from berth.runtime.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +66,23 @@ class ShimBinary:
         self.group_size = group_size  # namespace grouping's bound; 0: a shim per container
 
     def _command(self, bundle: Bundle, action: str) -> list[str]:
-        return [self.path, "-namespace", bundle.namespace, "-address", self.grpc_address,
-                "-publish-binary", self.daemon_binary, "-id", bundle.id, action]
+        return contract.command(self.path, action, namespace=bundle.namespace,
+                                address=self.grpc_address, publish_binary=self.daemon_binary,
+                                task_id=bundle.id)
 
     def _env(self, bundle: Bundle) -> dict[str, str]:
-        env = {**os.environ, "TTRPC_ADDRESS": self.ttrpc_address,
-               "GRPC_ADDRESS": self.grpc_address, "NAMESPACE": bundle.namespace,
-               "MAX_SHIM_VERSION": "2"}
-        if self.group_size:  # understood by Berth's shim only (see berth.shim.main)
-            env[GROUP_ENV] = "namespace"
-            env[GROUP_SIZE_ENV] = str(self.group_size)
+        env = {**os.environ, contract.TTRPC_ADDRESS_ENV: self.ttrpc_address,
+               contract.GRPC_ADDRESS_ENV: self.grpc_address,
+               contract.NAMESPACE_ENV: bundle.namespace,
+               contract.MAX_SHIM_VERSION_ENV: contract.MAX_SHIM_VERSION}
+        if self.group_size:  # understood by Berth's shim only
+            env[contract.GROUP_ENV] = contract.GROUP_BY_NAMESPACE
+            env[contract.GROUP_SIZE_ENV] = str(self.group_size)
         return env
 
     def start(self, bundle: Bundle) -> str:
         """Start the shim for ``bundle``; its ttrpc socket path."""
-        proc = subprocess.run(self._command(bundle, "start"), cwd=bundle.path,
+        proc = subprocess.run(self._command(bundle, contract.ACTION_START), cwd=bundle.path,
                               env=self._env(bundle), capture_output=True, timeout=START_TIMEOUT,
                               stdin=subprocess.DEVNULL, check=False)
         if proc.returncode != 0:
@@ -96,13 +90,13 @@ class ShimBinary:
                 f"shim {os.path.basename(self.path)} failed to start task {bundle.id}: "
                 f"{(proc.stderr or proc.stdout).decode(errors='replace').strip()}")
         address = proc.stdout.decode().strip()
-        bundle.write(ADDRESS_FILE, address)
-        bundle.write(BINARY_FILE, self.path)
+        bundle.write(contract.ADDRESS_FILE, address)
+        bundle.write(contract.BINARY_FILE, self.path)
         return socket_path(address)
 
     def delete(self, bundle: Bundle) -> shim_pb2.DeleteResponse:
         """Clean up after a dead shim with the binary's ``delete`` action."""
-        proc = subprocess.run(self._command(bundle, "delete"), cwd=bundle.path,
+        proc = subprocess.run(self._command(bundle, contract.ACTION_DELETE), cwd=bundle.path,
                               env=self._env(bundle), capture_output=True, timeout=START_TIMEOUT,
                               stdin=subprocess.DEVNULL, check=False)
         if proc.returncode != 0:
@@ -115,7 +109,7 @@ class ShimBinary:
 
 
 def socket_path(address: str) -> str:
-    for prefix in ("unix://", "unix:"):
+    for prefix in (contract.UNIX_SCHEME, "unix:"):
         if address.startswith(prefix):
             return address[len(prefix):]
     if address.startswith("/"):
@@ -129,7 +123,7 @@ class ShimLog:
     on ``loop`` (no thread per task)."""
 
     def __init__(self, bundle: Bundle, loop: asyncio.AbstractEventLoop) -> None:
-        path = os.path.join(bundle.path, "log")
+        path = os.path.join(bundle.path, contract.LOG_FIFO)
         if not os.path.exists(path):
             os.mkfifo(path, 0o600)
         self._id = bundle.id

@@ -30,11 +30,18 @@ from __future__ import annotations
 
 import os
 
+from berth.shimcontract import (
+    ADDRESS_FILE,
+    DEFAULT_GROUP_SIZE,
+    GROUP_BY_NAMESPACE,
+    GROUP_ENV,
+    GROUP_SIZE_ENV,
+    SPEC_FILE,
+    UNIX_SCHEME,
+)
+
 SOCKET_DIR = "/run/berth/s"
 POD_LABELS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
-GROUP_ENV = "BERTH_SHIM_GROUP"
-GROUP_SIZE_ENV = "BERTH_SHIM_GROUP_SIZE"
-DEFAULT_GROUP_SIZE = 16
 LOCK_NAME = ".shim-start.lock"
 
 TYPE_CHECKING = False  # typing's own costs ``start`` 8 ms
@@ -45,12 +52,13 @@ if TYPE_CHECKING:
 def socket_address(daemon_address: str, namespace: str, key: str) -> str:
     from berth.shim.lean import sha256_hex
 
-    return f"unix://{SOCKET_DIR}/{sha256_hex(f'{daemon_address}/{namespace}/{key}'.encode())}"
+    digest = sha256_hex(f"{daemon_address}/{namespace}/{key}".encode())
+    return f"{UNIX_SCHEME}{SOCKET_DIR}/{digest}"
 
 
 def by_namespace() -> bool:
     """Whether the daemon asked for namespace grouping (in this process's environment)."""
-    return os.environ.get(GROUP_ENV) == "namespace"
+    return os.environ.get(GROUP_ENV) == GROUP_BY_NAMESPACE
 
 
 def group_key(task_id: str, bundle: str, daemon_address: str, namespace: str,
@@ -58,7 +66,7 @@ def group_key(task_id: str, bundle: str, daemon_address: str, namespace: str,
     """The key of the shim the task in ``bundle`` joins (see the module's description). With
     namespace grouping the caller holds :class:`Lock` of the bundle's namespace directory."""
     try:
-        with open(os.path.join(bundle, "config.json"), "rb") as f:
+        with open(os.path.join(bundle, SPEC_FILE), "rb") as f:
             spec = f.read()
     except OSError:
         return task_id
@@ -126,7 +134,7 @@ def _addresses(namespace_dir: str, exclude: str = "") -> list[tuple[str, int, st
         if entry.path == exclude or not entry.is_dir(follow_symlinks=False):
             continue
         try:
-            with open(os.path.join(entry.path, "address")) as f:
+            with open(os.path.join(entry.path, ADDRESS_FILE)) as f:
                 out.append((entry.name, entry.inode(), f.read().strip()))
         except OSError:
             continue  # no address (yet), or removed meanwhile

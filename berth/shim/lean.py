@@ -16,7 +16,13 @@ from the launcher tools/shim_launcher.py writes. tests/test_shim.py checks a rea
 
 from __future__ import annotations
 
+import _socket
 import sys
+
+
+def unix_socket() -> _socket.socket:
+    """A unix stream socket, close-on-exec (``_socket``'s, not ``socket``'s: see above)."""
+    return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
 
 
 def block_ssl() -> None:

@@ -6,7 +6,8 @@ The daemon (containerd, berthd) runs the binary in the task's bundle directory a
     containerd-shim-berth-v2 -namespace NS -address DAEMON_GRPC -publish-binary DAEMON \
         -id ID -bundle BUNDLE delete
 
-with ``TTRPC_ADDRESS`` (where events go) in the environment.
+with ``TTRPC_ADDRESS`` (where events go) in the environment. (The contract's names, which berthd
+uses too, are berth.shimcontract's.)
 
 ``start`` binds the shim's socket and starts the long-lived shim process on it (a new session,
 the bundle as working directory, stdin/stdout on /dev/null, stderr on the bundle's ``log`` FIFO
@@ -41,64 +42,12 @@ import os
 import sys
 import time
 
+from berth import shimcontract as contract
+from berth.shim.cmdline import LISTEN_FD, Flags, UsageError, parse_flags
 from berth.shim.grouping import SOCKET_DIR, Lock, group_key, socket_address
+from berth.shim.lean import unix_socket
 
-LISTEN_FD = 3
 VERSION = "berth shim v2"
-
-
-class Flags:
-    """The command line. (Not a dataclass: importing dataclasses costs ``start`` 7 ms.)"""
-
-    def __init__(self) -> None:
-        self.namespace = ""
-        self.id = ""
-        self.address = ""
-        self.publish_binary = ""
-        self.bundle = ""
-        self.socket = ""
-        self.debug = False
-        self.version = False
-        self.action = ""
-
-
-_STRING_FLAGS = {"namespace", "id", "address", "publish-binary", "bundle", "socket"}
-_BOOL_FLAGS = {"debug", "v"}
-
-
-class UsageError(Exception):
-    pass
-
-
-def parse_flags(argv: list[str]) -> Flags:
-    """Go ``flag`` syntax: ``-name value``, ``-name=value``, ``--name`` too; flags stop at the
-    first non-flag word (the action)."""
-    flags = Flags()
-    i = 0
-    while i < len(argv):
-        word = argv[i]
-        if word == "--":
-            i += 1
-            break
-        if not word.startswith("-") or word == "-":
-            break
-        name, eq, value = word.lstrip("-").partition("=")
-        if name in _BOOL_FLAGS:
-            on = value.lower() not in ("false", "0") if eq else True
-            setattr(flags, "version" if name == "v" else name, on)
-        elif name in _STRING_FLAGS:
-            if not eq:
-                i += 1
-                if i >= len(argv):
-                    raise UsageError(f"flag needs an argument: -{name}")
-                value = argv[i]
-            setattr(flags, name.replace("-", "_"), value)
-        else:
-            raise UsageError(f"flag provided but not defined: -{name}")
-        i += 1
-    rest = argv[i:]
-    flags.action = rest[0] if rest else ""
-    return flags
 
 
 def _write_atomically(path: str, data: str) -> None:
@@ -106,11 +55,6 @@ def _write_atomically(path: str, data: str) -> None:
     with open(tmp, "w") as f:
         f.write(data)
     os.replace(tmp, path)
-
-
-def unix_socket() -> _socket.socket:
-    """A unix stream socket, close-on-exec (``_socket``'s, not ``socket``'s: see lean)."""
-    return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
 
 
 def _can_connect(path: str) -> bool:
@@ -168,9 +112,9 @@ def _log_fd() -> int | None:
     import stat
 
     try:
-        if not stat.S_ISFIFO(os.stat("log").st_mode):
+        if not stat.S_ISFIFO(os.stat(contract.LOG_FIFO).st_mode):
             return None
-        return os.open("log", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        return os.open(contract.LOG_FIFO, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
 
@@ -232,7 +176,7 @@ def _start_shim(shim_flags: list[str], sock: _socket.socket, log_fd: int | None)
     from berth.shim.spawn import spawn_process
 
     python = _python_command()
-    if os.environ.get("BERTH_SHIM_ZYGOTE", "").lower() not in ("off", "0", "false", "no"):
+    if os.environ.get(contract.ZYGOTE_ENV, "").lower() not in ("off", "0", "false", "no"):
         from berth.shim import zygote
 
         try:
@@ -247,9 +191,10 @@ def _start_shim(shim_flags: list[str], sock: _socket.socket, log_fd: int | None)
 
 def _start_serving(flags: Flags, sock: _socket.socket, path: str, shim_cgroup: str) -> None:
     log_fd = _log_fd()
-    shim_flags = ["-namespace", flags.namespace, "-id", flags.id, "-address", flags.address]
+    shim_flags = [f"-{contract.FLAG_NAMESPACE}", flags.namespace, f"-{contract.FLAG_ID}", flags.id,
+                  f"-{contract.FLAG_ADDRESS}", flags.address]
     if flags.debug:
-        shim_flags.append("-debug")
+        shim_flags.append(f"-{contract.FLAG_DEBUG}")
     try:
         pid = _start_shim(shim_flags, sock, log_fd)
         # Not waited for: it outlives us. (Our own exit hands it to init.)
@@ -275,11 +220,11 @@ def start(flags: Flags) -> int:
     with Lock(os.path.dirname(bundle)):
         key = group_key(flags.id, bundle, flags.address, flags.namespace, bool(shim_cgroup))
         address = socket_address(flags.address, flags.namespace, key)
-        path = address.removeprefix("unix://")
+        path = address.removeprefix(contract.UNIX_SCHEME)
         sock = _listen(path)
         if sock is not None:
             _start_serving(flags, sock, path, shim_cgroup)
-        _write_atomically("address", address)
+        _write_atomically(contract.ADDRESS_FILE, address)
     sys.stdout.write(address)
     sys.stdout.flush()
     return 0
@@ -290,8 +235,8 @@ def _remove_dead_socket(bundle: str) -> None:
     in a group another task may still be served there. Under the grouping lock, so that a
     socket a new shim has bound but not yet listens on is never taken for a dead one."""
     try:
-        with open(os.path.join(bundle, "address")) as f:
-            path = f.read().strip().removeprefix("unix://")
+        with open(os.path.join(bundle, contract.ADDRESS_FILE)) as f:
+            path = f.read().strip().removeprefix(contract.UNIX_SCHEME)
     except OSError:
         return
     with Lock(os.path.dirname(os.path.abspath(bundle))):
@@ -314,7 +259,7 @@ def delete(flags: Flags) -> int:
         problem = runc.delete_now(flags.id, force=True)
         if problem and "does not exist" not in problem:
             print(f"runc delete {flags.id}: {problem}", file=sys.stderr)
-    rootfs = os.path.join(bundle, "rootfs")
+    rootfs = os.path.join(bundle, contract.ROOTFS_DIR)
     if _is_mount_point(rootfs):
         from berth.mount import unmount
 
@@ -330,7 +275,8 @@ def delete(flags: Flags) -> int:
     except (OSError, ValueError):
         pass
     now = time.time_ns()
-    sys.stdout.buffer.write(encode_delete_response(pid, 128 + 9, now // 10**9, now % 10**9))
+    sys.stdout.buffer.write(encode_delete_response(pid, contract.DEAD_EXIT_STATUS, now // 10**9,
+                                                   now % 10**9))
     sys.stdout.flush()
     return 0
 
@@ -382,9 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         print("containerd-shim-berth-v2: shim namespace cannot be empty", file=sys.stderr)
         return 1
     try:
-        if flags.action == "start":
+        if flags.action == contract.ACTION_START:
             return start(flags)
-        if flags.action == "delete":
+        if flags.action == contract.ACTION_DELETE:
             return delete(flags)
         if flags.action:
             print(f"containerd-shim-berth-v2: unknown action {flags.action!r}", file=sys.stderr)

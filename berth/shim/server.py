@@ -16,10 +16,11 @@ import signal
 import socket
 import time
 
+from berth.shim.cmdline import LISTEN_FD
 from berth.shim.grouping import Lock, joining
-from berth.shim.main import LISTEN_FD
 from berth.shim.reaper import Reaper, set_subreaper
 from berth.shim.spawn import close_on_exec_all
+from berth.shimcontract import TTRPC_ADDRESS_ENV
 
 log = logging.getLogger("berth.shim")
 
@@ -68,7 +69,7 @@ async def _serve(namespace: str, shim_id: str, listener: socket.socket) -> None:
     stop = asyncio.Event()
     reaper = Reaper()
     reaper.install(loop)
-    publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), namespace)
+    publisher = Publisher(os.environ.get(TTRPC_ADDRESS_ENV, ""), namespace)
 
     path = listener.getsockname()
     identity = _identity(path)

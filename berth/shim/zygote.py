@@ -42,7 +42,8 @@ import os
 import sys
 import time
 
-from berth.shim.main import unix_socket
+from berth.shim.cmdline import LISTEN_FD
+from berth.shim.lean import unix_socket
 
 TYPE_CHECKING = False  # typing's own costs ``start`` 8 ms
 if TYPE_CHECKING:
@@ -92,7 +93,8 @@ def identity() -> str:
             if name.endswith(".py"):
                 st = os.stat(os.path.join(directory, name))
                 parts.append(f"{sub}/{name}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
-    for name in ("errdefs.py", "namespaces.py", "mount.py", "logfmt.py"):
+    for name in ("errdefs.py", "identifiers.py", "namespaces.py", "mount.py", "logfmt.py",
+                 "shimcontract.py"):
         try:
             st = os.stat(os.path.join(root, "berth", name))
         except OSError:
@@ -367,13 +369,13 @@ def _become_shim(argv: list[str], env: dict[str, str], cwd: str, fds: list[int],
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
         os.dup2(log_fd, 2)
-        os.dup2(fds[0], 3)
-        os.closerange(4, os.sysconf("SC_OPEN_MAX"))
+        os.dup2(fds[0], LISTEN_FD)
+        os.closerange(LISTEN_FD + 1, os.sysconf("SC_OPEN_MAX"))
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(env)
         _set_command_line(["containerd-shim-berth-v2", *argv])
-        from berth.shim.main import parse_flags
+        from berth.shim.cmdline import parse_flags
         from berth.shim.server import serve
 
         flags = parse_flags(argv)
