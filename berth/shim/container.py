@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from berth import errdefs
 from berth.shim import cgroups
@@ -15,6 +15,10 @@ from berth.shim.options import RuntimeOptions
 from berth.shim.process import ExecProcess, InitProcess, Process, RuntimeContext
 from berth.shim.reaper import Reaper
 from berth.shim.stdio import StdioRequest
+
+if TYPE_CHECKING:
+    from berth.api.runtime.task.v2.shim_pb2 import CreateTaskRequest
+    from berth.api.types.mount_pb2 import Mount as MountMessage
 
 
 def _kills_all_on_exit(bundle: str) -> bool:
@@ -45,7 +49,8 @@ class Container:
         self.kill_all_on_exit = _kills_all_on_exit(bundle)
 
     @classmethod
-    async def create(cls, request: Any, namespace: str, reaper: Reaper) -> Container:
+    async def create(cls, request: CreateTaskRequest, namespace: str,
+                     reaper: Reaper) -> Container:
         """Mount the rootfs (when the request has mounts) and ``runc create`` the container."""
         bundle = request.bundle
         options = RuntimeOptions.from_any(request.options)
@@ -110,7 +115,7 @@ class Container:
             self.rootfs = ""
 
 
-def _mount_rootfs(mounts: Any, target: str) -> None:
+def _mount_rootfs(mounts: Iterable[MountMessage], target: str) -> None:
     from berth.mount import Mount, mount_all
 
     with contextlib.suppress(FileExistsError):

@@ -16,9 +16,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from berth import namespaces
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+    from berth.api.services.ttrpc.events.v1.events_pb2 import ForwardRequest
+    from berth.ttrpc.client import Client
 
 log = logging.getLogger("berth.shim")
 
@@ -40,11 +46,11 @@ TOPICS = {
 }
 
 
-def topic(event: Any) -> str:
+def topic(event: Message) -> str:
     return TOPICS[event.DESCRIPTOR.full_name]
 
 
-def envelope(event: Any, namespace: str, at: float | None = None) -> Any:
+def envelope(event: Message, namespace: str, at: float | None = None) -> ForwardRequest:
     """The ``ForwardRequest`` carrying ``event``."""
     from berth.api.services.ttrpc.events.v1 import events_pb2
 
@@ -67,11 +73,11 @@ class Publisher:
     def __init__(self, address: str, namespace: str) -> None:
         self.address = address.removeprefix("unix://")
         self.namespace = namespace
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._client: Any = None
+        self._queue: asyncio.Queue[ForwardRequest] = asyncio.Queue()
+        self._client: Client | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def publish(self, event: Any) -> None:
+    def publish(self, event: Message) -> None:
         if not self.address:
             return
         self._queue.put_nowait(envelope(event, self.namespace))
@@ -94,7 +100,7 @@ class Publisher:
                         await asyncio.sleep(attempt)
             self._queue.task_done()
 
-    async def _send(self, request: Any) -> None:
+    async def _send(self, request: ForwardRequest) -> None:
         from google.protobuf import empty_pb2
 
         if self._client is None:

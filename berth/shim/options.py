@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from berth import errdefs
 from berth.shim.runc import Runc
+
+if TYPE_CHECKING:
+    from google.protobuf import any_pb2
 
 OPTIONS_FILE = "options.json"
 RUNC_OPTIONS_TYPE = "containerd.runc.v1.Options"
@@ -40,7 +43,7 @@ class RuntimeOptions:
         return hash(tuple(getattr(self, f) for f in self.FIELDS))
 
     @classmethod
-    def from_any(cls, options: Any) -> RuntimeOptions:
+    def from_any(cls, options: any_pb2.Any) -> RuntimeOptions:
         """From a task's ``options`` (an ``Any``); defaults when unset. Another type of
         options is refused, as it would be silently ignored otherwise."""
         if not options.type_url and not options.value:

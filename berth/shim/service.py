@@ -1,8 +1,9 @@
 """The ``containerd.task.v2.Task`` service: what containerd and berthd call on the shim.
 
-Each RPC is ``async def Name(self, ctx, request) -> response`` (the shape :mod:`berth.ttrpc`
-serves). A shim usually holds one container; with grouping (a pod) it holds several, keyed by
-container id. ``exec_id`` selects an exec'd process; empty means the container's init.
+Each RPC is ``async def Name(self, ctx, request) -> response`` with the request and response
+messages of ``containerd.task.v2.Task`` (the shape :mod:`berth.ttrpc` serves). A shim usually
+holds one container; with grouping (a pod) it holds several, keyed by container id.
+``exec_id`` selects an exec'd process; empty means the container's init.
 
 Errors follow containerd's shim: an unknown container or exec id is NotFound, a duplicate exec
 id AlreadyExists, a call the process's state forbids FailedPrecondition, a runtime failure
@@ -23,6 +24,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from google.protobuf import empty_pb2
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from berth import errdefs, identifiers
 from berth.api.events import task_pb2 as events
@@ -34,6 +37,7 @@ from berth.shim.grouping import bundle_inode
 from berth.shim.process import Process, in_background, signal_number
 from berth.shim.reaper import Exit, Reaper
 from berth.shim.stdio import StdioRequest
+from berth.ttrpc.server import RequestContext
 
 log = logging.getLogger("berth.shim")
 
@@ -44,14 +48,16 @@ PROCESS_DETAILS_TYPE = "containerd.runc.v1.ProcessDetails"
 
 
 S = TypeVar("S")
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
 
 
-def _uninterrupted(method: Callable[[S, Any, Any], Awaitable[Any]]
-                   ) -> Callable[[S, Any, Any], Awaitable[Any]]:
+def _uninterrupted(method: Callable[[S, RequestContext, Req], Awaitable[Resp]]
+                   ) -> Callable[[S, RequestContext, Req], Awaitable[Resp]]:
     """Let a call that changes the container finish even if its caller goes away or times
     out (ttrpc cancels the handler then): half a ``runc create`` helps nobody."""
 
-    async def call(self: S, ctx: Any, request: Any) -> Any:
+    async def call(self: S, ctx: RequestContext, request: Req) -> Resp:
         task = asyncio.ensure_future(method(self, ctx, request))
         try:
             return await asyncio.shield(task)
@@ -69,7 +75,7 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         log.debug("abandoned call failed: %s", task.exception())
 
 
-def _timestamp(target: Any, at: float | None) -> None:
+def _timestamp(target: Timestamp, at: float | None) -> None:
     if at is not None:
         target.FromNanoseconds(int(at * 1e9))
 
@@ -90,7 +96,7 @@ class TaskService:
         self.containers: dict[str, Container] = {}
         self._creating: set[str] = set()
         # processes whose Start is running, with the exit events held back meanwhile
-        self._starting: dict[Process, list[Any]] = {}
+        self._starting: dict[Process, list[Message]] = {}
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -100,7 +106,7 @@ class TaskService:
             raise errdefs.NotFound("container not created")
         return container
 
-    def _publish(self, event: Any) -> None:
+    def _publish(self, event: Message) -> None:
         self.publisher.publish(event)
 
     def _watch(self, container: Container, process: Process) -> None:
@@ -165,7 +171,7 @@ class TaskService:
 
     # -- RPCs ------------------------------------------------------------------------------
 
-    async def State(self, ctx: Any, request: Any) -> Any:
+    async def State(self, ctx: RequestContext, request: api.StateRequest) -> api.StateResponse:
         container = self._container(request.id)
         process = container.process(request.exec_id)
         response = api.StateResponse(
@@ -178,7 +184,8 @@ class TaskService:
         return response
 
     @_uninterrupted
-    async def Create(self, ctx: Any, request: Any) -> Any:
+    async def Create(self, ctx: RequestContext,
+                     request: api.CreateTaskRequest) -> api.CreateTaskResponse:
         identifiers.validate(request.id, "container id")
         if request.checkpoint:
             raise errdefs.NotImplementedByBerth("restoring from a checkpoint is not supported")
@@ -203,10 +210,10 @@ class TaskService:
         return api.CreateTaskResponse(pid=container.init.pid)
 
     @_uninterrupted
-    async def Start(self, ctx: Any, request: Any) -> Any:
+    async def Start(self, ctx: RequestContext, request: api.StartRequest) -> api.StartResponse:
         container = self._container(request.id)
         process = container.process(request.exec_id)
-        held: list[Any] = []
+        held: list[Message] = []
         self._starting[process] = held
         try:
             await process.start()
@@ -226,7 +233,7 @@ class TaskService:
         return api.StartResponse(pid=process.pid)
 
     @_uninterrupted
-    async def Delete(self, ctx: Any, request: Any) -> Any:
+    async def Delete(self, ctx: RequestContext, request: api.DeleteRequest) -> api.DeleteResponse:
         container = self._container(request.id)
         process = await container.delete(request.exec_id)
         if not request.exec_id:
@@ -243,7 +250,7 @@ class TaskService:
         _timestamp(response.exited_at, process.exited_at)
         return response
 
-    async def Pids(self, ctx: Any, request: Any) -> Any:
+    async def Pids(self, ctx: RequestContext, request: api.PidsRequest) -> api.PidsResponse:
         container = self._container(request.id)
         pids = await container.ctx.runc.ps(self.reaper, container.id)
         by_pid = {p.pid: p.id for p in container.execs.values() if p.pid}
@@ -259,25 +266,26 @@ class TaskService:
         return response
 
     @_uninterrupted
-    async def Pause(self, ctx: Any, request: Any) -> Any:
+    async def Pause(self, ctx: RequestContext, request: api.PauseRequest) -> empty_pb2.Empty:
         container = self._container(request.id)
         await container.init.pause()
         self._publish(events.TaskPaused(container_id=container.id))
         return _EMPTY
 
     @_uninterrupted
-    async def Resume(self, ctx: Any, request: Any) -> Any:
+    async def Resume(self, ctx: RequestContext, request: api.ResumeRequest) -> empty_pb2.Empty:
         container = self._container(request.id)
         await container.init.resume()
         self._publish(events.TaskResumed(container_id=container.id))
         return _EMPTY
 
-    async def Checkpoint(self, ctx: Any, request: Any) -> Any:
+    async def Checkpoint(self, ctx: RequestContext,
+                         request: api.CheckpointTaskRequest) -> empty_pb2.Empty:
         self._container(request.id)
         raise errdefs.NotImplementedByBerth("checkpoint is not supported by the berth shim")
 
     @_uninterrupted
-    async def Kill(self, ctx: Any, request: Any) -> Any:
+    async def Kill(self, ctx: RequestContext, request: api.KillRequest) -> empty_pb2.Empty:
         container = self._container(request.id)
         sig = signal_number(request.signal)
         if request.exec_id:
@@ -290,7 +298,7 @@ class TaskService:
         return _EMPTY
 
     @_uninterrupted
-    async def Exec(self, ctx: Any, request: Any) -> Any:
+    async def Exec(self, ctx: RequestContext, request: api.ExecProcessRequest) -> empty_pb2.Empty:
         container = self._container(request.id)
         identifiers.validate(request.exec_id, "exec id")
         stdio = StdioRequest(request.stdin, request.stdout, request.stderr, request.terminal)
@@ -298,12 +306,13 @@ class TaskService:
         self._publish(events.TaskExecAdded(container_id=container.id, exec_id=request.exec_id))
         return _EMPTY
 
-    async def ResizePty(self, ctx: Any, request: Any) -> Any:
+    async def ResizePty(self, ctx: RequestContext,
+                        request: api.ResizePtyRequest) -> empty_pb2.Empty:
         container = self._container(request.id)
         container.process(request.exec_id).resize(request.width, request.height)
         return _EMPTY
 
-    async def CloseIO(self, ctx: Any, request: Any) -> Any:
+    async def CloseIO(self, ctx: RequestContext, request: api.CloseIORequest) -> empty_pb2.Empty:
         container = self._container(request.id)
         process = container.process(request.exec_id)
         if request.stdin:
@@ -311,7 +320,7 @@ class TaskService:
         return _EMPTY
 
     @_uninterrupted
-    async def Update(self, ctx: Any, request: Any) -> Any:
+    async def Update(self, ctx: RequestContext, request: api.UpdateTaskRequest) -> empty_pb2.Empty:
         from berth.shim.runc import check_resources  # (loaded already: the shim drives runc)
 
         # Bounded at the edge, before any work: a shim serves its whole group from one loop.
@@ -320,7 +329,7 @@ class TaskService:
         await container.init.update(request.resources.value)
         return _EMPTY
 
-    async def Wait(self, ctx: Any, request: Any) -> Any:
+    async def Wait(self, ctx: RequestContext, request: api.WaitRequest) -> api.WaitResponse:
         container = self._container(request.id)
         process = container.process(request.exec_id)
         await process.wait()
@@ -328,7 +337,7 @@ class TaskService:
         _timestamp(response.exited_at, process.exited_at)
         return response
 
-    async def Stats(self, ctx: Any, request: Any) -> Any:
+    async def Stats(self, ctx: RequestContext, request: api.StatsRequest) -> api.StatsResponse:
         container = self._container(request.id)
         cgroup = container.cgroup
         if cgroup is None or not cgroup.exists():
@@ -339,7 +348,8 @@ class TaskService:
         response.stats.value = metrics.SerializeToString()
         return response
 
-    async def Connect(self, ctx: Any, request: Any) -> Any:
+    async def Connect(self, ctx: RequestContext,
+                      request: api.ConnectRequest) -> api.ConnectResponse:
         container = self.containers.get(request.id)
         return api.ConnectResponse(shim_pid=os.getpid(),
                                    task_pid=container.init.pid if container else 0)
@@ -348,7 +358,7 @@ class TaskService:
         """Whether any task is here or on its way in."""
         return bool(self.containers or self._creating)
 
-    async def Shutdown(self, ctx: Any, request: Any) -> Any:
+    async def Shutdown(self, ctx: RequestContext, request: api.ShutdownRequest) -> empty_pb2.Empty:
         if not self.busy():
             self._shutdown(request.id)  # (the task named is done with us, created or not)
         return _EMPTY
