@@ -32,7 +32,7 @@ from berth.metadata.store import Metadata
 from berth.runtime import bundle as bundles
 from berth.runtime.bundle import Bundle
 from berth.runtime.shim import ShimBinary, ShimLog, resolve_binary, socket_path
-from berth.runtime.ttrpcconn import ShimConnection
+from berth.runtime.taskclient import TaskClient
 from berth.services.convert import mounts as mounts_to_pb
 from berth.shimcontract import ADDRESS_FILE, BINARY_FILE, DEFAULT_GROUP_SIZE
 from berth.ttrpc import BackgroundLoop
@@ -49,7 +49,7 @@ class Task:
     id: str
     namespace: str
     bundle: Bundle
-    shim: ShimConnection
+    shim: TaskClient
     runtime: str
     pid: int = 0
     logs: ShimLog | None = field(default=None, repr=False)
@@ -153,15 +153,15 @@ class TaskManager:
                 f"container {container.id} has no OCI spec: create it with one")
         bundle = bundles.create(self.state_dir, container.id, container.spec.value)
         logs = ShimLog(bundle, self.loop.loop)
-        shim: ShimConnection | None = None
+        shim: TaskClient | None = None
         try:
             started = time.monotonic()
             address = binary.start(bundle)
             shim_started = time.monotonic()
-            shim = ShimConnection.connect(address, ns, self.loop)
+            shim = TaskClient.connect(address, ns, self.loop)
             options = req.options if req.options is not None and req.options.type_url \
                 else _any(container.runtime.options)
-            resp = shim.call("Create", shim_pb2.CreateTaskRequest(
+            resp = shim.Create(shim_pb2.CreateTaskRequest(
                 id=container.id, bundle=bundle.path, rootfs=rootfs, terminal=req.terminal,
                 stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, options=options))
         except BaseException:
@@ -190,12 +190,12 @@ class TaskManager:
         with namespaces.use(task.namespace):
             self._cleanup_dead(task.bundle)
 
-    def _abandon(self, bundle: Bundle, binary: ShimBinary, shim: ShimConnection | None,
+    def _abandon(self, bundle: Bundle, binary: ShimBinary, shim: TaskClient | None,
                  logs: ShimLog) -> None:
         """Undo a create that failed part way."""
         if shim is not None:
             with contextlib.suppress(errdefs.BerthError):
-                shim.call("Shutdown", shim_pb2.ShutdownRequest(id=bundle.id, now=True))
+                shim.Shutdown(shim_pb2.ShutdownRequest(id=bundle.id, now=True))
             shim.close()
         if bundle.read(ADDRESS_FILE):
             try:
@@ -210,8 +210,7 @@ class TaskManager:
 
     def delete(self, container_id: str) -> shim_pb2.DeleteResponse:
         task = self.get(container_id)
-        resp: shim_pb2.DeleteResponse = task.shim.call(
-            "Delete", shim_pb2.DeleteRequest(id=container_id))
+        resp = task.shim.Delete(shim_pb2.DeleteRequest(id=container_id))
         self._release(task)
         return resp
 
@@ -221,7 +220,7 @@ class TaskManager:
         with self._lock:
             self._tasks.pop((task.namespace, task.id), None)
         with contextlib.suppress(errdefs.BerthError):
-            task.shim.call("Shutdown", shim_pb2.ShutdownRequest(id=task.id))
+            task.shim.Shutdown(shim_pb2.ShutdownRequest(id=task.id))
         task.shim.close()
         if task.logs is not None:
             task.logs.close()
@@ -234,71 +233,65 @@ class TaskManager:
 
     def state(self, container_id: str, exec_id: str = "") -> shim_pb2.StateResponse:
         task = self.get(container_id)
-        resp: shim_pb2.StateResponse = task.shim.call(
-            "State", shim_pb2.StateRequest(id=container_id, exec_id=exec_id),
-            timeout=STATE_TIMEOUT)
-        return resp
+        return task.shim.State(shim_pb2.StateRequest(id=container_id, exec_id=exec_id),
+                               timeout=STATE_TIMEOUT)
 
     def start(self, container_id: str, exec_id: str = "") -> int:
         task = self.get(container_id)
-        resp = task.shim.call("Start", shim_pb2.StartRequest(id=container_id, exec_id=exec_id))
+        resp = task.shim.Start(shim_pb2.StartRequest(id=container_id, exec_id=exec_id))
         if not exec_id:
             task.pid = resp.pid
         return int(resp.pid)
 
     def kill(self, container_id: str, exec_id: str, signal: int, all_: bool) -> None:
-        self.get(container_id).shim.call("Kill", shim_pb2.KillRequest(
+        self.get(container_id).shim.Kill(shim_pb2.KillRequest(
             id=container_id, exec_id=exec_id, signal=signal, all=all_))
 
     def exec(self, container_id: str, exec_id: str, spec: any_pb2.Any, *, stdin: str,
              stdout: str, stderr: str, terminal: bool) -> None:
         identifiers.validate(exec_id, "exec id")
-        self.get(container_id).shim.call("Exec", shim_pb2.ExecProcessRequest(
+        self.get(container_id).shim.Exec(shim_pb2.ExecProcessRequest(
             id=container_id, exec_id=exec_id, terminal=terminal, stdin=stdin, stdout=stdout,
             stderr=stderr, spec=spec))
 
     def delete_process(self, container_id: str, exec_id: str) -> shim_pb2.DeleteResponse:
         if not exec_id:
             raise errdefs.InvalidArgument("delete the task itself, not its init process")
-        resp: shim_pb2.DeleteResponse = self.get(container_id).shim.call(
-            "Delete", shim_pb2.DeleteRequest(id=container_id, exec_id=exec_id))
-        return resp
+        return self.get(container_id).shim.Delete(
+            shim_pb2.DeleteRequest(id=container_id, exec_id=exec_id))
 
     def resize_pty(self, container_id: str, exec_id: str, width: int, height: int) -> None:
-        self.get(container_id).shim.call("ResizePty", shim_pb2.ResizePtyRequest(
+        self.get(container_id).shim.ResizePty(shim_pb2.ResizePtyRequest(
             id=container_id, exec_id=exec_id, width=width, height=height))
 
     def close_io(self, container_id: str, exec_id: str, stdin: bool) -> None:
-        self.get(container_id).shim.call("CloseIO", shim_pb2.CloseIORequest(
+        self.get(container_id).shim.CloseIO(shim_pb2.CloseIORequest(
             id=container_id, exec_id=exec_id, stdin=stdin))
 
     def pause(self, container_id: str) -> None:
-        self.get(container_id).shim.call("Pause", shim_pb2.PauseRequest(id=container_id))
+        self.get(container_id).shim.Pause(shim_pb2.PauseRequest(id=container_id))
 
     def resume(self, container_id: str) -> None:
-        self.get(container_id).shim.call("Resume", shim_pb2.ResumeRequest(id=container_id))
+        self.get(container_id).shim.Resume(shim_pb2.ResumeRequest(id=container_id))
 
     def pids(self, container_id: str) -> shim_pb2.PidsResponse:
-        resp: shim_pb2.PidsResponse = self.get(container_id).shim.call(
-            "Pids", shim_pb2.PidsRequest(id=container_id))
-        return resp
+        return self.get(container_id).shim.Pids(shim_pb2.PidsRequest(id=container_id))
 
     def update(self, container_id: str, resources: any_pb2.Any,
                annotations: Mapping[str, str]) -> None:
-        self.get(container_id).shim.call("Update", shim_pb2.UpdateTaskRequest(
+        self.get(container_id).shim.Update(shim_pb2.UpdateTaskRequest(
             id=container_id, resources=resources, annotations=dict(annotations)))
 
     def stats(self, task: Task) -> any_pb2.Any:
-        resp = task.shim.call("Stats", shim_pb2.StatsRequest(id=task.id), timeout=STATE_TIMEOUT)
+        resp = task.shim.Stats(shim_pb2.StatsRequest(id=task.id), timeout=STATE_TIMEOUT)
         stats: any_pb2.Any = resp.stats
         return stats
 
     def wait(self, container_id: str, exec_id: str = "") -> shim_pb2.WaitResponse:
         """Block until the process exits (no timeout: a task may run for days)."""
         task = self.get(container_id)
-        resp: shim_pb2.WaitResponse = task.shim.call(
-            "Wait", shim_pb2.WaitRequest(id=container_id, exec_id=exec_id), timeout=None)
-        return resp
+        return task.shim.Wait(shim_pb2.WaitRequest(id=container_id, exec_id=exec_id),
+                              timeout=None)
 
     def stats_of(self, tasks: Sequence[Task]) -> builtins.list[tuple[Task, any_pb2.Any]]:
         """The cgroup stats of ``tasks`` (those whose shim cannot answer left out: see _each)."""
@@ -352,9 +345,9 @@ class TaskManager:
         address = bundle.read(ADDRESS_FILE)
         if not address:
             raise errdefs.NotFound("the shim never reported its address")
-        shim = ShimConnection.connect(socket_path(address), bundle.namespace, self.loop)
+        shim = TaskClient.connect(socket_path(address), bundle.namespace, self.loop)
         try:
-            state = shim.call("State", shim_pb2.StateRequest(id=bundle.id))
+            state = shim.State(shim_pb2.StateRequest(id=bundle.id))
         except BaseException:
             shim.close()
             raise
