@@ -92,15 +92,16 @@ def _walking(ctx: InitContext) -> Any:
 
 
 def _transfer(ctx: InitContext) -> Any:
-    from berth.images.pull import Puller
-    from berth.images.push import ImagePusher
+    from berth.transfer import ImagePusher, Puller
 
     md = ctx.get(p.METADATA)
     differ = ctx.get(p.DIFFER)
     config_path = ctx.config.get("config_path", DEFAULT_CERTS_D)
     paths = [config_path] if isinstance(config_path, str) else [str(x) for x in config_path]
     ctx.exports["config_path"] = ":".join(paths)
-    return Puller(md, differ.differ), ImagePusher(md.content), _resolvers(paths)
+    puller = Puller(md.content, md.images, md.leases, md.snapshotters, differ.differ,
+                    shared=md.content.local)
+    return puller, ImagePusher(md.content), _resolvers(paths)
 
 
 def _resolvers(config_path: list[str]) -> Callable[[bool, dict[str, tuple[str, str]]], Any]:

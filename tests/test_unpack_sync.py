@@ -22,11 +22,11 @@ from berth import namespaces
 from berth.content.local import LocalStore
 from berth.diff import WalkingDiff, durable
 from berth.events import Exchange
-from berth.images import unpack
-from berth.images.unpack import Unpacker
 from berth.metadata.store import Metadata
 from berth.oci.image import MEDIA_TYPE_LAYER, Descriptor
 from berth.snapshots.overlay import OverlaySnapshotter
+from berth.transfer import unpack
+from berth.transfer.unpack import Unpacker
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (overlay, lchown)")
 

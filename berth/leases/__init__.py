@@ -9,10 +9,12 @@ reference.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from berth import labels
 
@@ -34,6 +36,31 @@ class Resource:
 
     id: str
     type: str
+
+
+class Manager(Protocol):
+    """Leases of the current namespace (containerd's ``leases.Manager``); the metadata database
+    keeps them (:class:`berth.metadata.leases.LeaseManager`).
+
+    Contract: ``create`` with no id makes one up, and raises ``AlreadyExists`` for an id in use;
+    the other methods raise ``NotFound`` for an unknown lease. Deleting a lease releases what it
+    held to the garbage collector. Resources are ``content`` (digest), ``ingests`` (ref) or
+    ``snapshots/<snapshotter>`` (key); another type is ``InvalidArgument``.
+    """
+
+    def create(self, lease_id: str = "", labels: dict[str, str] | None = None) -> Lease: ...
+
+    def delete(self, lease_id: str) -> None: ...
+
+    def list(self, filter_strings: Sequence[str] = ()) -> builtins.list[Lease]:
+        """Leases matching any of the filters (``id``, ``labels.<key>``); all with none."""
+        ...
+
+    def add_resource(self, lease_id: str, resource: Resource) -> None: ...
+
+    def delete_resource(self, lease_id: str, resource: Resource) -> None: ...
+
+    def list_resources(self, lease_id: str) -> builtins.list[Resource]: ...
 
 
 _current: ContextVar[str | None] = ContextVar("berth_lease", default=None)

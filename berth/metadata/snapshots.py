@@ -211,30 +211,6 @@ class NamespacedSnapshotter(Snapshotter):
         self._publisher.publish("/snapshot/commit", snapshot_pb2.SnapshotCommit(
             key=key, name=name))
 
-    @property
-    def can_reparent(self) -> bool:
-        """Whether :meth:`reparent` works here (see :class:`Reparenting`)."""
-        return isinstance(self.backend, Reparenting)
-
-    def reparent(self, key: str, parent: str) -> list[Mount]:
-        """Give the parentless active snapshot ``key`` the committed ``parent``."""
-        if not isinstance(self.backend, Reparenting):
-            raise errdefs.NotImplementedByBerth(
-                f"snapshotter {self.name!r} cannot give a snapshot a parent after preparing it")
-        ns = namespaces.current()
-        with self._db.tx() as c:
-            row = self._require(c, ns, key)
-            if row["kind"] != Kind.ACTIVE or row["parent"]:
-                raise errdefs.FailedPrecondition(
-                    f"snapshot {key!r} must be active and without a parent to be given one")
-            prow = self._require(c, ns, parent)
-            if prow["kind"] != Kind.COMMITTED:
-                raise errdefs.FailedPrecondition(f"parent {parent!r} is not committed")
-            mounts = self.backend.reparent(row["backend_key"], prow["backend_key"])
-            c.execute("UPDATE snapshots SET parent = ?, updated_at = ? WHERE namespace = ? AND "
-                      "snapshotter = ? AND key = ?", (parent, now_ns(), ns, self.name, key))
-        return mounts
-
     def remove(self, key: str) -> None:
         ns = namespaces.current()
         with self._db.tx() as c:
@@ -275,3 +251,38 @@ class NamespacedSnapshotter(Snapshotter):
 
     def close(self) -> None:
         self.backend.close()
+
+
+class ReparentingNamespacedSnapshotter(NamespacedSnapshotter, Reparenting):
+    """A namespaced snapshotter over a :class:`Reparenting` backend, reparenting too."""
+
+    def __init__(self, db: DB, name: str, backend: Snapshotter, publisher: Publisher,
+                 on_delete: Callable[[bool], None] = lambda sync: None) -> None:
+        if not isinstance(backend, Reparenting):
+            raise TypeError(f"snapshotter {name!r} cannot reparent")
+        super().__init__(db, name, backend, publisher, on_delete)
+        self._reparenting: Reparenting = backend
+
+    def reparent(self, key: str, parent: str) -> list[Mount]:
+        """Give the parentless active snapshot ``key`` the committed ``parent``."""
+        ns = namespaces.current()
+        with self._db.tx() as c:
+            row = self._require(c, ns, key)
+            if row["kind"] != Kind.ACTIVE or row["parent"]:
+                raise errdefs.FailedPrecondition(
+                    f"snapshot {key!r} must be active and without a parent to be given one")
+            prow = self._require(c, ns, parent)
+            if prow["kind"] != Kind.COMMITTED:
+                raise errdefs.FailedPrecondition(f"parent {parent!r} is not committed")
+            mounts = self._reparenting.reparent(row["backend_key"], prow["backend_key"])
+            c.execute("UPDATE snapshots SET parent = ?, updated_at = ? WHERE namespace = ? AND "
+                      "snapshotter = ? AND key = ?", (parent, now_ns(), ns, self.name, key))
+        return mounts
+
+
+def namespaced(db: DB, name: str, backend: Snapshotter, publisher: Publisher,
+               on_delete: Callable[[bool], None] = lambda sync: None) -> NamespacedSnapshotter:
+    """The namespaced view of ``backend``, with its capabilities (:class:`Reparenting`)."""
+    if isinstance(backend, Reparenting):
+        return ReparentingNamespacedSnapshotter(db, name, backend, publisher, on_delete)
+    return NamespacedSnapshotter(db, name, backend, publisher, on_delete)

@@ -14,7 +14,7 @@ from berth.metadata.gc import Collector
 from berth.metadata.images import ImageStore
 from berth.metadata.leases import LeaseManager
 from berth.metadata.namespaces import NamespaceStore
-from berth.metadata.snapshots import NamespacedSnapshotter
+from berth.metadata.snapshots import namespaced
 from berth.snapshots.snapshotter import Snapshotter
 
 
@@ -32,7 +32,7 @@ class Metadata:
         self._trigger: Callable[[bool], None] | None = None
         self.content = NamespacedContentStore(self.db, content, publisher, self.collect)
         self.snapshotters = {
-            name: NamespacedSnapshotter(self.db, name, backend, publisher, self.collect)
+            name: namespaced(self.db, name, backend, publisher, self.collect)
             for name, backend in snapshotters.items()
         }
         self.images = ImageStore(self.db, publisher, self.collect)

@@ -9,7 +9,7 @@ from berth import errdefs
 from berth.api.services.images.v1 import images_pb2 as pb
 from berth.api.services.images.v1 import images_pb2_grpc
 from berth.images import Image
-from berth.metadata.images import ImageStore
+from berth.images import Store as ImageStore
 from berth.services.convert import descriptor, from_descriptor, timestamp
 
 

@@ -9,12 +9,11 @@ import grpc
 from berth.api.services.transfer.v1 import transfer_pb2 as pb
 from berth.api.services.transfer.v1 import transfer_pb2_grpc
 from berth.images import Image, platforms
-from berth.images.pull import Progress, Puller, PullOptions
-from berth.images.push import ImagePusher
-from berth.metadata.images import ImageStore
+from berth.images import Store as ImageStore
 from berth.remotes.remotes import Resolver
 from berth.services.convert import descriptor
 from berth.services.server import stream_updates
+from berth.transfer import ImagePusher, Progress, Puller, PullOptions
 
 # (plain_http, {host: (username, secret)}) -> a resolver for one transfer
 ResolverFactory = Callable[[bool, dict[str, tuple[str, str]]], Resolver]

@@ -25,6 +25,7 @@ import abc
 import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from berth.mount import Mount
 
@@ -93,9 +94,11 @@ class Snapshotter(abc.ABC):
         """Release resources (database handles)."""
 
 
-class Reparenting(abc.ABC):
+@runtime_checkable
+class Reparenting(Protocol):
     """An optional capability of snapshotters whose active snapshots hold only their own
-    changes, independent of their parent (overlayfs: the upper directory).
+    changes, independent of their parent (overlayfs: the upper directory); callers check for
+    it with ``isinstance``.
 
     Such a snapshotter lets a caller prepare an active snapshot *without* a parent, fill it,
     and give it its parent afterwards, just before committing. This is what lets image layers

@@ -16,20 +16,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from berth import errdefs
-from berth.content.content import open_stream
+from berth.content.content import Provider, open_stream
 from berth.images import Image, manifest, platforms
 from berth.images.platforms import Platform
-from berth.images.pull import LABEL_DISTRIBUTION_SOURCE, Progress, ProgressFn
-from berth.metadata.content import NamespacedContentStore
 from berth.oci.image import Descriptor
 from berth.remotes import reference
 from berth.remotes.remotes import MAX_MANIFEST_SIZE, Resolver
+from berth.transfer.pull import LABEL_DISTRIBUTION_SOURCE, Progress, ProgressFn
 
 log = logging.getLogger(__name__)
 
 
 class ImagePusher:
-    def __init__(self, content: NamespacedContentStore, max_concurrent: int = 3) -> None:
+    def __init__(self, content: Provider, max_concurrent: int = 3) -> None:
         self.content = content
         self.max_concurrent = max_concurrent
 

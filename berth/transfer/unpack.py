@@ -8,9 +8,10 @@ snapshot.
 Two strategies, one contract:
 
 * **parallel**, where the snapshotter can give an active snapshot its parent after the fact
-  (:class:`~berth.snapshots.snapshotter.Reparenting`, i.e. overlayfs): each layer is extracted
-  into its own parentless snapshot as soon as its blob is stored, several at once; the chain is
-  then committed in order, each layer getting its parent just before its commit;
+  (:class:`~berth.snapshots.snapshotter.Reparenting`, i.e. overlayfs) and the applier can
+  unpack into a bare upper directory (:class:`~berth.diff.diff.UpperApplier`): each layer is
+  extracted into its own parentless snapshot as soon as its blob is stored, several at once;
+  the chain is then committed in order, each layer getting its parent just before its commit;
 * **sequential** otherwise: prepare on the parent, apply, commit, one layer after the other.
 
 Either way :meth:`Unpacker.extract` may be called from worker threads in any order, and
@@ -32,15 +33,13 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from berth import errdefs
-from berth.content.content import open_stream
+from berth.content.content import Provider, open_stream
 from berth.diff.archive import adopt_parents
-from berth.diff.walking import WalkingDiff
+from berth.diff.diff import Applier, UpperApplier
 from berth.images.manifest import chain_ids
-from berth.metadata.content import NamespacedContentStore
-from berth.metadata.snapshots import NamespacedSnapshotter
 from berth.oci.image import Descriptor
 from berth.rootpath import resolve_in_root
-from berth.snapshots.snapshotter import Kind
+from berth.snapshots.snapshotter import Kind, Reparenting, Snapshotter
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +63,13 @@ class _Extracted:
 
 
 class Unpacker:
-    def __init__(self, content: NamespacedContentStore, snapshotter: NamespacedSnapshotter,
-                 differ: WalkingDiff, layers: Sequence[Descriptor], diff_ids: Sequence[str],
-                 *, parallel: bool = True) -> None:
+    """Unpacks ``layers`` (blobs in ``content``) into ``snapshotter`` with ``differ``; the
+    strategy is parallel when ``parallel`` is allowed and both have the capabilities for it.
+    ``snapshotter_name`` names the snapshotter in errors."""
+
+    def __init__(self, content: Provider, snapshotter: Snapshotter, differ: Applier,
+                 layers: Sequence[Descriptor], diff_ids: Sequence[str], *,
+                 parallel: bool = True, snapshotter_name: str = "") -> None:
         if len(layers) != len(diff_ids):
             raise errdefs.InvalidArgument(
                 f"image has {len(layers)} layers but its config lists {len(diff_ids)} diff IDs")
@@ -76,7 +79,14 @@ class Unpacker:
         self.layers = list(layers)
         self.diff_ids = list(diff_ids)
         self.chain = chain_ids(diff_ids)
-        self.parallel = parallel and snapshotter.can_reparent
+        self.snapshotter_name = snapshotter_name or type(snapshotter).__name__
+        # The capabilities the parallel strategy needs, or None for the sequential one.
+        self._reparenting: Reparenting | None = None
+        self._upper: UpperApplier | None = None
+        if (parallel and isinstance(snapshotter, Reparenting)
+                and isinstance(differ, UpperApplier)):
+            self._reparenting, self._upper = snapshotter, differ
+        self.parallel = self._upper is not None
         self._extracted: dict[int, _Extracted] = {}
         self._lock = threading.Lock()
         self.first_missing = self._first_missing()
@@ -114,18 +124,19 @@ class Unpacker:
     def extract(self, index: int) -> None:
         """Extract layer ``index`` ahead of its parents (parallel strategy only; a no-op
         otherwise). The layer's blob must be in the content store."""
-        if not self.parallel or not self.needed(index):
+        upper = self._upper
+        if upper is None or not self.needed(index):
             return
         key = f"extract-{uuid.uuid4().hex[:12]}-{self.chain[index]}"
         mounts = self.snapshotter.prepare(key)
         if len(mounts) != 1 or mounts[0].type != "bind":
             self.snapshotter.remove(key)
-            raise errdefs.Internal(f"snapshotter {self.snapshotter.name} gave unexpected mounts "
+            raise errdefs.Internal(f"snapshotter {self.snapshotter_name} gave unexpected mounts "
                                    f"for a parentless snapshot: {mounts}")
         extracted = _Extracted(key, mounts[0].source)
         try:
-            applied = self.differ.apply_upper(self.layers[index], extracted.upper, self._open,
-                                              extracted.made_parents)
+            applied = upper.apply_upper(self.layers[index], extracted.upper, self._open,
+                                        extracted.made_parents)
             self._check(index, applied)
         except BaseException:
             self._discard(key)
@@ -139,18 +150,18 @@ class Unpacker:
             return
         name = self.chain[index]
         parent = self.chain[index - 1] if index else ""
-        if self.parallel:
+        if self._reparenting is not None and self._upper is not None:
             with self._lock:
                 extracted = self._extracted.pop(index)
             key = extracted.key
             try:
                 if parent:
-                    mounts = self.snapshotter.reparent(key, parent)
+                    mounts = self._reparenting.reparent(key, parent)
                     lowers = [o for m in mounts for o in m.options if o.startswith("lowerdir=")]
                     if extracted.made_parents and lowers:
                         adopt_parents(extracted.upper, extracted.made_parents,
                                       lowers[0][len("lowerdir="):].split(":"))
-                        if self.differ.sync:  # their new metadata too: a few directories
+                        if self._upper.sync:  # their new metadata too: a few directories
                             _fsync_dirs(extracted.upper, extracted.made_parents)
                 self._commit(name, key)
             except BaseException:

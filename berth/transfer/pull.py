@@ -3,7 +3,7 @@
 The whole pull runs under a lease (expiring after a day), so nothing it stores can be collected
 before the image that references it exists. Blobs are downloaded several at once, each verified
 by the content store on commit (size and digest: a mismatch stores nothing), and each layer is
-unpacked as soon as its blob is in (see :mod:`berth.images.unpack`). A pull that fails keeps its
+unpacked as soon as its blob is in (see :mod:`berth.transfer.unpack`). A pull that fails keeps its
 lease, so what it verified survives for the next attempt, which resumes a half-downloaded blob
 where it stopped (a Range request); the lease's expiry lets the collector reclaim it otherwise.
 
@@ -19,21 +19,23 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from berth import errdefs, leases, namespaces
-from berth.content.content import Info, Writer
-from berth.diff.walking import WalkingDiff
+from berth import errdefs, labels, leases, namespaces
+from berth.content.content import Info, Provider, Store, Writer
+from berth.diff.diff import Applier
 from berth.images import Image, manifest, platforms
+from berth.images import Store as ImageStore
 from berth.images.platforms import Platform
-from berth.images.unpack import Unpacker
+from berth.leases import Manager as LeaseManager
 from berth.leases import Resource
-from berth.metadata.store import Metadata
 from berth.oci.image import Descriptor
 from berth.remotes import reference
 from berth.remotes.remotes import MAX_MANIFEST_SIZE, Fetcher, Resolver
+from berth.snapshots.snapshotter import Snapshotter
+from berth.transfer.unpack import Unpacker
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +107,25 @@ class _Inflight:
 
 
 class Puller:
-    def __init__(self, metadata: Metadata, differ: WalkingDiff) -> None:
-        self.md = metadata
-        self.differ = differ
+    """Pulls into ``content``, names images in ``images``, holds what it stores under a lease
+    of ``leases``, and unpacks into ``snapshotters`` (by name) with ``applier``: in berthd the
+    namespaced stores of the metadata database and the walking differ.
+
+    ``shared`` is where blobs already on this host are, whatever namespace stored them (the
+    local store under the metadata one). With it, a blob the host lacks is known missing
+    without opening an ingest; without it (a store reached over the API), the content store's
+    writer finds a shared blob, as containerd's pull does.
+    """
+
+    def __init__(self, content: Store, images: ImageStore, leases: LeaseManager,
+                 snapshotters: Mapping[str, Snapshotter], applier: Applier, *,
+                 shared: Provider | None = None) -> None:
+        self.content = content
+        self.images = images
+        self.leases = leases
+        self.snapshotters = snapshotters
+        self.applier = applier
+        self.shared = shared
         self._inflight = _Inflight()
 
     # -- content ---------------------------------------------------------------------------
@@ -116,22 +134,23 @@ class Puller:
         """Whether ``desc`` is stored (making a blob stored for another namespace visible
         here), with it added to the current lease."""
         try:
-            self.md.content.info(desc.digest)
+            self.content.info(desc.digest)
         except errdefs.NotFound:
             pass
         else:
             lease = leases.current()
             if lease:
-                self.md.leases.add_resource(lease, Resource(desc.digest, "content"))
+                self.leases.add_resource(lease, Resource(desc.digest, "content"))
             return True
-        try:
-            self.md.content.local.info(desc.digest)
-        except errdefs.NotFound:
-            return False
+        if self.shared is not None:
+            try:
+                self.shared.info(desc.digest)
+            except errdefs.NotFound:
+                return False
         try:
             # Opening a writer for a blob already on disk records it in this namespace (and
             # the lease) and answers AlreadyExists: containerd's shared content policy.
-            w = self.md.content.writer(f"pull-{desc.digest}", expected=desc.digest)
+            w = self.content.writer(f"pull-{desc.digest}", expected=desc.digest)
         except errdefs.AlreadyExists:
             return True
         w.close()  # collected meanwhile: download it after all
@@ -153,7 +172,7 @@ class Puller:
                     progress: ProgressFn, labels: dict[str, str]) -> None:
         ref = f"pull-{desc.digest}"
         for attempt in range(1, FETCH_ATTEMPTS + 1):
-            w = self.md.content.writer(ref, total=desc.size, expected=desc.digest)
+            w = self.content.writer(ref, total=desc.size, expected=desc.digest)
             try:
                 offset = w.status().offset
                 if offset > desc.size:
@@ -217,7 +236,7 @@ class Puller:
         while True:
             with self._inflight.claim(desc.digest) as mine:
                 if self._have(desc):
-                    with self.md.content.reader(desc.digest) as r:
+                    with self.content.reader(desc.digest) as r:
                         _check_document_size(Descriptor(desc.media_type, desc.digest, r.size),
                                              kind)
                         return r.read_at(0, r.size)
@@ -243,7 +262,7 @@ class Puller:
     def _store(self, desc: Descriptor, data: bytes, labels: dict[str, str]) -> None:
         """Store a verified document with its labels (setting them if it is stored already)."""
         try:
-            w = self.md.content.writer(f"pull-{desc.digest}", total=desc.size,
+            w = self.content.writer(f"pull-{desc.digest}", total=desc.size,
                                        expected=desc.digest)
             try:
                 w.truncate(0)
@@ -253,7 +272,7 @@ class Puller:
                 w.close()
         except errdefs.AlreadyExists:
             if labels:
-                self.md.content.update(Info(desc.digest, desc.size, labels=labels),
+                self.content.update(Info(desc.digest, desc.size, labels=labels),
                                        [f"labels.{k}" for k in labels])
 
     # -- the graph -------------------------------------------------------------------------
@@ -269,12 +288,12 @@ class Puller:
         # Where each blob came from, so a later push can mount it across repositories.
         source = {f"{LABEL_DISTRIBUTION_SOURCE}{parsed.host}": parsed.repository}
         expire = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1))
-        lease = self.md.leases.create(labels={leases.LABEL_EXPIRE: expire.strftime(
+        lease = self.leases.create(labels={labels.GC_EXPIRE: expire.strftime(
             "%Y-%m-%dT%H:%M:%SZ")})
         with leases.use(lease.id):
             self._pull_root(fetcher, root, opts, progress, source)
             image = self._name(name, root)
-        self.md.leases.delete(lease.id)
+        self.leases.delete(lease.id)
         progress(Progress("image", "done", root, name=name))
         return image
 
@@ -288,12 +307,11 @@ class Puller:
                           if e.descriptor.media_type in manifest.MANIFEST_TYPES]
             else:
                 chosen = [manifest.select_manifest(entries, opts.platform)]
-            labels = {f"containerd.io/gc.ref.content.m.{i}": d.digest
-                      for i, d in enumerate(chosen)}
+            refs = {f"{labels.GC_REF_CONTENT}.m.{i}": d.digest for i, d in enumerate(chosen)}
             for desc in chosen:
                 self._pull_manifest(fetcher, desc, opts, progress, source,
                                     unpack=opts.unpack and self._runs_here(entries, desc, opts))
-            self._store(root, data, {**labels, **source})
+            self._store(root, data, {**refs, **source})
             progress(Progress("index", "done", root, root.size, root.size))
         elif root.media_type in manifest.MANIFEST_TYPES:
             self._pull_manifest(fetcher, root, opts, progress, source, unpack=opts.unpack)
@@ -318,10 +336,11 @@ class Puller:
         config = manifest.parse_config(config_data)
         unpacker = None
         if unpack:
-            sn = self.md.snapshotters.get(opts.snapshotter)
+            sn = self.snapshotters.get(opts.snapshotter)
             if sn is None:
                 raise errdefs.InvalidArgument(f"snapshotter {opts.snapshotter!r} is not loaded")
-            unpacker = Unpacker(self.md.content, sn, self.differ, m.layers, config.diff_ids)
+            unpacker = Unpacker(self.content, sn, self.applier, m.layers, config.diff_ids,
+                                snapshotter_name=opts.snapshotter)
         def job(index: int, layer: Descriptor) -> None:
             self._download(fetcher, layer, "layer", progress, source)
             if unpacker is not None and unpacker.needed(index):
@@ -356,18 +375,18 @@ class Puller:
                 raise
         config_labels = {}
         if unpacker is not None and unpacker.top:
-            config_labels[f"containerd.io/gc.ref.snapshot.{opts.snapshotter}"] = unpacker.top
+            config_labels[f"{labels.GC_REF_SNAPSHOT}{opts.snapshotter}"] = unpacker.top
         if config_labels:
             self._store(m.config, config_data, config_labels)
-        labels = {"containerd.io/gc.ref.content.config": m.config.digest}
-        labels.update({f"containerd.io/gc.ref.content.l.{i}": layer.digest
-                       for i, layer in enumerate(m.layers)})
-        self._store(desc, data, {**labels, **source})
+        refs = {f"{labels.GC_REF_CONTENT}.config": m.config.digest}
+        refs.update({f"{labels.GC_REF_CONTENT}.l.{i}": layer.digest
+                     for i, layer in enumerate(m.layers)})
+        self._store(desc, data, {**refs, **source})
         progress(Progress("manifest", "done", desc, desc.size, desc.size))
 
     def _name(self, name: str, target: Descriptor) -> Image:
         image = Image(name, target)
         try:
-            return self.md.images.create(image)
+            return self.images.create(image)
         except errdefs.AlreadyExists:
-            return self.md.images.update(image, ["target"])
+            return self.images.update(image, ["target"])
