@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from berth import errdefs, labels, namespaces
 from berth.clock import now_ns
 from berth.metadata.db import DB, dumps, loads
+from berth.namespaces import Namespace
 
 # Tables whose rows keep a namespace from being deleted, with the word a person reads.
 _OWNED = (("images", "images"), ("content", "blobs"), ("snapshots", "snapshots"),
           ("leases", "leases"))
 
 
-@dataclass
-class Namespace:
-    name: str
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-class NamespaceStore:
+class NamespaceStore(namespaces.Store):
     def __init__(self, db: DB) -> None:
         self._db = db
         self._owned = list(_OWNED)

@@ -1,7 +1,7 @@
 """The connection every proxy makes its calls on: one gRPC channel to berthd.
 
 Each call carries containerd's headers: the namespace (the connection's own when it was bound
-to one, else the caller's current one, :func:`berth.namespaces.current`) and the lease (the
+to one, else the caller's current one, :func:`berth.namespaces.current_or_none`) and the lease (the
 connection's :attr:`Connection.lease_id` when set, else :func:`berth.leases.current`). A failed
 call raises Berth's error for its status code (:func:`berth.errdefs.from_grpc_code`, the client
 side of the one mapping), with plain words for a daemon that is not there or too old; no caller
@@ -66,9 +66,11 @@ class Connection:
         return self._channel
 
     def headers(self) -> Headers:
-        """The metadata of a call made now (FailedPrecondition when no namespace is known)."""
-        ns = self.namespace if self.namespace is not None else namespaces.current()
-        md: Headers = ((namespaces.GRPC_HEADER, ns),)
+        """The metadata of a call made now. With no namespace known, none is sent: berthd
+        refuses a call that needs one (FailedPrecondition), and serves one that does not
+        (the Namespaces service's)."""
+        ns = self.namespace if self.namespace is not None else namespaces.current_or_none()
+        md: Headers = ((namespaces.GRPC_HEADER, ns),) if ns is not None else ()
         lease = self.lease_id or leases.current()
         if lease:
             md += ((leases.GRPC_HEADER, lease),)
@@ -90,7 +92,8 @@ class Connection:
                     details.startswith("recvmsg:"):
                 return errdefs.Unavailable(
                     f"lost the connection to berthd at {self.address} ({details or 'closed'})")
-        if code == grpc.StatusCode.UNIMPLEMENTED:
+        if code == grpc.StatusCode.UNIMPLEMENTED and (
+                details == "Method not found!" or details.endswith("not implemented by berthd")):
             return errdefs.NotImplementedByBerth(
                 f"berthd at {self.address} does not serve this call ({details}); is it older "
                 "than this berth?")
