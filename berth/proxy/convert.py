@@ -38,7 +38,7 @@ def from_descriptor(d: descriptor_pb2.Descriptor) -> Descriptor:
     return Descriptor(d.media_type, d.digest, d.size, dict(d.annotations))
 
 
-def mounts(ms: Iterable[Mount]) -> list[mount_pb2.Mount]:
+def to_mounts(ms: Iterable[Mount]) -> list[mount_pb2.Mount]:
     return [mount_pb2.Mount(type=m.type, source=m.source, target=m.target, options=m.options)
             for m in ms]
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from berth.api.services.leases.v1 import leases_pb2 as pb
 from berth.api.services.leases.v1 import leases_pb2_grpc
 from berth.leases import Lease, Resource
-from berth.proxy.connection import Connection
+from berth.proxy.connection import DEFAULT_TIMEOUT, Connection
 from berth.proxy.convert import from_timestamp
 
 
@@ -32,7 +32,7 @@ class LeasesProxy:
         """As :meth:`berth.leases.Manager.delete`; with ``sync``, once the collector has taken
         what the lease alone kept."""
         self._conn.call(self._stub.Delete, pb.DeleteRequest(id=lease_id, sync=sync),
-                        timeout=None if sync else self._conn.timeout)
+                        timeout=None if sync else DEFAULT_TIMEOUT)
 
     def list(self, filter_strings: Sequence[str] = ()) -> builtins.list[Lease]:
         resp: pb.ListResponse = self._conn.call(
