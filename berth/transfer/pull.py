@@ -153,7 +153,7 @@ class Puller:
             w = self.content.writer(f"pull-{desc.digest}", expected=desc.digest)
         except errdefs.AlreadyExists:
             return True
-        w.close()  # collected meanwhile: download it after all
+        w.close()  # not on this host (or collected meanwhile): download it
         return False
 
     def _download(self, fetcher: Fetcher, desc: Descriptor, kind: str,
