@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from google.protobuf import empty_pb2
 
-from berth import errdefs
 from berth.api.services.ttrpc.events.v1 import events_pb2
-from berth.clock import now_ns
-from berth.events.exchange import Envelope, Exchange
-from berth.services.convert import from_timestamp
+from berth.events.exchange import Exchange
+from berth.events.forward import forward
 from berth.ttrpc import BackgroundLoop, RequestContext, Server
 
 SERVICE = events_pb2.DESCRIPTOR.services_by_name["Events"]
@@ -21,11 +19,7 @@ class _Events:
 
     async def Forward(self, ctx: RequestContext,
                       request: events_pb2.ForwardRequest) -> empty_pb2.Empty:
-        env = request.envelope
-        if not env.namespace:
-            raise errdefs.InvalidArgument("forwarded event must carry its namespace")
-        self.exchange.forward(Envelope(from_timestamp(env.timestamp) or now_ns(), env.namespace,
-                                       env.topic, env.event.type_url, env.event.value))
+        forward(self.exchange, request.envelope)
         return empty_pb2.Empty()
 
 

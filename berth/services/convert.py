@@ -6,29 +6,13 @@ import itertools
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from berth.api.types import descriptor_pb2, mount_pb2
+from berth.clock import from_timestamp as from_timestamp
+from berth.clock import timestamp as timestamp
 from berth.mount import Mount
 from berth.oci.image import Descriptor
 
-# Go's zero time.Time, which Go clients send for "unset".
-_GO_ZERO_SECONDS = -62135596800
-
 T = TypeVar("T")
-
-
-def timestamp(ns: int) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(ns)
-    return ts
-
-
-def from_timestamp(ts: Timestamp) -> int:
-    """Nanoseconds since the epoch; 0 for unset (including Go's zero time)."""
-    if ts.seconds <= _GO_ZERO_SECONDS:
-        return 0
-    return int(ts.ToNanoseconds())
 
 
 def descriptor(d: Descriptor) -> descriptor_pb2.Descriptor:

@@ -8,12 +8,13 @@ from collections.abc import Iterator
 import grpc
 from google.protobuf import any_pb2, empty_pb2
 
-from berth import errdefs, namespaces
+from berth import namespaces
 from berth.api.services.events.v1 import events_pb2 as pb
 from berth.api.services.events.v1 import events_pb2_grpc
 from berth.clock import now_ns
 from berth.events.exchange import Envelope, Exchange, validate_topic
-from berth.services.convert import from_timestamp, timestamp
+from berth.events.forward import forward
+from berth.services.convert import timestamp
 
 
 def envelope(env: Envelope) -> pb.Envelope:
@@ -35,11 +36,7 @@ class EventsService(events_pb2_grpc.EventsServicer):
 
     def Forward(self, request: pb.ForwardRequest,
                 context: grpc.ServicerContext) -> empty_pb2.Empty:
-        env = request.envelope
-        if not env.namespace:
-            raise errdefs.InvalidArgument("forwarded event must carry its namespace")
-        self.exchange.forward(Envelope(from_timestamp(env.timestamp) or now_ns(), env.namespace,
-                                       env.topic, env.event.type_url, env.event.value))
+        forward(self.exchange, request.envelope)
         return empty_pb2.Empty()
 
     def Subscribe(self, request: pb.SubscribeRequest,
