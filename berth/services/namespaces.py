@@ -11,7 +11,8 @@ from berth.api.events import namespace_pb2 as events_pb
 from berth.api.services.namespaces.v1 import namespace_pb2 as pb
 from berth.api.services.namespaces.v1 import namespace_pb2_grpc
 from berth.events import Publisher
-from berth.metadata.namespaces import Namespace, NamespaceStore
+from berth.metadata.namespaces import NamespaceStore
+from berth.namespaces import Namespace
 
 
 def _ns(n: Namespace) -> pb.Namespace:
