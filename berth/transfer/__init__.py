@@ -8,15 +8,30 @@ over clients of its API alike; optional capabilities (:class:`~berth.diff.diff.U
 :class:`~berth.snapshots.snapshotter.Reparenting`) are found with ``isinstance``.
 """
 
-from berth.transfer.pull import (
-    LABEL_DISTRIBUTION_SOURCE,
-    Progress,
-    ProgressFn,
-    Puller,
-    PullOptions,
-)
-from berth.transfer.push import ImagePusher
-from berth.transfer.unpack import Unpacker
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from berth.transfer.progress import Progress, ProgressFn
+
+if TYPE_CHECKING:
+    from berth.transfer.pull import LABEL_DISTRIBUTION_SOURCE, Puller, PullOptions
+    from berth.transfer.push import ImagePusher
+    from berth.transfer.unpack import Unpacker
+
+# The machinery is imported when first named: what only shows a transfer's progress (the CLI)
+# imports berth.transfer.progress without a registry client.
+_LAZY = {"LABEL_DISTRIBUTION_SOURCE": "pull", "Puller": "pull", "PullOptions": "pull",
+         "ImagePusher": "push", "Unpacker": "unpack"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"berth.transfer.{module}"), name)
+
 
 __all__ = [
     "LABEL_DISTRIBUTION_SOURCE",

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -35,6 +35,8 @@ from berth.oci.image import Descriptor
 from berth.remotes import reference
 from berth.remotes.remotes import MAX_MANIFEST_SIZE, Fetcher, Resolver
 from berth.snapshots.snapshotter import Snapshotter
+from berth.transfer.progress import Progress as Progress
+from berth.transfer.progress import ProgressFn as ProgressFn
 from berth.transfer.unpack import Unpacker
 
 log = logging.getLogger(__name__)
@@ -50,22 +52,6 @@ def _check_document_size(desc: Descriptor, kind: str) -> None:
             "refused")
 FETCH_ATTEMPTS = 3
 LABEL_DISTRIBUTION_SOURCE = "containerd.io/distribution.source."
-
-
-@dataclass
-class Progress:
-    """One update: ``kind`` is image/index/manifest/config/layer; ``status`` one of resolving,
-    waiting, downloading, downloaded, exists, extracting, done."""
-
-    kind: str
-    status: str
-    descriptor: Descriptor | None = None
-    offset: int = 0
-    total: int = 0
-    name: str = ""
-
-
-ProgressFn = Callable[[Progress], None]
 
 
 @dataclass
