@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Iterator
 from http.server import ThreadingHTTPServer
 from typing import Any
 
-from google.protobuf import any_pb2
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import MetricsHandler
@@ -26,11 +25,12 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from berth import errdefs
+from berth.containers import AnyValue
 
 log = logging.getLogger(__name__)
 
 # (namespace, container id, stats Any) for each running task
-StatsSource = Callable[[], Iterable[tuple[str, str, any_pb2.Any]]]
+StatsSource = Callable[[], Iterable[tuple[str, str, AnyValue]]]
 
 V1 = "io.containerd.cgroups.v1.Metrics"
 V2 = "io.containerd.cgroups.v2.Metrics"
@@ -66,7 +66,7 @@ class Families:
         return [self.cpu_total, self.cpu_user, self.cpu_kernel, self.mem_usage, self.mem_limit,
                 self.mem_rss, self.pids, self.pids_limit, self.io_bytes]
 
-    def add(self, namespace: str, container_id: str, stats: any_pb2.Any) -> None:
+    def add(self, namespace: str, container_id: str, stats: AnyValue) -> None:
         lv = [container_id, namespace]
         if stats.type_url.endswith(V1):
             from berth.api.cgroups.v1 import metrics_pb2 as v1

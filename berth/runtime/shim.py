@@ -21,7 +21,9 @@ from collections.abc import Mapping
 from berth import errdefs
 from berth import shimcontract as contract
 from berth.api.runtime.task.v2 import shim_pb2
+from berth.runtime import shimproto
 from berth.runtime.bundle import Bundle
+from berth.runtime.runtime import Exit
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ class ShimBinary:
         bundle.write(contract.BINARY_FILE, self.path)
         return socket_path(address)
 
-    def delete(self, bundle: Bundle) -> shim_pb2.DeleteResponse:
+    def delete(self, bundle: Bundle) -> Exit:
         """Clean up after a dead shim with the binary's ``delete`` action."""
         proc = subprocess.run(self._command(bundle, contract.ACTION_DELETE), cwd=bundle.path,
                               env=self._env(bundle), capture_output=True, timeout=START_TIMEOUT,
@@ -105,7 +107,7 @@ class ShimBinary:
                 f"{proc.stderr.decode(errors='replace').strip()}")
         resp = shim_pb2.DeleteResponse()
         resp.ParseFromString(proc.stdout)
-        return resp
+        return shimproto.deleted(resp)
 
 
 def socket_path(address: str) -> str:
