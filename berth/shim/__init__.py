@@ -2,7 +2,8 @@
 containers (a pod, or up to 16 of a namespace's) that drives runc, owns the containers' stdio
 and reaps their exits.
 
-* :mod:`~berth.shim.main`: the command line (``start``, ``delete``).
+* :mod:`~berth.shim.main`: the command line (``start``, ``delete``), whose names it shares with
+  the daemon in :mod:`berth.shimcontract`; :mod:`~berth.shim.cmdline`: parsing it.
 * :mod:`~berth.shim.grouping`: which shim a task joins (its socket address), when a shim leaves.
 * :mod:`~berth.shim.zygote`: the fork server ``start`` has fork each shim (shared memory).
 * :mod:`~berth.shim.server`: the shim process's loop, ttrpc on the socket ``start`` bound.
@@ -18,5 +19,7 @@ and reaps their exits.
 * :mod:`~berth.shim.events`: events forwarded to the daemon.
 * :mod:`~berth.shim.lean`: what the shim process does without, to stay small.
 
-Nothing here is imported by the daemon: the modules load in the shim's own process.
+Nothing here is imported by the daemon: the modules load in the shim's own process, and they
+import only the bottom of Berth (errdefs, identifiers, namespaces, logfmt, mount, ttrpc, the
+generated API) and :mod:`berth.shimcontract`. Within the package, imports form no cycle.
 """
