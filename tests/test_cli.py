@@ -23,12 +23,12 @@ from daemon import Berthd, mounts_under
 from images import ImageInfo, make_tar, rootfs_mismatches, write_layout
 from registry import Registry, loopback_env
 
-from berth.api.services.transfer.v1 import transfer_pb2
-from berth.api.types import descriptor_pb2
 from berth.cli import humanize, progress
 from berth.cli.app import run
 from berth.cli.archive import ANNOTATION_IMAGE_NAME
 from berth.cli.images import split_name
+from berth.oci.image import Descriptor
+from berth.transfer.progress import Progress
 
 REPO = Path(__file__).resolve().parent.parent
 BERTH = REPO / ".venv" / "bin" / "berth"
@@ -132,9 +132,8 @@ def test_split_name() -> None:
 
 
 def _msg(kind: str, status: str, digest: str = "", offset: int = 0, total: int = 0,
-         name: str = "") -> transfer_pb2.Progress:
-    return transfer_pb2.Progress(kind=kind, status=status, offset=offset, total=total, name=name,
-                                 descriptor=descriptor_pb2.Descriptor(digest=digest, size=total))
+         name: str = "") -> Progress:
+    return Progress(kind, status, Descriptor("", digest, total), offset, total, name)
 
 
 def test_lines_view_one_line_per_change_and_at_most_one_per_second() -> None:

@@ -149,13 +149,9 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 20.0) -> Non
 
 
 def snapshot_keys(env: Env) -> set[str]:
-    from berth.api.services.snapshots.v1 import snapshots_pb2
-
     client = env.client()
     try:
-        return {info.name for resp in client.stream(
-            client.snapshots.List, snapshots_pb2.ListSnapshotsRequest(snapshotter="overlayfs"))
-            for info in resp.info}
+        return {info.name for info in client.snapshotter("overlayfs").walk()}
     finally:
         client.close()
 

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from google.protobuf.empty_pb2 import Empty
 from rich.markup import escape
 
 from berth import errdefs
@@ -55,8 +54,7 @@ def version() -> None:
     """Show berth's and berthd's versions."""
     from berth import __version__
 
-    client = state.client()
-    server = client.call(client.version.Version, Empty())
+    server = state.client().version()
     console.print(f"berth   {__version__}\nberthd  {server.version} ({server.revision})")
 
 

@@ -29,12 +29,12 @@ import typer
 from rich.markup import escape
 
 from berth import errdefs
-from berth.api.services.containers.v1 import containers_pb2
 from berth.api.types.task import task_pb2
 from berth.cli import cio, humanize
 from berth.cli.state import err_console, state
 from berth.client import Client
-from berth.services.convert import from_timestamp
+from berth.clock import from_timestamp
+from berth.containers import Container
 
 LABEL_NAME = "berth/name"
 LABEL_STOP_SIGNAL = "berth/stop-signal"
@@ -48,17 +48,17 @@ FORMATS = ("table", "json")
 # -- finding containers ------------------------------------------------------------------------
 
 
-def resolve(client: Client, ref: str) -> containers_pb2.Container:
+def resolve(client: Client, ref: str) -> Container:
     """The container ``ref`` names: its id, or a prefix of exactly one container's id."""
     if not ref:
         raise errdefs.InvalidArgument("a container id or name must not be empty")
     try:
-        return client.get_container(ref)
+        return client.containers.get(ref)
     except errdefs.NotFound:
         pass
     except errdefs.InvalidArgument:  # not an identifier at all
         raise errdefs.NotFound(f"no such container: {ref}") from None
-    found = [c for c in client.list_containers() if c.id.startswith(ref)]
+    found = [c for c in client.containers.list() if c.id.startswith(ref)]
     if len(found) == 1:
         return found[0]
     if found:
@@ -68,18 +68,18 @@ def resolve(client: Client, ref: str) -> containers_pb2.Container:
     raise errdefs.NotFound(f"no such container: {ref}")
 
 
-def name_of(c: containers_pb2.Container) -> str:
+def name_of(c: Container) -> str:
     return c.labels.get(LABEL_NAME) or c.id
 
 
-def log_path_of(c: containers_pb2.Container) -> str:
+def log_path_of(c: Container) -> str:
     """Where ``c``'s output is kept: made from the namespace and its id, never from a label."""
     return cio.log_path(state.namespace, c.id)
 
 
-def spec_of(c: containers_pb2.Container) -> dict[str, Any]:
+def spec_of(c: Container) -> dict[str, Any]:
     try:
-        spec = json.loads(c.spec.value) if c.spec.value else {}
+        spec = json.loads(c.spec.value) if c.spec is not None and c.spec.value else {}
     except (UnicodeDecodeError, json.JSONDecodeError):
         return {}
     return spec if isinstance(spec, dict) else {}
@@ -102,7 +102,7 @@ def parse_signal(text: str) -> int:
             f"unknown signal {text!r} (use a name like TERM or KILL, or a number)") from None
 
 
-def stop_signal_of(c: containers_pb2.Container) -> int:
+def stop_signal_of(c: Container) -> int:
     text = c.labels.get(LABEL_STOP_SIGNAL, "")
     if text:
         with contextlib.suppress(errdefs.InvalidArgument):
@@ -135,7 +135,7 @@ def for_each(refs: list[str], action: Any) -> None:
 # -- stopping and removing ---------------------------------------------------------------------
 
 
-def stop_task(client: Client, c: containers_pb2.Container, timeout: float) -> None:
+def stop_task(client: Client, c: Container, timeout: float) -> None:
     """Its stop signal, up to ``timeout`` seconds for the task to exit, then SIGKILL."""
     task = client.find_task(c.id)
     if task is None or task.status in (STATUS.STOPPED, STATUS.UNKNOWN):
@@ -169,7 +169,7 @@ def delete_task(client: Client, container_id: str) -> None:
         client.delete_task(container_id)
 
 
-def remove(client: Client, c: containers_pb2.Container, *, force: bool) -> None:
+def remove(client: Client, c: Container, *, force: bool) -> None:
     """Its task (killed first with ``force``), the container, its snapshot and its log."""
     task = client.find_task(c.id)
     if is_live(task):
@@ -179,10 +179,10 @@ def remove(client: Client, c: containers_pb2.Container, *, force: bool) -> None:
         stop_task(client, c, 0)
     if task is not None:
         delete_task(client, c.id)
-    client.delete_container(c.id)
+    client.containers.delete(c.id)
     if c.snapshot_key and c.snapshotter:
         with contextlib.suppress(errdefs.NotFound):
-            client.remove_snapshot(c.snapshotter, c.snapshot_key)
+            client.snapshotter(c.snapshotter).remove(c.snapshot_key)
     cio.remove_log(log_path_of(c))
 
 
@@ -253,8 +253,8 @@ def ps(
         raise errdefs.InvalidArgument(f"--format must be one of {', '.join(FORMATS)}")
     client = state.client()
     tasks = {t.container_id: t for t in client.list_tasks()}
-    shown = [c for c in client.list_containers() if all_ or is_live(tasks.get(c.id))]
-    shown.sort(key=lambda c: from_timestamp(c.created_at), reverse=True)
+    shown = [c for c in client.containers.list() if all_ or is_live(tasks.get(c.id))]
+    shown.sort(key=lambda c: c.created_at, reverse=True)
     if quiet:
         for c in shown:
             print(c.id)
@@ -267,7 +267,7 @@ def ps(
             rows.append({
                 "id": c.id, "name": name_of(c), "image": c.image,
                 "command": _command(spec_of(c)),
-                "created_at": humanize.rfc3339(from_timestamp(c.created_at)),
+                "created_at": humanize.rfc3339(c.created_at),
                 "state": _state_name(task), "status": status_text(task, now),
                 "pid": task.pid if task is not None else 0,
                 "exit_code": task.exit_status if task is not None and
@@ -285,7 +285,7 @@ def ps(
             command = command[:19] + "…"
         table.append((c.id if no_trunc else c.id[:12], c.image, json.dumps(command,
                       ensure_ascii=False),
-                      humanize.age_since(from_timestamp(c.created_at)),
+                      humanize.age_since(c.created_at),
                       status_text(tasks.get(c.id), now), name_of(c)))
     humanize.table(("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"), table,
                    sys.stdout)
@@ -301,7 +301,7 @@ def stop(
     if time_ < 0:
         raise errdefs.InvalidArgument("--time must not be negative")
 
-    def act(client: Client, c: containers_pb2.Container) -> None:
+    def act(client: Client, c: Container) -> None:
         stop_task(client, c, float(time_))
         print(name_of(c))
 
@@ -316,7 +316,7 @@ def kill(
     """Send a signal to the main process of running containers."""
     number = parse_signal(signal_)
 
-    def act(client: Client, c: containers_pb2.Container) -> None:
+    def act(client: Client, c: Container) -> None:
         task = client.find_task(c.id)
         if task is None or task.status not in (STATUS.RUNNING, STATUS.PAUSED,
                                                 STATUS.PAUSING):
@@ -335,7 +335,7 @@ def rm(
     """Remove containers: their stopped task, the container, its root filesystem snapshot
     and its log file."""
 
-    def act(client: Client, c: containers_pb2.Container) -> None:
+    def act(client: Client, c: Container) -> None:
         remove(client, c, force=force)
         print(name_of(c))
 

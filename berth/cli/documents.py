@@ -7,27 +7,58 @@ reads the target and what it references through the Content service, parsing eac
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from berth import errdefs
-from berth.api.types import descriptor_pb2
 from berth.client import Client
+from berth.content.content import Provider, open_stream
 from berth.images import manifest, platforms
 from berth.images.manifest import ImageConfig, IndexEntry, Manifest
 from berth.images.platforms import Platform
 from berth.oci.image import Descriptor
 from berth.remotes.remotes import MAX_MANIFEST_SIZE
 
-
-def to_descriptor(d: descriptor_pb2.Descriptor) -> Descriptor:
-    return Descriptor(d.media_type, d.digest, d.size, dict(d.annotations))
+READ_CHUNK = 1 << 20
 
 
-def to_proto(d: Descriptor) -> descriptor_pb2.Descriptor:
-    return descriptor_pb2.Descriptor(media_type=d.media_type, digest=d.digest, size=d.size,
-                                     annotations=d.annotations)
+def has_blob(content: Provider, digest: str) -> bool:
+    try:
+        content.info(digest)
+    except errdefs.NotFound:
+        return False
+    return True
+
+
+def blob_chunks(content: Provider, digest: str, size: int = -1) -> Iterator[bytes]:
+    """The blob's bytes in chunks, checked against ``digest`` (and ``size`` when given) at
+    the end, so a damaged store never passes silently into an archive."""
+    h = hashlib.sha256() if digest.startswith("sha256:") else None
+    n = 0
+    with open_stream(content.reader(digest), READ_CHUNK) as blob:
+        while data := blob.read(READ_CHUNK):
+            if h is not None:
+                h.update(data)
+            n += len(data)
+            yield data
+    if size >= 0 and n != size:
+        raise errdefs.FailedPrecondition(
+            f"blob {digest} has {n} bytes in the content store, expected {size}")
+    if h is not None and "sha256:" + h.hexdigest() != digest:
+        raise errdefs.FailedPrecondition(
+            f"blob {digest} in the content store does not match its digest")
+
+
+def read_blob(content: Provider, digest: str, max_size: int) -> bytes:
+    """A whole (small) blob: a manifest, index or config."""
+    info = content.info(digest)
+    if info.size > max_size:
+        raise errdefs.InvalidArgument(
+            f"blob {digest} is {info.size} bytes; documents over {max_size} are refused")
+    return b"".join(blob_chunks(content, digest, info.size))
 
 
 def descriptor_json(d: Descriptor) -> dict[str, Any]:
@@ -39,7 +70,7 @@ def descriptor_json(d: Descriptor) -> dict[str, Any]:
 
 
 def read_document(client: Client, desc: Descriptor) -> bytes:
-    data = client.read_blob(desc.digest, MAX_MANIFEST_SIZE)
+    data = read_blob(client.content, desc.digest, MAX_MANIFEST_SIZE)
     if len(data) != desc.size:
         raise errdefs.FailedPrecondition(
             f"{desc.digest} is {len(data)} bytes in the content store; its descriptor says "
@@ -89,11 +120,11 @@ def choose_manifest(client: Client, entries: list[IndexEntry], want: Platform | 
         chosen = manifest.select_manifest(entries, platforms.host())
     except errdefs.NotFound:
         chosen = None
-    if chosen is not None and client.has_content(chosen.digest):
+    if chosen is not None and has_blob(client.content, chosen.digest):
         return chosen
     for e in entries:
         if e.descriptor.media_type in manifest.MANIFEST_TYPES and \
-                client.has_content(e.descriptor.digest):
+                has_blob(client.content, e.descriptor.digest):
             return e.descriptor
     if chosen is not None:
         return chosen

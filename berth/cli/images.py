@@ -11,14 +11,12 @@ from typing import Annotated, Any
 import typer
 
 from berth import errdefs
-from berth.api.services.images.v1 import images_pb2
 from berth.cli import documents, humanize
 from berth.cli.state import err_console, find_image, state
 from berth.client import Client
-from berth.images import platforms
+from berth.images import Image, platforms
 from berth.images.platforms import Platform
 from berth.remotes import reference
-from berth.services.convert import from_timestamp
 
 FORMATS = ("table", "json")
 
@@ -32,16 +30,16 @@ def split_name(name: str) -> tuple[str, str]:
     return repo, "<none>"
 
 
-def _summary(client: Client, image: images_pb2.Image) -> dict[str, Any]:
+def _summary(client: Client, image: Image) -> dict[str, Any]:
     repo, tag = split_name(image.name)
-    created = from_timestamp(image.created_at)
+    created = image.created_at
     row: dict[str, Any] = {
         "name": image.name, "repository": repo, "tag": tag, "digest": image.target.digest,
         "id": humanize.short_digest(image.target.digest), "created_at": humanize.rfc3339(created),
         "created": humanize.age_since(created), "platform": "", "size": None,
     }
     try:
-        docs = documents.load(client, documents.to_descriptor(image.target))
+        docs = documents.load(client, image.target)
     except errdefs.NotFound:
         return row  # content not (all) here: a partial pull, or a name kept after removal
     except errdefs.InvalidArgument as err:
@@ -64,7 +62,7 @@ def images(
     if fmt not in FORMATS:
         raise errdefs.InvalidArgument(f"--format must be one of {', '.join(FORMATS)}")
     client = state.client()
-    imgs = client.list_images()
+    imgs = client.images.list()
     if quiet:
         for i in imgs:
             print(i.name)
@@ -91,7 +89,7 @@ def rmi(
     for name in names:
         try:
             image = find_image(client, name)
-            client.delete_image(image.name, sync=sync)
+            client.images.delete(image.name, sync=sync)
         except errdefs.NotFound as err:
             err_console.print(f"berth: {err}")
             failed = True
@@ -113,23 +111,18 @@ def tag(
     if ref.digest and ref.digest != image.target.digest:
         raise errdefs.InvalidArgument(
             f"{target} names digest {ref.digest}, but {image.name} is {image.target.digest}")
-    new = images_pb2.Image(name=str(ref), target=image.target, labels=image.labels)
-    try:
-        client.create_image(new)
-    except errdefs.AlreadyExists:
-        client.update_image(new, ["target"])
+    client.images.put(Image(str(ref), image.target, dict(image.labels)))
 
 
-def inspect_image(client: Client, image: images_pb2.Image,
-                  want: Platform | None) -> dict[str, Any]:
+def inspect_image(client: Client, image: Image, want: Platform | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": image.name,
-        "target": documents.descriptor_json(documents.to_descriptor(image.target)),
+        "target": documents.descriptor_json(image.target),
         "labels": dict(image.labels),
-        "created_at": humanize.rfc3339(from_timestamp(image.created_at)),
-        "updated_at": humanize.rfc3339(from_timestamp(image.updated_at)),
+        "created_at": humanize.rfc3339(image.created_at),
+        "updated_at": humanize.rfc3339(image.updated_at),
     }
-    out.update(documents.load(client, documents.to_descriptor(image.target), want).to_json())
+    out.update(documents.load(client, image.target, want).to_json())
     return out
 
 

@@ -1,6 +1,7 @@
 """Reading an image archive into berthd (``berth load``), so that a loaded image is usable like a
 pulled one: blobs in the content store (verified by the daemon on commit), image records, and
-the layers unpacked into snapshots (:mod:`berth.cli.unpack`). The layouts are described in
+the layers unpacked into snapshots (:class:`berth.transfer.unpack.Unpacker` over the daemon's
+snapshotter and differ). The layouts are described in
 :mod:`berth.cli.archive`; an archive with ``index.json`` is read as an OCI layout (it keeps
 the images' digests), else one with ``manifest.json`` as a docker archive (for which Berth
 writes a Docker schema 2 manifest, as ``docker load`` and ``ctr images import`` do).
@@ -42,15 +43,16 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from berth import errdefs, labels
-from berth.cli import archive, documents, unpack
+from berth.cli import archive, documents
 from berth.client import Client
-from berth.images import manifest, platforms
+from berth.images import Image, manifest, platforms
 from berth.images.manifest import ImageConfig, Manifest
 from berth.images.platforms import Platform
 from berth.oci import image as oci
 from berth.oci.image import Descriptor
 from berth.remotes import reference
 from berth.remotes.remotes import MAX_MANIFEST_SIZE
+from berth.transfer.unpack import Unpacker
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -267,7 +269,7 @@ def _add_blob(reader: ArchiveReader, load: _Load, client: Client, desc: Descript
                 f"{reader.source}: {what} {desc.digest} is {size} bytes; its descriptor says "
                 f"{desc.size}")
         load.blobs.setdefault(desc.digest, (desc, path))
-    elif not client.has_content(desc.digest):
+    elif not documents.has_blob(client.content, desc.digest):
         raise errdefs.InvalidArgument(f"{reader.source} lacks {what} {desc.digest}")
 
 
@@ -283,7 +285,7 @@ def _document(reader: ArchiveReader, client: Client, load: _Load, desc: Descript
     path = archive.blob_path(desc.digest)
     if reader.has(path):
         data = reader.read_small(path)
-    elif client.has_content(desc.digest):
+    elif documents.has_blob(client.content, desc.digest):
         reader.charge(desc.size, f"{what} {desc.digest}")
         data = documents.read_document(client, desc)
     else:
@@ -352,7 +354,7 @@ def _read_target(reader: ArchiveReader, client: Client, load: _Load, target: Des
         # times) is looked up, read and labelled once.
         if d.digest not in present:
             present[d.digest] = reader.has(archive.blob_path(d.digest)) or \
-                client.has_content(d.digest)
+                documents.has_blob(client.content, d.digest)
             if present[d.digest]:
                 children[f"{labels.GC_REF_CONTENT}.m.{i}"] = d.digest
         # Platforms the archive left out are fine: the index lists them, nothing needs them.
@@ -461,12 +463,54 @@ def _write(client: Client, reader: ArchiveReader, load: _Load) -> None:
     for digest, (desc, path) in load.blobs.items():
         lbls = load.labels.get(digest, {})
         data = load.documents.get(digest)
-        if client.has_content(digest):
-            client.set_content_labels(digest, lbls)
+        if documents.has_blob(client.content, digest):
+            client.content.set_labels(digest, lbls)
             continue
         chunks = iter([data]) if data is not None else reader.chunks(path)
-        client.write_blob(f"berth-load-{digest}", chunks, total=desc.size, expected=digest,
-                          labels=lbls)
+        _write_blob(client, f"berth-load-{digest}", chunks, total=desc.size, expected=digest,
+                    lbls=lbls)
+
+
+def _write_blob(client: Client, ref: str, chunks: Iterator[bytes], *, total: int,
+                expected: str, lbls: dict[str, str]) -> None:
+    """Store a blob through ingest ``ref``; berthd verifies ``total`` and ``expected`` on
+    commit. A blob the store has already is not sent again (its labels are set), as
+    containerd's content.WriteBlob does."""
+    try:
+        writer = client.content.writer(ref, total=total, expected=expected)
+    except errdefs.AlreadyExists:
+        client.content.set_labels(expected, lbls)
+        return
+    with writer:
+        if writer.status().offset:
+            writer.truncate(0)  # a load that was interrupted: start its ingest over
+        for data in chunks:
+            writer.write(data)
+        try:
+            writer.commit(total, expected, lbls)
+        except errdefs.AlreadyExists:
+            client.content.set_labels(expected, lbls)
+
+
+def _unpack(client: Client, image: _Image, snapshotter: str) -> None:
+    """Unpack the image's layers into ``snapshotter`` through berthd (as ``ctr images import``
+    does: Snapshots.Prepare, Diff.Apply, Snapshots.Commit, layer after layer), then label what
+    the daemon's own unpack labels: each layer blob with its diff ID, the config with the top
+    snapshot (so the image keeps its snapshots from the collector)."""
+    layers, diff_ids = image.manifest.layers, image.config.diff_ids
+    unpacker = Unpacker(client.content, client.snapshotter(snapshotter), client.diff, layers,
+                        diff_ids, snapshotter_name=snapshotter)
+    try:
+        for index in range(len(layers)):
+            unpacker.commit(index)
+    except BaseException:
+        unpacker.abort()
+        raise
+    for layer, diff_id in zip(layers, diff_ids, strict=True):
+        client.content.set_labels(layer.digest, {labels.UNCOMPRESSED: diff_id})
+    if unpacker.top:
+        client.content.set_labels(image.manifest.config.digest,
+                                  {f"{labels.GC_REF_SNAPSHOT}{snapshotter}": unpacker.top})
 
 
 def _open_archive(stack: ExitStack, source: IO[bytes], name: str) -> tarfile.TarFile:
@@ -525,9 +569,9 @@ def load_archive(client: Client, source: IO[bytes], name: str, *, snapshotter: s
             _write(client, reader, load)
             # Every image is unpacked before any is named: a bad layer names nothing.
             for image in load.unpack.values():
-                unpack.unpack(client, image.manifest, image.config, snapshotter)
+                _unpack(client, image, snapshotter)
             for image_name, target in load.names:
                 if target.digest not in load.unpack:
                     report(f"{image_name}: not unpacked: the archive has no image for {want}")
-                client.put_image(image_name, documents.to_proto(target))
+                client.images.put(Image(image_name, target))
         return [image_name for image_name, _target in load.names]

@@ -35,8 +35,8 @@ from rich.progress import (
 from rich.text import Text
 
 from berth import errdefs
-from berth.api.services.transfer.v1 import transfer_pb2
 from berth.cli import humanize
+from berth.transfer.progress import Progress as Update
 
 # Statuses during which offset/total count bytes on the move.
 MOVING = frozenset({"downloading", "uploading"})
@@ -47,16 +47,20 @@ _STYLE = {"waiting": "dim", "resolving": "yellow", "downloading": "blue", "uploa
           "mounted": "green", "done": "green"}
 
 
-def label(msg: transfer_pb2.Progress) -> str:
+def _digest(msg: Update) -> str:
+    return msg.descriptor.digest if msg.descriptor is not None else ""
+
+
+def label(msg: Update) -> str:
     """``layer sha256:1a2b3c4d5e6f…``; the image by its name."""
     if msg.kind == "image":
         return f"image {msg.name}" if msg.name else "image"
-    digest = msg.descriptor.digest
+    digest = _digest(msg)
     return f"{msg.kind} {digest[:19]}…" if len(digest) > 19 else f"{msg.kind} {digest}"
 
 
 class View(Protocol):
-    def update(self, msg: transfer_pb2.Progress) -> None: ...
+    def update(self, msg: Update) -> None: ...
 
     def close(self) -> None: ...
 
@@ -77,10 +81,10 @@ class LinesView:
         self.clock = clock
         self._seen: dict[tuple[str, str], _Line] = {}
 
-    def update(self, msg: transfer_pb2.Progress) -> None:
+    def update(self, msg: Update) -> None:
         if msg.kind == "image" and msg.status == "done":
             return  # the command reports the outcome itself
-        key = (msg.kind, msg.descriptor.digest if msg.kind != "image" else "")
+        key = (msg.kind, _digest(msg) if msg.kind != "image" else "")
         now = self.clock()
         line = self._seen.get(key)
         if line is not None and line.status == msg.status and (
@@ -147,9 +151,9 @@ class BarsView:
         self._tasks: dict[tuple[str, str], TaskID] = {}
         self.progress.start()
 
-    def update(self, msg: transfer_pb2.Progress) -> None:
-        key = (msg.kind, msg.descriptor.digest if msg.kind != "image" else "")
-        total = msg.total or msg.descriptor.size or None
+    def update(self, msg: Update) -> None:
+        key = (msg.kind, _digest(msg) if msg.kind != "image" else "")
+        total = msg.total or (msg.descriptor.size if msg.descriptor is not None else 0) or None
         completed = float(total or 0) if msg.status in COMPLETE else float(msg.offset)
         task = self._tasks.get(key)
         if task is None:
@@ -179,10 +183,9 @@ def view_for(console: Console, *, quiet: bool) -> View | None:
     return LinesView(console.file)
 
 
-def follow(stream: Iterable[transfer_pb2.Progress],
-           view: View | None) -> transfer_pb2.Progress:
-    """Show ``stream`` in ``view`` to its end; the final ``image``/``done`` message."""
-    final: transfer_pb2.Progress | None = None
+def follow(stream: Iterable[Update], view: View | None) -> Update:
+    """Show ``stream`` in ``view`` to its end; the final ``image``/``done`` update."""
+    final: Update | None = None
     try:
         for msg in stream:
             if view is not None:

@@ -14,11 +14,10 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 from berth import errdefs
-from berth.api.types import mount_pb2
 from berth.mount import Mount, temp_mount
 
 
-def readonly(m: mount_pb2.Mount) -> Mount:
+def readonly(m: Mount) -> Mount:
     """``m`` changed to mount read-only."""
     options = [o for o in m.options if o != "rw"]
     if m.type == "overlay":
@@ -37,7 +36,7 @@ def readonly(m: mount_pb2.Mount) -> Mount:
 
 
 @contextlib.contextmanager
-def mounted(mounts: Sequence[mount_pb2.Mount]) -> Iterator[str | None]:
+def mounted(mounts: Sequence[Mount]) -> Iterator[str | None]:
     """The snapshot mounted read-only on a temporary directory for the block; None when
     there is nothing to mount."""
     if not mounts:

@@ -33,10 +33,8 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from google.protobuf import any_pb2
 
 from berth import errdefs
-from berth.api.services.containers.v1 import containers_pb2
 from berth.cli import cio, documents, rootfs
 from berth.cli.containers import (
     LABEL_NAME,
@@ -49,13 +47,12 @@ from berth.cli.containers import (
 )
 from berth.cli.state import find_image, state
 from berth.client import Client
-from berth.containers import pack_spec, validate_id
+from berth.containers import Container, RuntimeInfo, pack_spec, validate_id
 from berth.images.manifest import chain_ids
 from berth.oci import seccomp
 from berth.oci import spec as oci
 
 DEFAULT_RUNTIME = "io.containerd.runc.v2"
-PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 NETWORKS = ("none", "host")
 # Forwarded to the container's process while berth waits for it (as ctr does, the ones a
 # person or a supervisor sends to a foreground command).
@@ -242,7 +239,7 @@ def _new_id(client: Client) -> str:
         cid = secrets.token_hex(6)
         if not cid.isdigit():  # ids that look like numbers confuse people and flags
             try:
-                client.get_container(cid)
+                client.containers.get(cid)
             except errdefs.NotFound:
                 return cid
     raise errdefs.Internal("could not pick an unused container id")
@@ -353,17 +350,18 @@ class RunOptions:
     privileged: bool = False
 
 
-def create_container(client: Client, o: RunOptions) -> containers_pb2.Container:
+def create_container(client: Client, o: RunOptions) -> Container:
     """Steps 1 to 3 of ``berth run``: the container, its root filesystem prepared."""
     try:
         image = find_image(client, o.image)
     except errdefs.NotFound:
         raise errdefs.NotFound(
             f"image not found: {o.image}: run `berth pull {o.image}` first") from None
-    docs = documents.load(client, documents.to_descriptor(image.target))
+    docs = documents.load(client, image.target)
     chain = chain_ids(docs.config.diff_ids)
     parent = chain[-1] if chain else ""
-    if parent and not client.snapshot_exists(o.snapshotter, parent):
+    snapshotter = client.snapshotter(o.snapshotter)
+    if parent and not snapshotter.exists(parent):
         raise errdefs.FailedPrecondition(
             f"image {image.name} is not unpacked in the {o.snapshotter} snapshotter: run "
             f"`berth --snapshotter {o.snapshotter} pull {image.name}` to unpack it")
@@ -375,7 +373,7 @@ def create_container(client: Client, o: RunOptions) -> containers_pb2.Container:
     if o.name is not None:
         cid = validate_id(o.name)
         with contextlib.suppress(errdefs.NotFound):
-            client.get_container(cid)
+            client.containers.get(cid)
             raise errdefs.AlreadyExists(
                 f"the name {cid} is already in use by a container: remove it with "
                 f"`berth rm {cid}`, or choose another --name")
@@ -388,7 +386,7 @@ def create_container(client: Client, o: RunOptions) -> containers_pb2.Container:
     if isinstance(stop_signal, str) and stop_signal:
         labels[LABEL_STOP_SIGNAL] = stop_signal
     with _leased(client):
-        mounts = client.prepare_snapshot(o.snapshotter, cid, parent)
+        mounts = snapshotter.prepare(cid, parent)
         try:
             with rootfs.mounted(mounts) as root:
                 opts: list[oci.SpecOpt] = [
@@ -413,20 +411,16 @@ def create_container(client: Client, o: RunOptions) -> containers_pb2.Container:
                 raise errdefs.InvalidArgument(
                     f"no command to run: image {image.name} has neither an entrypoint nor a "
                     "command; give one after the image")
-            packed = pack_spec(spec)
-            container = containers_pb2.Container(
-                id=cid, labels=labels, image=image.name,
-                runtime=containers_pb2.Container.Runtime(name=o.runtime),
-                spec=any_pb2.Any(type_url=packed.type_url, value=packed.value),
-                snapshotter=o.snapshotter, snapshot_key=cid)
-            return client.create_container(container)
+            return client.containers.create(Container(
+                id=cid, runtime=RuntimeInfo(o.runtime), spec=pack_spec(spec), labels=labels,
+                image=image.name, snapshotter=o.snapshotter, snapshot_key=cid))
         except BaseException:
             with contextlib.suppress(errdefs.BerthError):
-                client.remove_snapshot(o.snapshotter, cid)
+                snapshotter.remove(cid)
             raise
 
 
-def start_task(client: Client, c: containers_pb2.Container, *, attach: Attach | None,
+def start_task(client: Client, c: Container, *, attach: Attach | None,
                tty: bool) -> int | None:
     """Step 4 (and 5): a new task for ``c``; attached, its exit status; detached, None (its
     output goes to the container's log file)."""
@@ -453,7 +447,7 @@ def start_task(client: Client, c: containers_pb2.Container, *, attach: Attach | 
     return attached(client, c.id, "", attach, create, lambda: delete_task(client, c.id))
 
 
-def _remove_quietly(client: Client, c: containers_pb2.Container) -> None:
+def _remove_quietly(client: Client, c: Container) -> None:
     from berth.cli.containers import remove
 
     with contextlib.suppress(errdefs.BerthError):
@@ -598,7 +592,7 @@ def exec_(
         opts.append(oci.with_tty())
     if user:
         if _needs_rootfs(user):
-            mounts = client.snapshot_mounts(c.snapshotter, c.snapshot_key) \
+            mounts = client.snapshotter(c.snapshotter).mounts(c.snapshot_key) \
                 if c.snapshot_key else []
             with rootfs.mounted(mounts) as root:
                 opts += _user_opts(user, root)
@@ -610,9 +604,8 @@ def exec_(
     exec_id = f"exec-{secrets.token_hex(6)}"
 
     def create(fifos: cio.Fifos) -> None:
-        client.exec_process(c.id, exec_id, any_pb2.Any(type_url=PROCESS_TYPE_URL, value=value),
-                            stdin=fifos.stdin, stdout=fifos.stdout, stderr=fifos.stderr,
-                            terminal=tty)
+        client.exec_process(c.id, exec_id, value, stdin=fifos.stdin, stdout=fifos.stdout,
+                            stderr=fifos.stderr, terminal=tty)
 
     def forget() -> None:
         with contextlib.suppress(errdefs.NotFound):

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from berth import errdefs
-from berth.api.services.images.v1 import images_pb2
 from berth.cli import archive, documents
 from berth.cli.archive import TarWriter, blob_path
 from berth.cli.documents import ImageDocuments, descriptor_json
 from berth.client import Client
-from berth.images import manifest
+from berth.images import Image, manifest
 from berth.images.platforms import Platform
 from berth.oci import image as oci
 from berth.oci.image import Descriptor
@@ -70,7 +69,7 @@ def _parse(name: str) -> reference.Reference | None:
         return None  # a name stored by another client that is not a reference: keep it as is
 
 
-def plan(client: Client, images: list[images_pb2.Image], fmt: str, want: Platform | None,
+def plan(client: Client, images: list[Image], fmt: str, want: Platform | None,
          all_platforms: bool) -> Export:
     if fmt not in archive.FORMATS:
         raise errdefs.InvalidArgument(f"--format must be one of {', '.join(archive.FORMATS)}")
@@ -80,7 +79,7 @@ def plan(client: Client, images: list[images_pb2.Image], fmt: str, want: Platfor
             "--all-platforms")
     export = Export(fmt)
     for image in images:
-        target = documents.to_descriptor(image.target)
+        target = image.target
         if fmt == "docker":
             _plan_docker(client, export, image.name, target, want)
         else:
@@ -134,7 +133,8 @@ def write(client: Client, export: Export, tar: tarfile.TarFile) -> None:
         if data is not None:
             w.add_bytes(path, data)
         else:
-            w.add(path, desc.size, archive.ChunkReader(client.read_chunks(digest, desc.size)))
+            w.add(path, desc.size, archive.ChunkReader(
+                documents.blob_chunks(client.content, digest, desc.size)))
     index = {"schemaVersion": 2, "mediaType": oci.MEDIA_TYPE_INDEX,
              "manifests": export.index}
     w.add_bytes(archive.INDEX_JSON, json.dumps(index).encode())

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 
 from berth import errdefs
-from berth.api.services.images.v1 import images_pb2
 from berth.client import Client
+from berth.images import Image
 from berth.plugin.config import DEFAULT_ADDRESS
 from berth.remotes import reference
 
@@ -38,11 +38,11 @@ class State:
 state = State()
 
 
-def find_image(client: Client, name: str) -> images_pb2.Image:
+def find_image(client: Client, name: str) -> Image:
     """The image a person means by ``name``: the stored name itself, else its normalized form
     (``busybox`` finds ``docker.io/library/busybox:latest``)."""
     try:
-        return client.get_image(name)
+        return client.images.get(name)
     except errdefs.NotFound:
         pass
     try:
@@ -51,7 +51,7 @@ def find_image(client: Client, name: str) -> images_pb2.Image:
         full = name
     if full != name:
         try:
-            return client.get_image(full)
+            return client.images.get(full)
         except errdefs.NotFound:
             pass
     raise errdefs.NotFound(f"no such image: {name}")

@@ -28,7 +28,7 @@ from berth.cli import humanize
 from berth.cli.containers import STATUS, name_of, resolve
 from berth.cli.state import console, state
 from berth.client import Client
-from berth.services.convert import from_timestamp
+from berth.clock import from_timestamp
 
 INTERVAL = 1.0
 NO_STREAM_INTERVAL = 0.5
@@ -142,7 +142,7 @@ def stats(
             ids.append(c.id)
             names[c.id] = name_of(c)
     else:
-        names = {c.id: name_of(c) for c in client.list_containers()}
+        names = {c.id: name_of(c) for c in client.containers.list()}
     previous = sample(client, ids)
     if ids is not None:
         missing = [i for i in ids if i not in previous]

@@ -11,12 +11,12 @@ from typing import Annotated
 
 import typer
 
-from berth.api.services.transfer.v1 import transfer_pb2
 from berth.cli import progress
 from berth.cli.state import console, find_image, state
 from berth.images import platforms
 from berth.remotes import reference
 from berth.remotes.dockerconfig import DockerConfig
+from berth.transfer.progress import Progress
 
 PlainHTTP = Annotated[bool, typer.Option(
     "--plain-http", help="Talk to the registry over HTTP instead of HTTPS.")]
@@ -32,21 +32,18 @@ def _platform(spec: str | None) -> str:
     return str(platforms.parse(spec)) if spec else ""
 
 
-def _auth(host: str) -> dict[str, transfer_pb2.RegistryAuth]:
+def _auth(host: str) -> dict[str, tuple[str, str]]:
+    """The caller's credentials for ``host``: (username, password), or ("", identity token)."""
     creds = DockerConfig().credentials(host)
-    if creds is None:
-        return {}
-    username, secret = creds
-    if username:
-        return {host: transfer_pb2.RegistryAuth(username=username, password=secret)}
-    return {host: transfer_pb2.RegistryAuth(identity_token=secret)}
+    return {} if creds is None else {host: creds}
 
 
-def _report(verb: str, final: transfer_pb2.Progress, quiet: bool) -> None:
+def _report(verb: str, final: Progress, quiet: bool) -> None:
+    digest = final.descriptor.digest if final.descriptor is not None else ""
     if quiet:
-        print(f"{final.name}@{final.descriptor.digest}")
+        print(f"{final.name}@{digest}")
     else:
-        console.print(f"{verb} {final.name} {final.descriptor.digest}")
+        console.print(f"{verb} {final.name} {digest}")
 
 
 def pull(
@@ -59,10 +56,10 @@ def pull(
 ) -> None:
     """Pull an image from a registry and unpack it (credentials: see `berth login`)."""
     parsed = reference.parse(ref)
-    req = transfer_pb2.PullRequest(
-        ref=str(parsed), platform=_platform(platform), all_platforms=all_platforms,
+    updates = state.client().transfer.pull(
+        str(parsed), platform=_platform(platform), all_platforms=all_platforms,
         plain_http=plain_http, auth=_auth(parsed.host), snapshotter=state.snapshotter)
-    final = progress.follow(state.client().pull(req), progress.view_for(console, quiet=quiet))
+    final = progress.follow(updates, progress.view_for(console, quiet=quiet))
     _report("Pulled", final, quiet)
 
 
@@ -79,8 +76,8 @@ def push(
     client = state.client()
     image = find_image(client, name)
     target = reference.parse(ref or image.name)
-    req = transfer_pb2.PushRequest(
-        name=image.name, ref=str(target) if ref else "", platform=_platform(platform),
+    updates = client.transfer.push(
+        image.name, ref=str(target) if ref else "", platform=_platform(platform),
         all_platforms=all_platforms, plain_http=plain_http, auth=_auth(target.host))
-    final = progress.follow(client.push(req), progress.view_for(console, quiet=quiet))
+    final = progress.follow(updates, progress.view_for(console, quiet=quiet))
     _report("Pushed", final, quiet)

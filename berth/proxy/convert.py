@@ -1,32 +1,18 @@
 """The client side's conversions between API messages and Berth's own types (the servicers
-have theirs in :mod:`berth.services.convert`)."""
+have theirs in :mod:`berth.services.convert`; timestamps are the clock's,
+:func:`berth.clock.from_timestamp`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
 from google.protobuf.field_mask_pb2 import FieldMask
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from berth.api.types import descriptor_pb2, mount_pb2
+from berth.clock import from_timestamp as from_timestamp
+from berth.clock import timestamp as timestamp
 from berth.mount import Mount
 from berth.oci.image import Descriptor
-
-# Go's zero time.Time, which Go servers send for "unset".
-_GO_ZERO_SECONDS = -62135596800
-
-
-def from_timestamp(ts: Timestamp) -> int:
-    """Nanoseconds since the epoch; 0 for unset (including Go's zero time)."""
-    if ts.seconds <= _GO_ZERO_SECONDS:
-        return 0
-    return int(ts.ToNanoseconds())
-
-
-def timestamp(ns: int) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(ns)
-    return ts
 
 
 def descriptor(d: Descriptor) -> descriptor_pb2.Descriptor:

@@ -30,11 +30,10 @@ from typing import Any
 
 import pytest
 from conftest import Ctr
-from google.protobuf import field_mask_pb2
 from test_cli_run import Env
 
-from berth.api.services.containers.v1 import containers_pb2
 from berth.client import Client
+from berth.containers import AnyValue
 from berth.oci import spec as oci
 
 PROBE = ("sh", "-c", "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb):' /proc/self/status")
@@ -73,12 +72,12 @@ def respec(address: str, container_id: str, edit: Callable[[dict[str, Any]], Non
     """Rewrite a container's spec as any API client can (Containers.Update of ``spec``)."""
     client = Client(address)
     try:
-        container = client.get_container(container_id)
+        container = client.containers.get(container_id)
+        assert container.spec is not None
         spec = json.loads(container.spec.value)
         edit(spec)
-        container.spec.value = json.dumps(spec).encode()
-        client.call(client.containers.Update, containers_pb2.UpdateContainerRequest(
-            container=container, update_mask=field_mask_pb2.FieldMask(paths=["spec"])))
+        container.spec = AnyValue(container.spec.type_url, json.dumps(spec).encode())
+        client.containers.update(container, ["spec"])
     finally:
         client.close()
 

@@ -19,11 +19,9 @@ from pathlib import Path
 
 import pytest
 from daemon import Berthd
-from google.protobuf import any_pb2
 
 from berth import errdefs, namespaces
 from berth.api.events import namespace_pb2
-from berth.api.services.events.v1 import events_pb2
 from berth.client import Client
 from berth.events import exchange
 from berth.events.exchange import Envelope, Exchange
@@ -130,9 +128,7 @@ def test_an_oversized_event_is_refused() -> None:
 def publish(client: Client, topic: str, name: str) -> None:
     """Publish a NamespaceCreate event named ``name`` (a type ctr decodes and prints)."""
     event = namespace_pb2.NamespaceCreate(name=name)
-    client.call(client.events.Publish, events_pb2.PublishRequest(
-        topic=topic, event=any_pb2.Any(type_url="containerd.events.NamespaceCreate",
-                                       value=event.SerializeToString())))
+    client.events.publish(topic, "containerd.events.NamespaceCreate", event.SerializeToString())
 
 
 @pytest.mark.needs_root
@@ -176,7 +172,7 @@ def test_an_unread_ctr_events_costs_berthd_at_most_its_byte_bound(berthd: Berthd
         assert "event subscriber too slow" in berthd.log_path.read_text(errors="replace")
         assert grown < 64 * MiB, f"berthd's peak memory grew by {grown >> 20} MiB"
         # Still serving: a new subscriber gets a new event.
-        events = client.subscribe(['topic=="/dos/after"'])
+        events = client.events.subscribe(['topic=="/dos/after"'])
         got: list[object] = []
 
         def read_one() -> None:
@@ -192,7 +188,7 @@ def test_an_unread_ctr_events_costs_berthd_at_most_its_byte_bound(berthd: Berthd
             publish(client, "/dos/after", "after")
             reader.join(0.2)
         assert got == ["/dos/after"]
-        events.close()  # type: ignore[attr-defined]
+        events.close()
     finally:
         stuck.kill()
         stuck.wait()

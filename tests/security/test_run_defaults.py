@@ -85,7 +85,9 @@ def test_run_confines_by_default(env: Env) -> None:
     env("run", "-d", "--name", "spec-check", env.ref, "true")
     client = env.client()
     try:
-        spec = json.loads(client.get_container("spec-check").spec.value)
+        container = client.containers.get("spec-check")
+        assert container.spec is not None
+        spec = json.loads(container.spec.value)
     finally:
         client.close()
         env("rm", "-f", "spec-check", ok=False)
