@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from berth import errdefs
 from berth.api.services.images.v1 import images_pb2 as pb
 from berth.api.services.images.v1 import images_pb2_grpc
-from berth.images import Image
+from berth.images import Image, Store
 from berth.proxy.connection import DEFAULT_TIMEOUT, Connection
 from berth.proxy.convert import descriptor, field_mask, from_descriptor, from_timestamp
 
@@ -22,9 +22,7 @@ def _from_image(i: pb.Image) -> Image:
                  from_timestamp(i.created_at), from_timestamp(i.updated_at))
 
 
-class ImagesProxy:
-    """Images over the API; implements :class:`berth.images.image.Store`."""
-
+class ImagesProxy(Store):
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._stub = images_pb2_grpc.ImagesStub(conn.channel)

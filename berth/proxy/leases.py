@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from berth.api.services.leases.v1 import leases_pb2 as pb
 from berth.api.services.leases.v1 import leases_pb2_grpc
-from berth.leases import Lease, Resource
+from berth.leases import Lease, Manager, Resource
 from berth.proxy.connection import DEFAULT_TIMEOUT, Connection
 from berth.proxy.convert import from_timestamp
 
@@ -16,9 +16,7 @@ def _lease(lease: pb.Lease) -> Lease:
     return Lease(lease.id, from_timestamp(lease.created_at), dict(lease.labels))
 
 
-class LeasesProxy:
-    """Leases over the API; implements :class:`berth.leases.Manager`."""
-
+class LeasesProxy(Manager):
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._stub = leases_pb2_grpc.LeasesStub(conn.channel)
