@@ -11,15 +11,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from berth import errdefs, leases, namespaces
 from berth.plugin.config import DEFAULT_ADDRESS
-from berth.proxy.connection import Connection, Waiting
-
-PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+from berth.proxy.connection import Connection
 
 if TYPE_CHECKING:
     from berth.proxy.containers import ContainersProxy
@@ -31,6 +29,7 @@ if TYPE_CHECKING:
     from berth.proxy.leases import LeasesProxy
     from berth.proxy.namespaces import NamespacesProxy
     from berth.proxy.snapshots import SnapshotterProxy
+    from berth.proxy.tasks import TasksProxy
     from berth.proxy.transfer import TransferProxy
 
 
@@ -92,6 +91,12 @@ class Client:
         return EventsProxy(self.connection)
 
     @cached_property
+    def tasks(self) -> TasksProxy:
+        from berth.proxy.tasks import TasksProxy
+
+        return TasksProxy(self.connection)
+
+    @cached_property
     def transfer(self) -> TransferProxy:
         from berth.proxy.transfer import TransferProxy
 
@@ -123,116 +128,6 @@ class Client:
             self.connection.lease_id = previous
             with contextlib.suppress(errdefs.BerthError):
                 self.leases.delete(lease.id)
-
-    # -- tasks (until the tasks proxy: these still answer with the API's messages) ----------
-
-    @cached_property
-    def _tasks(self) -> Any:
-        from berth.api.services.tasks.v1 import tasks_pb2_grpc
-
-        return tasks_pb2_grpc.TasksStub(self.connection.channel)
-
-    def create_task(self, container_id: str, *, stdin: str = "", stdout: str = "",
-                    stderr: str = "", terminal: bool = False) -> int:
-        """Create the container's task (its shim and init process, not yet started); the
-        pid. Task creation starts a shim and runs the runtime: no client deadline."""
-        from berth.api.services.tasks.v1 import tasks_pb2
-
-        resp: tasks_pb2.CreateTaskResponse = self.connection.call(
-            self._tasks.Create, tasks_pb2.CreateTaskRequest(
-                container_id=container_id, stdin=stdin, stdout=stdout, stderr=stderr,
-                terminal=terminal), timeout=None)
-        return resp.pid
-
-    def start_task(self, container_id: str, exec_id: str = "") -> int:
-        from berth.api.services.tasks.v1 import tasks_pb2
-
-        resp: tasks_pb2.StartResponse = self.connection.call(
-            self._tasks.Start,
-            tasks_pb2.StartRequest(container_id=container_id, exec_id=exec_id), timeout=None)
-        return resp.pid
-
-    def get_task(self, container_id: str, exec_id: str = "") -> Any:
-        from berth.api.services.tasks.v1 import tasks_pb2
-
-        resp: tasks_pb2.GetResponse = self.connection.call(
-            self._tasks.Get, tasks_pb2.GetRequest(container_id=container_id, exec_id=exec_id))
-        return resp.process
-
-    def find_task(self, container_id: str) -> Any:
-        """The container's task, or None when it has none."""
-        try:
-            return self.get_task(container_id)
-        except errdefs.NotFound:
-            return None
-
-    def list_tasks(self, filter: str = "") -> list[Any]:
-        from berth.api.services.tasks.v1 import tasks_pb2
-
-        resp: tasks_pb2.ListTasksResponse = self.connection.call(
-            self._tasks.List, tasks_pb2.ListTasksRequest(filter=filter))
-        return list(resp.tasks)
-
-    def kill_task(self, container_id: str, signal: int, *, exec_id: str = "",
-                  all: bool = False) -> None:
-        from berth.api.services.tasks.v1 import tasks_pb2
-
-        self.connection.call(self._tasks.Kill, tasks_pb2.KillRequest(
-            container_id=container_id, exec_id=exec_id, signal=signal, all=all))
-
-    def delete_task(self, container_id: str) -> None:
-        from berth.api.services.tasks.v1 import tasks_pb2
-
-        self.connection.call(self._tasks.Delete,
-                             tasks_pb2.DeleteTaskRequest(container_id=container_id),
-                             timeout=None)
-
-    def wait_task(self, container_id: str, exec_id: str = "") -> Waiting[Any]:
-        """Start waiting for a process to exit; call this *before* starting the process, so
-        that an exit that comes quickly is not missed."""
-        from berth.api.services.tasks.v1 import tasks_pb2
-
-        return self.connection.future(
-            self._tasks.Wait.future,
-            tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id))
-
-    def exec_process(self, container_id: str, exec_id: str, spec: bytes, *,
-                     stdin: str = "", stdout: str = "", stderr: str = "",
-                     terminal: bool = False) -> None:
-        from google.protobuf import any_pb2
-
-        from berth.api.services.tasks.v1 import tasks_pb2
-
-        self.connection.call(self._tasks.Exec, tasks_pb2.ExecProcessRequest(
-            container_id=container_id, exec_id=exec_id,
-            spec=any_pb2.Any(type_url=PROCESS_TYPE_URL, value=spec), stdin=stdin,
-            stdout=stdout, stderr=stderr, terminal=terminal), timeout=None)
-
-    def delete_process(self, container_id: str, exec_id: str) -> None:
-        from berth.api.services.tasks.v1 import tasks_pb2
-
-        self.connection.call(self._tasks.DeleteProcess, tasks_pb2.DeleteProcessRequest(
-            container_id=container_id, exec_id=exec_id))
-
-    def resize_pty(self, container_id: str, width: int, height: int,
-                   exec_id: str = "") -> None:
-        from berth.api.services.tasks.v1 import tasks_pb2
-
-        self.connection.call(self._tasks.ResizePty, tasks_pb2.ResizePtyRequest(
-            container_id=container_id, exec_id=exec_id, width=width, height=height))
-
-    def close_stdin(self, container_id: str, exec_id: str = "") -> None:
-        from berth.api.services.tasks.v1 import tasks_pb2
-
-        self.connection.call(self._tasks.CloseIO, tasks_pb2.CloseIORequest(
-            container_id=container_id, exec_id=exec_id, stdin=True))
-
-    def task_metrics(self, filters: Iterable[str] = ()) -> list[Any]:
-        from berth.api.services.tasks.v1 import tasks_pb2
-
-        resp: tasks_pb2.MetricsResponse = self.connection.call(
-            self._tasks.Metrics, tasks_pb2.MetricsRequest(filters=list(filters)))
-        return list(resp.metrics)
 
     def close(self) -> None:
         self.connection.close()

@@ -29,17 +29,16 @@ import typer
 from rich.markup import escape
 
 from berth import errdefs
-from berth.api.types.task import task_pb2
 from berth.cli import cio, humanize
 from berth.cli.state import err_console, state
 from berth.client import Client
-from berth.clock import from_timestamp
 from berth.containers import Container
+from berth.runtime.runtime import ProcessState, Status
 
 LABEL_NAME = "berth/name"
 LABEL_STOP_SIGNAL = "berth/stop-signal"
 
-STATUS = task_pb2.Status
+STATUS = Status
 LIVE = (STATUS.RUNNING, STATUS.PAUSED, STATUS.PAUSING, STATUS.CREATED)
 
 FORMATS = ("table", "json")
@@ -110,7 +109,15 @@ def stop_signal_of(c: Container) -> int:
     return int(signal.SIGTERM)
 
 
-def is_live(task: task_pb2.Process | None) -> bool:
+def find_task(client: Client, container_id: str) -> ProcessState | None:
+    """The state of the container's task (its init process), or None when it has none."""
+    try:
+        return client.tasks.task(container_id).state()
+    except errdefs.NotFound:
+        return None
+
+
+def is_live(task: ProcessState | None) -> bool:
     return task is not None and task.status in LIVE
 
 
@@ -137,23 +144,24 @@ def for_each(refs: list[str], action: Any) -> None:
 
 def stop_task(client: Client, c: Container, timeout: float) -> None:
     """Its stop signal, up to ``timeout`` seconds for the task to exit, then SIGKILL."""
-    task = client.find_task(c.id)
+    task = find_task(client, c.id)
     if task is None or task.status in (STATUS.STOPPED, STATUS.UNKNOWN):
         return
-    waiter = client.wait_task(c.id)
+    handle = client.tasks.task(c.id)
+    waiter = handle.waiter()
     try:
         if task.status == STATUS.CREATED:  # never started: nothing to ask nicely
-            client.kill_task(c.id, signal.SIGKILL, all=True)
+            handle.kill(signal.SIGKILL, all_processes=True)
             waiter.result(30)
             return
         if timeout > 0:
-            client.kill_task(c.id, stop_signal_of(c))
+            handle.kill(stop_signal_of(c))
             try:
                 waiter.result(timeout)
                 return
             except TimeoutError:
                 pass
-        client.kill_task(c.id, signal.SIGKILL, all=True)
+        handle.kill(signal.SIGKILL, all_processes=True)
         waiter.result(30)
     except errdefs.NotFound:  # gone meanwhile
         return
@@ -166,12 +174,12 @@ def stop_task(client: Client, c: Container, timeout: float) -> None:
 
 def delete_task(client: Client, container_id: str) -> None:
     with contextlib.suppress(errdefs.NotFound):
-        client.delete_task(container_id)
+        client.tasks.delete(container_id)
 
 
 def remove(client: Client, c: Container, *, force: bool) -> None:
     """Its task (killed first with ``force``), the container, its snapshot and its log."""
-    task = client.find_task(c.id)
+    task = find_task(client, c.id)
     if is_live(task):
         if not force:
             raise errdefs.FailedPrecondition(
@@ -213,11 +221,11 @@ def _duration(seconds: float) -> str:
     raise AssertionError("unreachable")
 
 
-def status_text(task: task_pb2.Process | None, now: float) -> str:
+def status_text(task: ProcessState | None, now: float) -> str:
     if task is None or task.status == STATUS.CREATED:
         return "Created"
     if task.status == STATUS.STOPPED:
-        exited = from_timestamp(task.exited_at)
+        exited = task.exited_at
         ago = humanize.age(max(0.0, now - exited / 1e9)) if exited > 0 else ""
         return f"Exited ({task.exit_status}) {ago}".rstrip()
     running = _uptime(task.pid) if task.pid else None
@@ -229,10 +237,10 @@ def status_text(task: task_pb2.Process | None, now: float) -> str:
     return "Unknown"
 
 
-def _state_name(task: task_pb2.Process | None) -> str:
+def _state_name(task: ProcessState | None) -> str:
     if task is None:
         return "created"
-    return str(STATUS.Name(task.status)).lower()
+    return task.status.value
 
 
 def _command(spec: dict[str, Any]) -> str:
@@ -252,7 +260,7 @@ def ps(
     if fmt not in FORMATS:
         raise errdefs.InvalidArgument(f"--format must be one of {', '.join(FORMATS)}")
     client = state.client()
-    tasks = {t.container_id: t for t in client.list_tasks()}
+    tasks = {task.id: st for task, st in client.tasks.states()}
     shown = [c for c in client.containers.list() if all_ or is_live(tasks.get(c.id))]
     shown.sort(key=lambda c: c.created_at, reverse=True)
     if quiet:
@@ -317,11 +325,11 @@ def kill(
     number = parse_signal(signal_)
 
     def act(client: Client, c: Container) -> None:
-        task = client.find_task(c.id)
+        task = find_task(client, c.id)
         if task is None or task.status not in (STATUS.RUNNING, STATUS.PAUSED,
                                                 STATUS.PAUSING):
             raise errdefs.FailedPrecondition(f"container {name_of(c)} is not running")
-        client.kill_task(c.id, number)
+        client.tasks.task(c.id).kill(number)
         print(name_of(c))
 
     for_each(containers, act)
@@ -406,7 +414,7 @@ def logs(
                 continue
             if time.monotonic() - last_check > 0.5:
                 last_check = time.monotonic()
-                task = client.find_task(c.id)
+                task = find_task(client, c.id)
                 if task is None or task.status not in (STATUS.RUNNING, STATUS.PAUSED,
                                                         STATUS.PAUSING, STATUS.CREATED):
                     pump()

@@ -41,18 +41,21 @@ from berth.cli.containers import (
     LABEL_STOP_SIGNAL,
     STATUS,
     delete_task,
+    find_task,
     name_of,
     resolve,
     spec_of,
 )
 from berth.cli.state import find_image, state
 from berth.client import Client
-from berth.containers import Container, RuntimeInfo, pack_spec, validate_id
+from berth.containers import AnyValue, Container, RuntimeInfo, pack_spec, validate_id
 from berth.images.manifest import chain_ids
 from berth.oci import seccomp
 from berth.oci import spec as oci
+from berth.runtime.runtime import IO, CreateOpts, ExecOpts, Task
 
 DEFAULT_RUNTIME = "io.containerd.runc.v2"
+PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 NETWORKS = ("none", "host")
 # Forwarded to the container's process while berth waits for it (as ctr does, the ones a
 # person or a supervisor sends to a foreground command).
@@ -114,12 +117,12 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def _resize(client: Client, container_id: str, exec_id: str) -> None:
+def _resize(task: Task, exec_id: str) -> None:
     for fd in (0, 1):
         size = cio.terminal_size(fd) if cio.is_terminal(fd) else None
         if size is not None:
             with contextlib.suppress(errdefs.BerthError):
-                client.resize_pty(container_id, size[0], size[1], exec_id)
+                task.resize_pty(size[0], size[1], exec_id)
             return
 
 
@@ -132,6 +135,7 @@ def attached(client: Client, container_id: str, exec_id: str, attach: Attach,
         raise errdefs.InvalidArgument("the input device is not a terminal (drop -t, or -i)")
     fifos = cio.Fifos.create(exec_id or container_id, stdin=attach.stdin,
                              stderr=not attach.tty)
+    task = client.tasks.task(container_id)
     pumps: list[cio.OutputPump] = []
     stdin_fd: int | None = None
     log_fd: int | None = None
@@ -146,15 +150,15 @@ def attached(client: Client, container_id: str, exec_id: str, attach: Attach,
         if fifos.stdin:
             stdin_fd = cio.open_writer(fifos.stdin)
         create(fifos)
-        waiter = client.wait_task(container_id, exec_id)
+        waiter = task.waiter(exec_id)
         raw = attach.tty and cio.is_terminal(0)
         try:
             with _Signals(forward=True, resize=attach.tty) as signals, \
                     cio.raw_terminal(0) if raw else contextlib.nullcontext():
                 try:
                     if attach.tty:  # the pty exists from create on: size it before start
-                        _resize(client, container_id, exec_id)
-                    client.start_task(container_id, exec_id)
+                        _resize(task, exec_id)
+                    task.start(exec_id)
                 except BaseException:
                     waiter.cancel()
                     with contextlib.suppress(errdefs.BerthError):
@@ -162,22 +166,21 @@ def attached(client: Client, container_id: str, exec_id: str, attach: Attach,
                     raise
                 if stdin_fd is not None:
                     on_eof = None if attach.tty else (
-                        lambda: client.close_stdin(container_id, exec_id))
+                        lambda: task.close_io(exec_id))
                     cio.InputPump(0, stdin_fd, on_eof)
                     stdin_fd = None  # the pump owns it now
                 while True:
                     try:
-                        exit_status = waiter.result(0.2).exit_status
+                        exit_status = waiter.result(0.2).status
                         break
                     except TimeoutError:
                         pass
                     while signals.pending:
                         with contextlib.suppress(errdefs.NotFound, errdefs.FailedPrecondition):
-                            client.kill_task(container_id, signals.pending.pop(0),
-                                             exec_id=exec_id)
+                            task.kill(signals.pending.pop(0), exec_id=exec_id)
                     if signals.resized.is_set():
                         signals.resized.clear()
-                        _resize(client, container_id, exec_id)
+                        _resize(task, exec_id)
                 for pump in pumps:
                     pump.wait(OUTPUT_GRACE)
         finally:
@@ -428,21 +431,22 @@ def start_task(client: Client, c: Container, *, attach: Attach | None,
         log_path = cio.log_path(state.namespace, c.id)
         cio.prepare_log(log_path)
         if tty:
-            client.create_task(c.id, stdout=cio.logger_uri(log_path), terminal=True)
+            io = IO(stdout=cio.logger_uri(log_path), terminal=True)
         else:
             uri = cio.file_uri(log_path)
-            client.create_task(c.id, stdout=uri, stderr=uri)
+            io = IO(stdout=uri, stderr=uri)
+        task = client.tasks.create(c.id, CreateOpts(io=io))
         try:
-            client.start_task(c.id)
+            task.start()
         except BaseException:
             with contextlib.suppress(errdefs.BerthError):
-                client.delete_task(c.id)
+                client.tasks.delete(c.id)
             raise
         return None
 
     def create(fifos: cio.Fifos) -> None:
-        client.create_task(c.id, stdin=fifos.stdin, stdout=fifos.stdout, stderr=fifos.stderr,
-                           terminal=tty)
+        client.tasks.create(c.id, CreateOpts(io=IO(fifos.stdin, fifos.stdout, fifos.stderr,
+                                                    terminal=tty)))
 
     return attached(client, c.id, "", attach, create, lambda: delete_task(client, c.id))
 
@@ -520,7 +524,7 @@ def run(
         # A container whose process never started (a command not found, say) is removed, so
         # that running it again, corrected, needs no `berth rm` first.
         with contextlib.suppress(errdefs.BerthError):
-            task = client.find_task(c.id)
+            task = find_task(client, c.id)
             if rm or task is None or task.status == STATUS.CREATED:
                 _remove_quietly(client, c)
         raise
@@ -543,7 +547,7 @@ def start(
     log file are kept)."""
     client = state.client()
     c = resolve(client, container)
-    task = client.find_task(c.id)
+    task = find_task(client, c.id)
     if task is not None:
         if task.status in (STATUS.RUNNING, STATUS.PAUSED, STATUS.PAUSING):
             if attach:
@@ -576,7 +580,7 @@ def exec_(
     """Run a command in a running container; berth exits with its status."""
     client = state.client()
     c = resolve(client, container)
-    task = client.find_task(c.id)
+    task = find_task(client, c.id)
     if task is None or task.status != STATUS.RUNNING:
         raise errdefs.FailedPrecondition(f"container {name_of(c)} is not running")
     base = spec_of(c)
@@ -604,12 +608,13 @@ def exec_(
     exec_id = f"exec-{secrets.token_hex(6)}"
 
     def create(fifos: cio.Fifos) -> None:
-        client.exec_process(c.id, exec_id, value, stdin=fifos.stdin, stdout=fifos.stdout,
-                            stderr=fifos.stderr, terminal=tty)
+        client.tasks.task(c.id).exec(exec_id, ExecOpts(
+            AnyValue(PROCESS_TYPE_URL, value),
+            IO(fifos.stdin, fifos.stdout, fifos.stderr, terminal=tty)))
 
     def forget() -> None:
         with contextlib.suppress(errdefs.NotFound):
-            client.delete_process(c.id, exec_id)
+            client.tasks.task(c.id).delete_process(exec_id)
 
     try:
         status = attached(client, c.id, exec_id, Attach(stdin=interactive, tty=tty), create,

@@ -21,14 +21,12 @@ from rich.live import Live
 from rich.table import Table
 
 from berth import errdefs
-from berth.api.cgroups.v1 import metrics_pb2 as v1
-from berth.api.cgroups.v2 import metrics_pb2 as v2
-from berth.api.types import metrics_pb2
 from berth.cli import humanize
 from berth.cli.containers import STATUS, name_of, resolve
 from berth.cli.state import console, state
 from berth.client import Client
-from berth.clock import from_timestamp
+from berth.containers import AnyValue
+from berth.proxy.tasks import cgroup_stats
 
 INTERVAL = 1.0
 NO_STREAM_INTERVAL = 0.5
@@ -53,42 +51,25 @@ def host_memory() -> int:
         return 0
 
 
-def decode(metric: metrics_pb2.Metric) -> Sample | None:
-    """The numbers of one metric; None for a type Berth does not know."""
-    name = metric.data.type_url.rpartition("/")[2]
-    at = from_timestamp(metric.timestamp) or time.time_ns()
+def decode(task_id: str, at: int, data: AnyValue) -> Sample | None:
+    """The numbers of one task's statistics taken at ``at``; None for a type Berth does not
+    know."""
+    stats = cgroup_stats(data)
+    if stats is None:
+        return None
     host = host_memory()
-    if name == "io.containerd.cgroups.v1.Metrics":
-        m1 = v1.Metrics()
-        m1.ParseFromString(metric.data.value)
-        usage = m1.memory.usage.usage
-        inactive = m1.memory.total_inactive_file
-        limit = m1.memory.usage.limit
-        return Sample(metric.id, at, m1.cpu.usage.total,
-                      usage - inactive if inactive < usage else usage,
-                      limit if 0 < limit < host or not host else host, m1.pids.current)
-    if name == "io.containerd.cgroups.v2.Metrics":
-        m2 = v2.Metrics()
-        m2.ParseFromString(metric.data.value)
-        usage = m2.memory.usage
-        inactive = m2.memory.inactive_file
-        limit = m2.memory.usage_limit
-        return Sample(metric.id, at, m2.cpu.usage_usec * 1000,
-                      usage - inactive if inactive < usage else usage,
-                      limit if 0 < limit < host or not host else host, m2.pids.current)
-    return None
+    usage, inactive, limit = stats.memory, stats.inactive_file, stats.limit
+    return Sample(task_id, at, stats.cpu_ns, usage - inactive if inactive < usage else usage,
+                  limit if 0 < limit < host or not host else host, stats.pids)
 
 
 def sample(client: Client, ids: list[str] | None) -> dict[str, Sample]:
     """The running (or paused) tasks' numbers, of ``ids`` or all."""
-    live = {t.container_id for t in client.list_tasks() if t.status in (
-        STATUS.RUNNING, STATUS.PAUSED, STATUS.PAUSING)}
-    wanted = live & set(ids) if ids is not None else live
+    live = [task for task, st in client.tasks.states() if st.status in (
+        STATUS.RUNNING, STATUS.PAUSED, STATUS.PAUSING) and (ids is None or task.id in ids)]
     out = {}
-    for metric in client.task_metrics():
-        if metric.id not in wanted:
-            continue
-        s = decode(metric)
+    for task, data in client.tasks.stats_of(live):
+        s = decode(task.id, time.time_ns(), data)
         if s is not None:
             out[s.id] = s
     return out

@@ -108,6 +108,7 @@ def test_regular_file_as_stdout_path_is_copied(daemon: Berthd, busybox_image: Im
     handed over: driven through the shim's own API by ``ctr`` is not possible (ctr makes
     FIFOs), so through Berth's client as any API user could."""
     from berth.client import Client
+    from berth.runtime.runtime import IO, CreateOpts
 
     target = tmp_path / "plain-out"
     target.write_text("")
@@ -117,9 +118,9 @@ def test_regular_file_as_stdout_path_is_copied(daemon: Berthd, busybox_image: Im
     c("containers", "create", busybox_image.ref, cid, "--", "sh", "-c", PROBE)
     client = Client(daemon.address, namespace="default")
     try:
-        client.create_task(cid, stdout=str(target), stderr=str(target))
-        waiter = client.wait_task(cid)
-        client.start_task(cid)
+        task = client.tasks.create(cid, CreateOpts(io=IO(stdout=str(target), stderr=str(target))))
+        waiter = task.waiter()
+        task.start()
         waiter.result(timeout=30)
     finally:
         c("tasks", "rm", "-f", cid, check=False)

@@ -23,7 +23,8 @@ import pytest
 from conftest import Ctr
 from test_cli_run import Env
 
-from berth.api.types.task import task_pb2
+from berth.cli.containers import find_task
+from berth.runtime.runtime import Status
 
 pytestmark = pytest.mark.needs_root
 
@@ -51,8 +52,8 @@ def wait_stopped(env: Env, name: str) -> None:
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            task = client.find_task(name)
-            if task is not None and task.status == task_pb2.Status.STOPPED:
+            task = find_task(client, name)
+            if task is not None and task.status == Status.STOPPED:
                 return
             time.sleep(0.1)
     finally:
