@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,9 @@ from daemon import Berthd
 from proxies import leased_connection
 
 from berth import errdefs
+from berth.api.events import namespace_pb2
 from berth.containers import AnyValue, Container, RuntimeInfo, pack_spec
+from berth.events import Envelope
 from berth.images import Image
 from berth.leases import Resource
 from berth.mount import temp_mount
@@ -25,6 +29,7 @@ from berth.proxy.connection import Connection
 from berth.proxy.containers import ContainersProxy
 from berth.proxy.content import ContentProxy
 from berth.proxy.diff import DiffProxy
+from berth.proxy.events import EventsProxy, fields
 from berth.proxy.images import ImagesProxy
 from berth.proxy.leases import LeasesProxy
 from berth.proxy.namespaces import NamespacesProxy
@@ -257,3 +262,36 @@ def test_diff_errors(conn: Connection) -> None:
         differ.apply(missing, [])
     with pytest.raises(errdefs.NotImplementedByBerth, match="media"):
         differ.compare([], mounts, io.BytesIO(), media_type="application/x-unknown")
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+def test_events_publish_and_subscribe(conn: Connection) -> None:
+    events = EventsProxy(conn)
+    stream = events.subscribe(['topic=="/proxy/test"'])
+    got: list[Envelope | Exception] = []
+
+    def read_one() -> None:
+        try:
+            got.append(next(stream))
+        except Exception as exc:  # shown by the assertion below
+            got.append(exc)
+
+    reader = threading.Thread(target=read_one, daemon=True)
+    reader.start()
+    event = namespace_pb2.NamespaceCreate(name="hello", labels={"a": "b"})
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:  # until the subscription is in place
+        events.publish("/proxy/test", "containerd.events.NamespaceCreate",
+                       event.SerializeToString())
+        reader.join(0.2)
+    stream.close()
+    assert len(got) == 1, got
+    envelope = got[0]
+    assert isinstance(envelope, Envelope), envelope
+    assert (envelope.topic, envelope.namespace) == ("/proxy/test", conn.namespace)
+    assert envelope.timestamp > 0
+    assert fields(envelope) == {"name": "hello", "labels": {"a": "b"}}
+    with pytest.raises(errdefs.InvalidArgument):
+        events.publish("no-slash", "containerd.events.NamespaceCreate", b"")

@@ -8,6 +8,7 @@ it stands for, so code written against the interface runs in the daemon or besid
 * ``containers.ContainersProxy``: a containers ``Store`` (:mod:`berth.containers.container`);
 * ``leases.LeasesProxy``: a leases ``Manager`` (:mod:`berth.leases`);
 * ``namespaces.NamespacesProxy``: a namespaces ``Store`` (:mod:`berth.namespaces`);
+* ``tasks.TasksProxy``: a ``Runtime`` handing out ``Task`` objects (:mod:`berth.runtime.runtime`);
 * ``events``, ``transfer``, ``introspection``: what berthd serves beyond those interfaces
   (subscribing to events, pulls and pushes the daemon does, its version).
 
