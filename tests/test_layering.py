@@ -11,7 +11,8 @@ The layers (the README's architecture section draws them), bottom first::
     4  metadata runtime plugin shim            namespaced stores; tasks; plugin registry;
                                                Berth's shim (a program of its own)
     5  transfer gc                             work that composes the stores
-    6  services proxy client metrics           the gRPC edge: servicers in, typed clients out
+    6  services proxy client metrics wire      the gRPC edge: servicers in, typed clients out,
+                                               the conversions both share (wire)
     7  cli cri daemon builtins                 people's CLI, the Kubernetes front end, berthd
     8  cmd                                     entry points
 
@@ -39,7 +40,7 @@ LAYERS: list[set[str]] = [
     {"content", "snapshots", "diff", "remotes", "events"},
     {"metadata", "runtime", "plugin", "shim"},
     {"transfer", "gc"},
-    {"services", "proxy", "client", "metrics"},
+    {"services", "proxy", "client", "metrics", "wire"},
     {"cli", "cri", "daemon", "builtins"},
     {"cmd"},
 ]

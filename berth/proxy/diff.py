@@ -23,7 +23,8 @@ from berth.mount import Mount
 from berth.oci.image import MEDIA_TYPE_LAYER_GZIP, Descriptor
 from berth.proxy.connection import Connection
 from berth.proxy.content import ContentProxy
-from berth.proxy.convert import descriptor, from_descriptor, to_mounts
+from berth.proxy.convert import descriptor, from_descriptor
+from berth.wire import mounts as to_mounts
 
 COPY_CHUNK = 1 << 20
 

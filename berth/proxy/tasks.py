@@ -28,7 +28,7 @@ from berth.api.services.tasks.v1 import tasks_pb2_grpc
 from berth.api.types.task import task_pb2
 from berth.containers import AnyValue
 from berth.proxy.connection import Connection, Waiting
-from berth.proxy.convert import from_timestamp, to_mounts
+from berth.proxy.convert import from_timestamp
 from berth.runtime.runtime import (
     IO,
     CreateOpts,
@@ -40,6 +40,7 @@ from berth.runtime.runtime import (
     Status,
     Task,
 )
+from berth.wire import mounts as to_mounts
 
 _STATUS = {task_pb2.UNKNOWN: Status.UNKNOWN, task_pb2.CREATED: Status.CREATED,
            task_pb2.RUNNING: Status.RUNNING, task_pb2.STOPPED: Status.STOPPED,

@@ -1,4 +1,5 @@
-"""Conversions between API messages and Berth's own types."""
+"""Conversions between API messages and Berth's own types, for the servicers (those the
+proxies need too are :mod:`berth.wire`'s, re-exported here)."""
 
 from __future__ import annotations
 
@@ -6,31 +7,14 @@ import itertools
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from berth.api.types import descriptor_pb2, mount_pb2
 from berth.clock import from_timestamp as from_timestamp
 from berth.clock import timestamp as timestamp
-from berth.mount import Mount
-from berth.oci.image import Descriptor
+from berth.wire import descriptor as descriptor
+from berth.wire import from_descriptor as from_descriptor
+from berth.wire import from_mounts as from_mounts
+from berth.wire import mounts as mounts
 
 T = TypeVar("T")
-
-
-def descriptor(d: Descriptor) -> descriptor_pb2.Descriptor:
-    return descriptor_pb2.Descriptor(media_type=d.media_type, digest=d.digest, size=d.size,
-                                     annotations=d.annotations)
-
-
-def from_descriptor(d: descriptor_pb2.Descriptor) -> Descriptor:
-    return Descriptor(d.media_type, d.digest, d.size, dict(d.annotations))
-
-
-def mounts(ms: Iterable[Mount]) -> list[mount_pb2.Mount]:
-    return [mount_pb2.Mount(type=m.type, source=m.source, target=m.target, options=m.options)
-            for m in ms]
-
-
-def from_mounts(ms: Iterable[mount_pb2.Mount]) -> list[Mount]:
-    return [Mount(m.type, m.source, tuple(m.options), m.target) for m in ms]
 
 
 def batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
