@@ -172,7 +172,11 @@ def test_content_ingest_digest_mismatch_stores_nothing(c: Ctr) -> None:
 
 
 def test_snapshot_commands(c: Ctr, tmp_path: Path) -> None:
+    # ctr makes these snapshots under no lease: a collection (the one `snapshots diff` sets off
+    # when it drops its lease, say) may remove them, as containerd's would. GC roots they are.
+    root = "containerd.io/gc.root=test"
     c("snapshots", "prepare", "base-active")
+    c("snapshots", "label", "base-active", root)
     mounts = c("snapshots", "mounts", str(tmp_path / "x"), "base-active").stdout
     assert mounts.startswith("mount -t bind"), mounts
     target = tmp_path / "m"
@@ -184,10 +188,13 @@ def test_snapshot_commands(c: Ctr, tmp_path: Path) -> None:
     finally:
         subprocess.run(["umount", str(target)], check=True)
     c("snapshots", "commit", "base", "base-active")
+    c("snapshots", "label", "base", root)
     c("snapshots", "prepare", "child", "base")
+    c("snapshots", "label", "child", root)
     child_mounts = c("snapshots", "mounts", str(target), "child").stdout
     assert "overlay" in child_mounts and "lowerdir=" in child_mounts
     c("snapshots", "view", "base-view", "base")
+    c("snapshots", "label", "base-view", root)
     info = json.loads(c("snapshots", "info", "child").stdout)
     assert info["Parent"] == "base" and info["Kind"] == "Active"
     usage = c("snapshots", "usage").stdout
