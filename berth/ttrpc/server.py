@@ -73,10 +73,6 @@ class RequestContext:
         values = self.metadata.get(key.lower())
         return values[0] if values else None
 
-    def time_remaining(self) -> float | None:
-        """Seconds left before the deadline (negative once past); None without one."""
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
 
 Handler = Callable[[RequestContext, Any], Awaitable[Message]]
 
