@@ -31,6 +31,17 @@ class GRPCService:
         self._add(Edge(self.servicer, self.name, observe), server)
 
 
+class GRPCServices:
+    """Several services one plugin serves (the CRI's runtime and image services)."""
+
+    def __init__(self, *services: GRPCService) -> None:
+        self.services = services
+
+    def register(self, server: grpc.Server, observe: Observer | None = None) -> None:
+        for service in self.services:
+            service.register(server, observe)
+
+
 def _exchange(ctx: InitContext) -> Any:
     from berth.events import Exchange
 
@@ -142,7 +153,7 @@ def _tasks(ctx: InitContext) -> Any:
     return manager
 
 
-def _grpc(name: str, make: Callable[[InitContext], GRPCService],
+def _grpc(name: str, make: Callable[[InitContext], GRPCService | GRPCServices],
           *requires: str) -> Registration:
     """A gRPC service over the plugins of the types it ``requires`` (and only those: a
     disabled runtime leaves the image services up)."""
@@ -257,6 +268,34 @@ def _introspection_service(ctx: InitContext) -> GRPCService:
                        "containerd.services.introspection.v1.Introspection")
 
 
+def _cri(ctx: InitContext) -> GRPCServices:
+    from berth.api.cri.runtime.v1 import api_pb2_grpc
+    from berth.cri.images import ImageService
+    from berth.cri.runtime import DEFAULT_CNI_CONF_DIR, Runtime
+    from berth.cri.service import ImageServicer, RuntimeServicer
+
+    cni = ctx.config.get("cni", {})
+    containerd = ctx.config.get("containerd", {})
+    if not isinstance(cni, dict) or not isinstance(containerd, dict):
+        raise errdefs.InvalidArgument("cri config: cni and containerd must be tables")
+    snapshotter = str(containerd.get("snapshotter", "overlayfs"))
+    md = ctx.get(p.METADATA)
+    if snapshotter not in md.snapshotters:
+        raise errdefs.InvalidArgument(f"cri config: snapshotter {snapshotter!r} is not loaded")
+    fs_path = next((pl.exports.get("root", "") for pl in ctx.registry.plugins()
+                    if pl.registration.type == p.SNAPSHOTTER
+                    and pl.registration.id == snapshotter), "")
+    puller, _, resolvers = ctx.get(TRANSFER)
+    images = ImageService(md.images, md.content, puller, resolvers, md.snapshotters[snapshotter],
+                          snapshotter_name=snapshotter, fs_path=fs_path)
+    runtime = Runtime(str(cni.get("conf_dir", DEFAULT_CNI_CONF_DIR)))
+    return GRPCServices(
+        GRPCService(RuntimeServicer(runtime), api_pb2_grpc.add_RuntimeServiceServicer_to_server,
+                    "runtime.v1.RuntimeService"),
+        GRPCService(ImageServicer(images), api_pb2_grpc.add_ImageServiceServicer_to_server,
+                    "runtime.v1.ImageService"))
+
+
 def registry() -> Registry:
     """A registry with every built-in plugin registered."""
     reg = Registry()
@@ -284,6 +323,7 @@ def registry() -> Registry:
         _grpc("tasks", _tasks_service, p.RUNTIME),
         _grpc("transfer", _transfer_service, TRANSFER, p.METADATA),
         _grpc("version", _version_service),
+        _grpc("cri", _cri, TRANSFER, p.METADATA),
         _grpc("introspection", _introspection_service, p.ALL),
     ):
         reg.register(r)

@@ -37,8 +37,9 @@ RUNC_BINARY = "/usr/sbin/runc"
 RUNC_STATE_ROOT = "/run/containerd/runc"  # where the Go runc shim keeps runc state, always
 
 # Plugins that cannot work here or that nothing of ours needs; disabling them keeps start fast.
+CRI_PLUGIN = "io.containerd.grpc.v1.cri"
 _DISABLED_PLUGINS = (
-    "io.containerd.grpc.v1.cri",
+    CRI_PLUGIN,
     "io.containerd.snapshotter.v1.aufs",
     "io.containerd.snapshotter.v1.btrfs",
     "io.containerd.snapshotter.v1.devmapper",
@@ -134,7 +135,12 @@ class ReferenceContainerd(ManagedProcess):
         binary: str = CONTAINERD_BINARY,
         start_timeout: float = 30.0,
         log_level: str = "warn",
+        cri: bool = False,
     ) -> None:
+        """``cri=True`` keeps containerd's CRI plugin (off otherwise: it is slow to start and
+        wants a network) with a CNI configuration directory of its own, left empty, and
+        containerd's ``restrict_oom_score_adj`` (root here lacks CAP_SYS_RESOURCE)."""
+        self.cri = cri
         self._given_base = Path(base_dir) if base_dir is not None else None
         self.binary = binary
         self.start_timeout = start_timeout
@@ -178,8 +184,24 @@ class ReferenceContainerd(ManagedProcess):
 
     # -- lifecycle --------------------------------------------------------------------------
 
+    @property
+    def cni_conf_dir(self) -> Path:
+        return self._path("cni/net.d")
+
+    def _cri_config(self) -> str:
+        if not self.cri:
+            return ""
+        return f"""
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    conf_dir = "{self.cni_conf_dir}"
+    bin_dir = "/usr/lib/cni"
+"""
+
     def _write_config(self) -> Path:
-        disabled = ", ".join(f'"{p}"' for p in _DISABLED_PLUGINS)
+        skipped = [p for p in _DISABLED_PLUGINS if not (self.cri and p == CRI_PLUGIN)]
+        disabled = ", ".join(f'"{p}"' for p in skipped)
         config = f"""version = 2
 root = "{self.root}"
 state = "{self.state}"
@@ -200,7 +222,7 @@ disabled_plugins = [{disabled}]
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{self.root}/opt"
-"""
+""" + self._cri_config()
         path = self._path("config.toml")
         path.write_text(config)
         return path
@@ -219,6 +241,8 @@ disabled_plugins = [{disabled}]
                 raise ContainerdError(f"socket path too long for AF_UNIX: {self.address}")
             self.root.mkdir(exist_ok=True)
             self.state.mkdir(exist_ok=True)
+            if self.cri:
+                self.cni_conf_dir.mkdir(parents=True, exist_ok=True)
             config = self._write_config()
             self._proc = spawn(
                 [

@@ -5,14 +5,12 @@ from __future__ import annotations
 import grpc
 from google.protobuf import empty_pb2
 
-from berth import __version__
+from berth import CONTAINERD_API_VERSION, CONTAINERD_VERSION, __version__
 from berth.api.services.version.v1 import version_pb2 as pb
 from berth.api.services.version.v1 import version_pb2_grpc
 
-# The containerd API line Berth serves, as semver with Berth's own version as build metadata,
-# so clients that gate features on containerd's version parse it (ctr notes the mismatch).
-API_VERSION = "1.6.20"
-VERSION = f"{API_VERSION}+berth.{__version__}"
+API_VERSION = CONTAINERD_API_VERSION
+VERSION = CONTAINERD_VERSION
 REVISION = f"berth-{__version__}"
 
 
