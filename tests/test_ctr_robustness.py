@@ -226,21 +226,23 @@ _BASE_LAYER = images.make_tar({"/etc/base.txt": b"the layer below the hostile on
 # roots, which are not listed at all): blobs, ingests, databases, new snapshot dirs.
 _ALLOWED_CHANGES = re.compile(
     r"root/io\.containerd\.content\.v1\.content/(blobs/sha256/[0-9a-f]{64}|ingest(/.*)?)"
-    r"|root/io\.containerd\.snapshotter\.v1\.overlayfs/snapshots/\d+(/fs|/work(/work)?)?"
-    r"|root/io\.containerd\.snapshotter\.v1\.native/snapshots/\d+"
+    # (rm-N: a snapshot being removed, renamed inside the snapshots root until it is deleted)
+    r"|root/io\.containerd\.snapshotter\.v1\.overlayfs/snapshots/(rm-)?\d+(/fs|/work(/work)?)?"
+    r"|root/io\.containerd\.snapshotter\.v1\.native/snapshots/(rm-)?\d+"
     r"|.*\.db(-wal|-shm|-journal)?"
 )
 
 
 def _listing(base: Path) -> set[str]:
-    """Every path under `base` (relative) except inside snapshot roots: `snapshots/N/fs` for
-    overlayfs, `snapshots/N` itself for native."""
+    """Every path under `base` (relative) except inside snapshot roots: `snapshots/N/fs` (or
+    `rm-N/fs` while it is being removed) for overlayfs, `snapshots/N` itself for native."""
     found: set[str] = set()
     for dirpath, dirs, files in os.walk(base):
         rel_dir = os.path.relpath(dirpath, base)
         for name in dirs + files:
             found.add(os.path.normpath(os.path.join(rel_dir, name)))
-        if re.fullmatch(r".*/io\.containerd\.snapshotter\.v1\.overlayfs/snapshots/\d+", rel_dir):
+        if re.fullmatch(r".*/io\.containerd\.snapshotter\.v1\.overlayfs/snapshots/(rm-)?\d+",
+                        rel_dir):
             dirs[:] = [d for d in dirs if d != "fs"]
         elif re.fullmatch(r".*/io\.containerd\.snapshotter\.v1\.native/snapshots", rel_dir):
             dirs[:] = []
