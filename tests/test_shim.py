@@ -249,6 +249,16 @@ class Shim:
             raise
         return self
 
+    def join(self, first: Shim) -> None:
+        """Run ``start`` for this task in a bundle of its own, which must find ``first``'s
+        shim (one shim serving both: the same group). Clean up with :meth:`cleanup`."""
+        self.bundle.mkdir()
+        (self.bundle / "rootfs").mkdir()
+        (self.bundle / "config.json").write_text(json.dumps(self.spec))
+        done = self.run_action("start")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.decode() == first.address  # one shim serves both
+
     async def __aexit__(self, *exc: object) -> None:
         try:
             if self.task is not None and self.pid and is_running(self.pid):
@@ -823,12 +833,7 @@ def test_grouped_containers_share_one_shim(workdir: Path, busybox_rootfs: Path,
         async with Shim("berth", workdir, busybox_rootfs, spec()) as first:
             second = Shim("berth", workdir, busybox_rootfs, spec())
             try:
-                second.bundle.mkdir()
-                (second.bundle / "rootfs").mkdir()
-                (second.bundle / "config.json").write_text(json.dumps(second.spec))
-                done = second.run_action("start")
-                assert done.returncode == 0, done.stderr
-                assert done.stdout.decode() == first.address
+                second.join(first)
                 assert (second.bundle / "address").read_text() == first.address
                 for shim in (first, second):
                     await first.task.Create(shim.create_request())
