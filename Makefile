@@ -7,11 +7,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 # Runtime: the OCI runtimes. Build: containerd's protos. Tests and benchmarks: a registry, image
-# tools, busybox, and containerd itself (for the real `ctr` client and as the reference).
+# tools, busybox, and containerd itself (for the real `ctr` client and as the reference). The CRI:
+# CNI plugins and iptables (pod networks), catatonit (the tests' pause image).
 APT_PACKAGES := python3-venv runc crun \
 	golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev \
 	golang-github-gogo-googleapis-dev golang-github-containerd-cgroups-dev \
-	docker-registry skopeo umoci busybox-static containerd apache2-utils debootstrap openssl
+	docker-registry skopeo umoci busybox-static containerd apache2-utils debootstrap openssl \
+	catatonit containernetworking-plugins iptables iproute2
 
 .PHONY: setup apt venv proto test lint run
 

@@ -269,28 +269,52 @@ def _introspection_service(ctx: InitContext) -> GRPCService:
 
 
 def _cri(ctx: InitContext) -> GRPCServices:
+    import logging
+
     from berth.api.cri.runtime.v1 import api_pb2_grpc
+    from berth.cri import config as cri_config
+    from berth.cri.base import Core, Paths
+    from berth.cri.containers import Containers
     from berth.cri.images import ImageService
-    from berth.cri.runtime import DEFAULT_CNI_CONF_DIR, Runtime
+    from berth.cri.network import PodNetwork
+    from berth.cri.runtime import Runtime
+    from berth.cri.sandboxes import Sandboxes
     from berth.cri.service import ImageServicer, RuntimeServicer
 
-    cni = ctx.config.get("cni", {})
-    containerd = ctx.config.get("containerd", {})
-    if not isinstance(cni, dict) or not isinstance(containerd, dict):
-        raise errdefs.InvalidArgument("cri config: cni and containerd must be tables")
-    snapshotter = str(containerd.get("snapshotter", "overlayfs"))
+    config = cri_config.load(ctx.config)
+    log = logging.getLogger("berth.cri")
+    for key in config.unknown:
+        log.warning("cri config: unknown key %r (ignored: containerd 1.6 has no such key)", key)
+    for key in config.ignored:
+        log.info("cri config: %r is accepted but has no effect in Berth yet", key)
     md = ctx.get(p.METADATA)
-    if snapshotter not in md.snapshotters:
-        raise errdefs.InvalidArgument(f"cri config: snapshotter {snapshotter!r} is not loaded")
+    if config.snapshotter not in md.snapshotters:
+        raise errdefs.InvalidArgument(
+            f"cri config: snapshotter {config.snapshotter!r} is not loaded")
     fs_path = next((pl.exports.get("root", "") for pl in ctx.registry.plugins()
                     if pl.registration.type == p.SNAPSHOTTER
-                    and pl.registration.id == snapshotter), "")
+                    and pl.registration.id == config.snapshotter), "")
     puller, _, resolvers = ctx.get(TRANSFER)
-    images = ImageService(md.images, md.content, puller, resolvers, md.snapshotters[snapshotter],
-                          snapshotter_name=snapshotter, fs_path=fs_path)
-    runtime = Runtime(str(cni.get("conf_dir", DEFAULT_CNI_CONF_DIR)))
+    images = ImageService(md.images, md.content, puller, resolvers,
+                          md.snapshotters[config.snapshotter],
+                          snapshotter_name=config.snapshotter, fs_path=fs_path)
+    tasks = ctx.get(p.RUNTIME)
+    netns_dir = os.path.join(ctx.state, "netns") if config.netns_mounts_under_state_dir \
+        else cri_config.DEFAULT_NETNS_DIR
+    network = PodNetwork(config, netns_dir=netns_dir)
+    core = Core(config, images, md.containers, md.snapshotters[config.snapshotter], tasks,
+                Paths(ctx.root, ctx.state), md.leases, exchange=ctx.get(p.EVENT),
+                berth_shim=tasks.is_berth_shim)
+    containers = Containers(core)
+    sandboxes = Sandboxes(core, containers, network)
+    found_sandboxes, found_containers = core.load_records()
+    sandboxes.recover(found_sandboxes)
+    containers.recover(found_containers)
+    core.start_monitor()
+    runtime = Runtime(network.error)
     return GRPCServices(
-        GRPCService(RuntimeServicer(runtime), api_pb2_grpc.add_RuntimeServiceServicer_to_server,
+        GRPCService(RuntimeServicer(runtime, sandboxes, containers),
+                    api_pb2_grpc.add_RuntimeServiceServicer_to_server,
                     "runtime.v1.RuntimeService"),
         GRPCService(ImageServicer(images), api_pb2_grpc.add_ImageServiceServicer_to_server,
                     "runtime.v1.ImageService"))
@@ -323,7 +347,7 @@ def registry() -> Registry:
         _grpc("tasks", _tasks_service, p.RUNTIME),
         _grpc("transfer", _transfer_service, TRANSFER, p.METADATA),
         _grpc("version", _version_service),
-        _grpc("cri", _cri, TRANSFER, p.METADATA),
+        _grpc("cri", _cri, TRANSFER, p.METADATA, p.RUNTIME, p.EVENT),
         _grpc("introspection", _introspection_service, p.ALL),
     ):
         reg.register(r)

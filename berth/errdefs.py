@@ -96,6 +96,13 @@ class Internal(BerthError):
     code = Code.INTERNAL
 
 
+class Unknown(BerthError):
+    """A failure with no better code: what containerd answers for most failed operations
+    (a CRI call on a container in the wrong state, for one)."""
+
+    code = Code.UNKNOWN
+
+
 _BY_CODE: dict[Code, type[BerthError]] = {
     cls.code: cls
     for cls in (NotFound, AlreadyExists, InvalidArgument, FailedPrecondition, OutOfRange,

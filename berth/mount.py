@@ -305,6 +305,26 @@ def cleanup_temp_mounts(directory: str) -> list[str]:
     return warnings
 
 
+def readonly(m: Mount) -> Mount:
+    """``m`` changed to mount read-only: an overlay loses its upper and work directories (the
+    upper one becomes the top lower layer, as containerd's read-only temporary mounts do), so a
+    snapshot a running container uses may be looked into meanwhile."""
+    options = [o for o in m.options if o != "rw"]
+    if m.type == "overlay":
+        upper = next((o.partition("=")[2] for o in options if o.startswith("upperdir=")), "")
+        options = [o for o in options if not o.startswith(("upperdir=", "workdir="))]
+        if upper:
+            lower = next((o.partition("=")[2] for o in options if o.startswith("lowerdir=")),
+                         "")
+            options = [o for o in options if not o.startswith("lowerdir=")]
+            options.append(f"lowerdir={upper}:{lower}" if lower else f"lowerdir={upper}")
+            # "volatile" only makes sense with an upper directory.
+            options = [o for o in options if o != "volatile"]
+    if "ro" not in options:
+        options.append("ro")
+    return Mount(m.type, m.source, tuple(options))
+
+
 @contextlib.contextmanager
 def temp_mount(mounts: Sequence[Mount], *, prefix: str = "berth-mount-",
                parent: str | None = None) -> Iterator[str]:

@@ -225,6 +225,13 @@ def multilayer_image(registry: Registry, image_cache: Path) -> ImageInfo:
     return images.multilayer(registry, image_cache)
 
 
+@pytest.fixture(scope="session")
+def pause_image(registry: Registry, image_cache: Path) -> str:
+    """`127.0.0.1:PORT/library/pause:3.6`: a pod sandbox image made from catatonit."""
+    require_root()
+    return images.pause(registry, image_cache)
+
+
 # -- the reference daemon ----------------------------------------------------------------------
 
 

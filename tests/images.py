@@ -329,6 +329,32 @@ def busybox(
     )
 
 
+CATATONIT_BINARY = Path("/usr/bin/catatonit")  # Debian's catatonit: a static init
+
+
+def pause(registry: Registry, cache_dir: Path, repo_tag: str = "library/pause:3.6") -> str:
+    """Build (once per `cache_dir`) and push a pod sandbox ("pause") image made from Debian's
+    static ``catatonit``: ``/pause``, entrypoint ``["/pause", "-P"]`` (catatonit's pause mode),
+    user 65535:65535, as registry.k8s.io/pause is; its reference."""
+
+    def populate(rootfs: Path) -> None:
+        shutil.copy2(CATATONIT_BINARY, rootfs / "pause")
+        os.chmod(rootfs / "pause", 0o755)
+
+    def build(image: _UmociImage) -> None:
+        image.add_layer(populate, "pause")
+        image.configure(
+            "--config.entrypoint", "/pause", "--config.entrypoint", "-P",
+            "--config.user", "65535:65535",
+            "--config.env", f"PATH={DEFAULT_PATH}",
+            "--os", "linux",
+            "--architecture", host_architecture(),
+        )  # fmt: skip
+
+    layout = _cached_layout(cache_dir, "pause", build)
+    return push_layout(registry, layout, "latest", repo_tag)
+
+
 # The multilayer image: busybox base, a layer of assorted files, a layer that deletes and
 # overwrites some of them. Contents are fixed so the expectations need no build.
 RANDOM_FILE_SIZE = 2 * 1024 * 1024

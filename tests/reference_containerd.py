@@ -136,11 +136,15 @@ class ReferenceContainerd(ManagedProcess):
         start_timeout: float = 30.0,
         log_level: str = "warn",
         cri: bool = False,
+        cri_config: str = "",
     ) -> None:
         """``cri=True`` keeps containerd's CRI plugin (off otherwise: it is slow to start and
         wants a network) with a CNI configuration directory of its own, left empty, and
-        containerd's ``restrict_oom_score_adj`` (root here lacks CAP_SYS_RESOURCE)."""
+        containerd's ``restrict_oom_score_adj`` (root here lacks CAP_SYS_RESOURCE).
+        ``cri_config``: more TOML for the CRI plugin's table (its keys, then any sub-tables
+        but ``cni``)."""
         self.cri = cri
+        self.cri_config = cri_config
         self._given_base = Path(base_dir) if base_dir is not None else None
         self.binary = binary
         self.start_timeout = start_timeout
@@ -194,6 +198,7 @@ class ReferenceContainerd(ManagedProcess):
         return f"""
 [plugins."io.containerd.grpc.v1.cri"]
   restrict_oom_score_adj = true
+{self.cri_config}
   [plugins."io.containerd.grpc.v1.cri".cni]
     conf_dir = "{self.cni_conf_dir}"
     bin_dir = "/usr/lib/cni"

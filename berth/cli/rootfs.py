@@ -14,25 +14,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 from berth import errdefs
-from berth.mount import Mount, temp_mount
-
-
-def readonly(m: Mount) -> Mount:
-    """``m`` changed to mount read-only."""
-    options = [o for o in m.options if o != "rw"]
-    if m.type == "overlay":
-        upper = next((o.partition("=")[2] for o in options if o.startswith("upperdir=")), "")
-        options = [o for o in options if not o.startswith(("upperdir=", "workdir="))]
-        if upper:
-            lower = next((o.partition("=")[2] for o in options if o.startswith("lowerdir=")),
-                         "")
-            options = [o for o in options if not o.startswith("lowerdir=")]
-            options.append(f"lowerdir={upper}:{lower}" if lower else f"lowerdir={upper}")
-            # "volatile" only makes sense with an upper directory.
-            options = [o for o in options if o != "volatile"]
-    if "ro" not in options:
-        options.append("ro")
-    return Mount(m.type, m.source, tuple(options))
+from berth.mount import Mount, readonly, temp_mount
 
 
 @contextlib.contextmanager

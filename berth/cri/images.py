@@ -16,6 +16,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from berth import errdefs, namespaces
 from berth.content import Provider
@@ -120,6 +121,17 @@ def split_references(refs: list[str]) -> tuple[list[str], list[str]]:
         elif parsed.tag:
             tags.append(str(parsed))
     return sorted(tags), sorted(digests)
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    """An image a pod or container is made from: the CRI's view of it, its OCI config
+    document, and the chain ID of its layers (the snapshot a container's is prepared on)."""
+
+    image: CRIImage
+    config: dict[str, Any]
+    chain_id: str
+    name: str  # the record a container names as its image
 
 
 @dataclass
@@ -240,6 +252,37 @@ class ImageService:
                 if name:
                     self._reference(name, pulled.target)
         return image_id
+
+    def local(self, ref_or_id: str) -> LocalImage | None:
+        """The image as a container is created from it, or None when it is not here."""
+        with namespaces.use(NAMESPACE):
+            image = self._find(ref_or_id)
+            if image is None:
+                return None
+            config_doc = self._read(image.id)
+            parsed = manifest.parse_config(config_doc)
+        chain = manifest.chain_ids(parsed.diff_ids)
+        if not chain:
+            raise errdefs.InvalidArgument(f"image {image.id} has no layers")
+        # A container names the image by the reference it was asked for when that is one of
+        # the image's records, else by its first tag (containerd's toContainerdImage).
+        name = next((r for r in image.references if r == ref_or_id), "")
+        if not name:
+            with contextlib.suppress(errdefs.InvalidArgument):
+                name = str(reference.parse(ref_or_id))
+            if name not in image.references:
+                name = (image.repo_tags or image.repo_digests or [image.id])[0]
+        return LocalImage(image, parsed.raw, chain[-1], name)
+
+    def ensure(self, ref: str, auth: Auth | None = None) -> LocalImage:
+        """The image, pulled first when it is not here (containerd's ensureImageExists)."""
+        found = self.local(ref)
+        if found is None:
+            self.pull(ref, auth)
+            found = self.local(ref)
+        if found is None:
+            raise errdefs.NotFound(f"image {ref!r} not found after pulling it")
+        return found
 
     def status(self, ref_or_id: str) -> CRIImage | None:
         """The image, or None (the CRI answers an empty status, not an error)."""

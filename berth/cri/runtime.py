@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from berth import CONTAINERD_VERSION
 
@@ -13,13 +13,12 @@ KUBE_API_VERSION = "0.1.0"
 RUNTIME_NAME = "containerd"
 RUNTIME_API_VERSION = "v1"
 
+log = logging.getLogger(__name__)
+
 RUNTIME_READY = "RuntimeReady"
 NETWORK_READY = "NetworkReady"
 NETWORK_NOT_READY_REASON = "NetworkPluginNotReady"
-CNI_NOT_INITIALIZED = "cni plugin not initialized"
 
-DEFAULT_CNI_CONF_DIR = "/etc/cni/net.d"
-CNI_CONF_SUFFIXES = (".conf", ".conflist", ".json")
 
 
 @dataclass(frozen=True)
@@ -31,30 +30,31 @@ class Condition:
 
 
 class Runtime:
-    """The answers of RuntimeService.Version and Status.
+    """The answers of RuntimeService.Version, Status and UpdateRuntimeConfig.
 
-    Pods and CNI are not run yet: the network is ready only once ``cni_conf_dir`` holds a
-    network configuration (as libcni finds one), which is when containerd stops reporting
-    ``NetworkPluginNotReady``.
+    The network is ready once CNI has a network configuration (``network_error`` answers
+    None), which is when containerd stops reporting ``NetworkPluginNotReady``.
     """
 
-    def __init__(self, cni_conf_dir: str = DEFAULT_CNI_CONF_DIR) -> None:
-        self.cni_conf_dir = cni_conf_dir
+    def __init__(self, network_error: Callable[[], str | None]) -> None:
+        self.network_error = network_error
+        self.pod_cidr = ""
 
     def version(self) -> tuple[str, str, str, str]:
         """(version, runtime_name, runtime_version, runtime_api_version)."""
         return KUBE_API_VERSION, RUNTIME_NAME, CONTAINERD_VERSION, RUNTIME_API_VERSION
 
-    def _cni_configured(self) -> bool:
-        try:
-            names = os.listdir(self.cni_conf_dir)
-        except OSError:
-            return False
-        return any(Path(name).suffix in CNI_CONF_SUFFIXES for name in names)
-
     def conditions(self) -> list[Condition]:
         network = Condition(NETWORK_READY, True)
-        if not self._cni_configured():
+        error = self.network_error()
+        if error is not None:
             network = Condition(NETWORK_READY, False, NETWORK_NOT_READY_REASON,
-                                f"Network plugin returns error: {CNI_NOT_INITIALIZED}")
+                                f"Network plugin returns error: {error}")
         return [Condition(RUNTIME_READY, True), network]
+
+    def update_pod_cidr(self, cidr: str) -> None:
+        """UpdateRuntimeConfig: the node's pod CIDR. containerd writes a CNI config from its
+        ``conf_template`` with it; without a template (Berth has none yet) it is only kept."""
+        if cidr and cidr != self.pod_cidr:
+            log.info("cri: the node's pod CIDR is now %s", cidr)
+        self.pod_cidr = cidr

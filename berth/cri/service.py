@@ -11,8 +11,11 @@ import grpc
 
 from berth.api.cri.runtime.v1 import api_pb2 as pb
 from berth.api.cri.runtime.v1 import api_pb2_grpc
+from berth.cri.containers import Containers
 from berth.cri.images import Auth, CRIImage, ImageService
 from berth.cri.runtime import Runtime
+from berth.cri.sandboxes import Sandboxes, SandboxInfo, sandbox_state
+from berth.cri.store import Container
 
 
 def image_message(image: CRIImage) -> pb.Image:
@@ -23,9 +26,49 @@ def image_message(image: CRIImage) -> pb.Image:
     return msg
 
 
+def sandbox_message(info: SandboxInfo) -> pb.PodSandbox:
+    sb = info.sandbox
+    return pb.PodSandbox(id=sb.id, metadata=sb.config.metadata, state=sandbox_state(info.state),
+                         created_at=sb.created_at, labels=sb.config.labels,
+                         annotations=sb.config.annotations, runtime_handler=sb.runtime_handler)
+
+
+def sandbox_status(info: SandboxInfo) -> pb.PodSandboxStatus:
+    sb = info.sandbox
+    status = pb.PodSandboxStatus(
+        id=sb.id, metadata=sb.config.metadata, state=sandbox_state(info.state),
+        created_at=sb.created_at, labels=sb.config.labels, annotations=sb.config.annotations,
+        runtime_handler=sb.runtime_handler,
+        network=pb.PodSandboxNetworkStatus(
+            ip=info.ip, additional_ips=[pb.PodIP(ip=ip) for ip in info.additional_ips]))
+    status.linux.namespaces.options.CopyFrom(sb.config.linux.security_context.namespace_options)
+    return status
+
+
+def container_message(c: Container, image_ref: str) -> pb.Container:
+    return pb.Container(id=c.id, pod_sandbox_id=c.sandbox_id, metadata=c.config.metadata,
+                        image=c.config.image, image_ref=image_ref, state=c.status.state,
+                        created_at=c.status.created_at, labels=c.config.labels,
+                        annotations=c.config.annotations)
+
+
+def container_status(c: Container, image_ref: str) -> pb.ContainerStatus:
+    st = c.status
+    status = pb.ContainerStatus(
+        id=c.id, metadata=c.config.metadata, state=st.state, created_at=st.created_at,
+        started_at=st.started_at, finished_at=st.finished_at, exit_code=st.exit_code,
+        image=c.config.image, image_ref=image_ref, reason=st.reason, message=st.message,
+        labels=c.config.labels, annotations=c.config.annotations, mounts=c.config.mounts,
+        log_path=c.log_path)
+    status.resources.linux.CopyFrom(c.config.linux.resources)
+    return status
+
+
 class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, sandboxes: Sandboxes, containers: Containers) -> None:
         self.runtime = runtime
+        self.sandboxes = sandboxes
+        self.containers = containers
 
     def Version(self, request: pb.VersionRequest,
                 context: grpc.ServicerContext) -> pb.VersionResponse:
@@ -40,6 +83,92 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
                                           message=c.message)
                       for c in self.runtime.conditions()]
         return pb.StatusResponse(status=pb.RuntimeStatus(conditions=conditions))
+
+    def UpdateRuntimeConfig(self, request: pb.UpdateRuntimeConfigRequest,
+                            context: grpc.ServicerContext) -> pb.UpdateRuntimeConfigResponse:
+        self.runtime.update_pod_cidr(request.runtime_config.network_config.pod_cidr)
+        return pb.UpdateRuntimeConfigResponse()
+
+    # -- pod sandboxes -------------------------------------------------------------------------
+
+    def RunPodSandbox(self, request: pb.RunPodSandboxRequest,
+                      context: grpc.ServicerContext) -> pb.RunPodSandboxResponse:
+        return pb.RunPodSandboxResponse(
+            pod_sandbox_id=self.sandboxes.run(request.config, request.runtime_handler))
+
+    def StopPodSandbox(self, request: pb.StopPodSandboxRequest,
+                       context: grpc.ServicerContext) -> pb.StopPodSandboxResponse:
+        self.sandboxes.stop(request.pod_sandbox_id)
+        return pb.StopPodSandboxResponse()
+
+    def RemovePodSandbox(self, request: pb.RemovePodSandboxRequest,
+                         context: grpc.ServicerContext) -> pb.RemovePodSandboxResponse:
+        self.sandboxes.remove(request.pod_sandbox_id)
+        return pb.RemovePodSandboxResponse()
+
+    def PodSandboxStatus(self, request: pb.PodSandboxStatusRequest,
+                         context: grpc.ServicerContext) -> pb.PodSandboxStatusResponse:
+        info = self.sandboxes.status(request.pod_sandbox_id, request.verbose)
+        return pb.PodSandboxStatusResponse(status=sandbox_status(info), info=info.info)
+
+    def ListPodSandbox(self, request: pb.ListPodSandboxRequest,
+                       context: grpc.ServicerContext) -> pb.ListPodSandboxResponse:
+        flt = request.filter if request.HasField("filter") else None
+        return pb.ListPodSandboxResponse(
+            items=[sandbox_message(i) for i in self.sandboxes.list(flt)])
+
+    # -- containers ----------------------------------------------------------------------------
+
+    def CreateContainer(self, request: pb.CreateContainerRequest,
+                        context: grpc.ServicerContext) -> pb.CreateContainerResponse:
+        return pb.CreateContainerResponse(container_id=self.containers.create(
+            request.pod_sandbox_id, request.config, request.sandbox_config))
+
+    def StartContainer(self, request: pb.StartContainerRequest,
+                       context: grpc.ServicerContext) -> pb.StartContainerResponse:
+        self.containers.start(request.container_id)
+        return pb.StartContainerResponse()
+
+    def StopContainer(self, request: pb.StopContainerRequest,
+                      context: grpc.ServicerContext) -> pb.StopContainerResponse:
+        self.containers.stop(request.container_id, request.timeout)
+        return pb.StopContainerResponse()
+
+    def RemoveContainer(self, request: pb.RemoveContainerRequest,
+                        context: grpc.ServicerContext) -> pb.RemoveContainerResponse:
+        self.containers.remove(request.container_id)
+        return pb.RemoveContainerResponse()
+
+    def ListContainers(self, request: pb.ListContainersRequest,
+                       context: grpc.ServicerContext) -> pb.ListContainersResponse:
+        flt = request.filter if request.HasField("filter") else None
+        return pb.ListContainersResponse(containers=[
+            container_message(c, c.image_ref) for c in self.containers.list(flt)])
+
+    def ContainerStatus(self, request: pb.ContainerStatusRequest,
+                        context: grpc.ServicerContext) -> pb.ContainerStatusResponse:
+        c = self.containers.refresh(self.containers.get(request.container_id))
+        info = self.containers.verbose(c) if request.verbose else {}
+        return pb.ContainerStatusResponse(
+            status=container_status(c, self.containers.image_ref(c)), info=info)
+
+    def UpdateContainerResources(self, request: pb.UpdateContainerResourcesRequest,
+                                 context: grpc.ServicerContext
+                                 ) -> pb.UpdateContainerResourcesResponse:
+        self.containers.update_resources(request.container_id, request.linux)
+        return pb.UpdateContainerResourcesResponse()
+
+    def ReopenContainerLog(self, request: pb.ReopenContainerLogRequest,
+                           context: grpc.ServicerContext) -> pb.ReopenContainerLogResponse:
+        self.containers.reopen_log(request.container_id)
+        return pb.ReopenContainerLogResponse()
+
+    def ExecSync(self, request: pb.ExecSyncRequest,
+                 context: grpc.ServicerContext) -> pb.ExecSyncResponse:
+        result = self.containers.exec_sync(request.container_id, list(request.cmd),
+                                           request.timeout)
+        return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr,
+                                   exit_code=result.exit_code)
 
 
 class ImageServicer(api_pb2_grpc.ImageServiceServicer):

@@ -39,9 +39,10 @@ from berth.ttrpc import BackgroundLoop
 
 log = logging.getLogger(__name__)
 
+BERTH_SHIM_BINARY = "containerd-shim-berth-v2"
 # Runtimes Berth's own shim serves unless the configuration says otherwise.
-DEFAULT_SHIMS = {"io.containerd.runc.v2": "containerd-shim-berth-v2",
-                 "io.containerd.runc.v1": "containerd-shim-berth-v2"}
+DEFAULT_SHIMS = {"io.containerd.runc.v2": BERTH_SHIM_BINARY,
+                 "io.containerd.runc.v1": BERTH_SHIM_BINARY}
 
 
 R = TypeVar("R")
@@ -84,6 +85,15 @@ class TaskManager:
         return ShimBinary(path, self.grpc_address, self.ttrpc_address,
                           os.path.abspath(sys.argv[0]),
                           self.shim_group_size if self.shim_group == "namespace" else 0)
+
+    def is_berth_shim(self, runtime: str, runtime_path: str = "") -> bool:
+        """Whether tasks of ``runtime`` (or the shim at ``runtime_path``) run under Berth's own
+        shim, which understands Berth's extensions to the task API (``crilog://`` stdio)."""
+        try:
+            binary = resolve_binary(runtime, runtime_path, self.shims)
+        except errdefs.NotFound:
+            return False
+        return os.path.basename(binary) == BERTH_SHIM_BINARY
 
     # -- lookups ----------------------------------------------------------------------------
 

@@ -1,0 +1,472 @@
+"""The OCI specs of pod sandboxes and CRI containers, as containerd 1.6.20's CRI plugin writes
+them (its ``sandboxContainerSpec`` and ``containerSpec``), built on :mod:`berth.oci.spec`.
+
+Everything here is computed from its arguments: the only I/O is reading the image's
+``/etc/passwd`` and ``/etc/group`` under the ``rootfs`` a caller mounted, and a
+``localhost/<path>`` seccomp profile. Bad input (a malformed seccomp profile, an unknown user, a
+capability that does not exist) is an InvalidArgument or NotFound that names it.
+
+Differences from ``oci.spec.default_spec`` that containerd's CRI makes for both kinds: no
+``/run`` mount, no rlimits, every device denied in the device cgroup (and none allowed by
+default), ``/dev/shm`` the pod's (a bind of the sandbox's tmpfs, or the host's with host IPC).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import stat
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from berth import errdefs
+from berth.api.cri.runtime.v1 import api_pb2 as pb
+from berth.oci import seccomp
+from berth.oci import spec as oci
+from berth.oci.users import resolve_user, supplementary_gids
+
+Spec = oci.Spec
+
+# Annotations (containerd's pkg/cri/annotations).
+CONTAINER_TYPE = "io.kubernetes.cri.container-type"
+SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
+SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
+SANDBOX_UID = "io.kubernetes.cri.sandbox-uid"
+SANDBOX_NAME = "io.kubernetes.cri.sandbox-name"
+SANDBOX_LOG_DIR = "io.kubernetes.cri.sandbox-log-directory"
+CONTAINER_NAME = "io.kubernetes.cri.container-name"
+IMAGE_NAME = "io.kubernetes.cri.image-name"
+TYPE_SANDBOX = "sandbox"
+TYPE_CONTAINER = "container"
+
+DEFAULT_SANDBOX_OOM_ADJ = -998
+DEFAULT_SANDBOX_CPU_SHARES = 2
+DEV_SHM = "/dev/shm"
+ETC_HOSTNAME, ETC_HOSTS, RESOLV_CONF = "/etc/hostname", "/etc/hosts", "/etc/resolv.conf"
+
+PROFILE_RUNTIME_DEFAULT = "runtime/default"
+PROFILE_DOCKER_DEFAULT = "docker/default"
+PROFILE_UNCONFINED = "unconfined"
+PROFILE_LOCALHOST = "localhost/"
+
+_PROPAGATION = {pb.PROPAGATION_PRIVATE: "rprivate",
+                pb.PROPAGATION_HOST_TO_CONTAINER: "rslave",
+                pb.PROPAGATION_BIDIRECTIONAL: "rshared"}
+
+
+def _cri_base(spec: Spec) -> Spec:
+    """What the CRI takes away from containerd's default spec for every container."""
+    spec["mounts"] = [m for m in spec["mounts"] if m["destination"] not in ("/run", DEV_SHM)]
+    spec["process"].pop("rlimits", None)
+    spec["linux"]["resources"]["devices"] = [{"allow": False, "access": "rwm"}]
+    return spec
+
+
+def _bind(source: str, destination: str, *options: str) -> dict[str, Any]:
+    return {"destination": destination, "type": "bind", "source": source,
+            "options": list(options)}
+
+
+def cgroups_path(parent: str, container_id: str, namespace: str) -> str:
+    """containerd's getCgroupsPath (cgroupfs driver): ``parent/id``, or the default
+    ``/<namespace>/<id>`` without a parent; for a systemd slice, ``slice:cri-containerd:id``."""
+    if not parent:
+        return oci.cgroups_path(namespace, container_id)
+    if parent.endswith(".slice"):
+        return f"{os.path.basename(parent)}:cri-containerd:{container_id}"
+    return os.path.join(parent, container_id)
+
+
+def _namespaces(spec: Spec, options: pb.NamespaceOption, sandbox_pid: int = 0,
+                netns_path: str = "") -> None:
+    """Set the spec's namespaces for ``options``: a sandbox (``sandbox_pid`` 0) makes new ones
+    (its network namespace the one pinned at ``netns_path``); a container joins its
+    sandbox's, but for a pid namespace of its own (CONTAINER) and its mount namespace."""
+
+    def ns(kind: str, proc_name: str) -> dict[str, Any]:
+        if sandbox_pid:
+            return {"type": kind, "path": f"/proc/{sandbox_pid}/ns/{proc_name}"}
+        return {"type": kind}
+
+    wanted: list[dict[str, Any]] = []
+    if options.pid == pb.TARGET:
+        raise errdefs.NotImplementedByBerth("the TARGET pid namespace mode is not supported")
+    if options.pid == pb.CONTAINER and sandbox_pid:
+        wanted.append({"type": "pid"})
+    elif options.pid != pb.NODE:
+        wanted.append(ns("pid", "pid"))
+    if options.ipc != pb.NODE:
+        wanted.append(ns("ipc", "ipc"))
+    if options.network != pb.NODE:
+        wanted.append(ns("uts", "uts"))
+    wanted.append({"type": "mount"})
+    if options.network != pb.NODE:
+        if sandbox_pid:
+            wanted.append(ns("network", "net"))
+        else:
+            wanted.append({"type": "network", "path": netns_path} if netns_path
+                          else {"type": "network"})
+    spec["linux"]["namespaces"] = wanted
+
+
+def clamp_oom_score_adj(value: int, restrict: bool) -> int:
+    """containerd's restrict_oom_score_adj: never below berthd's own score (root here lacks
+    CAP_SYS_RESOURCE, so a lower one makes runc fail)."""
+    if not restrict:
+        return value
+    with open("/proc/self/oom_score_adj") as f:
+        current = int(f.read().strip() or 0)
+    return max(value, current)
+
+
+def seccomp_profile(security: pb.LinuxContainerSecurityContext | pb.LinuxSandboxSecurityContext,
+                    capabilities: Sequence[str]) -> dict[str, Any] | None:
+    """The ``linux.seccomp`` a security context asks for (None: unconfined). A profile that
+    cannot be used is an Unknown error, the code containerd answers with."""
+    if security.privileged:
+        return None
+    path = security.seccomp_profile_path
+    if security.HasField("seccomp"):
+        profile = security.seccomp
+        if profile.profile_type == pb.SecurityProfile.RuntimeDefault:
+            path = PROFILE_RUNTIME_DEFAULT
+        elif profile.profile_type == pb.SecurityProfile.Unconfined:
+            path = PROFILE_UNCONFINED
+        else:
+            path = PROFILE_LOCALHOST + profile.localhost_ref
+    if path in ("", PROFILE_UNCONFINED):
+        return None
+    if path in (PROFILE_RUNTIME_DEFAULT, PROFILE_DOCKER_DEFAULT):
+        return seccomp.default_profile(capabilities)
+    if path.startswith(PROFILE_LOCALHOST):
+        file = path.removeprefix(PROFILE_LOCALHOST)
+        if not os.path.isabs(file):
+            raise errdefs.Unknown(
+                f"seccomp profile {path!r}: the localhost profile path must be absolute")
+        try:
+            with open(file, "rb") as f:
+                data = f.read(1 << 20)
+            doc = json.loads(data)
+        except OSError as err:
+            raise errdefs.Unknown(
+                f"cannot load seccomp profile {file!r}: {err.strerror}") from None
+        except ValueError as err:
+            raise errdefs.Unknown(
+                f"seccomp profile {file!r} is not valid JSON: {err}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("defaultAction"), str):
+            raise errdefs.Unknown(
+                f"seccomp profile {file!r} is malformed: it needs a defaultAction")
+        return doc
+    raise errdefs.Unknown(f"unsupported seccomp profile {path!r}")
+
+
+def _user_ids(rootfs: str | None, user: str, run_as_user: int | None, run_as_group: int | None,
+              username: str) -> tuple[int, int, str]:
+    """(uid, gid, the user string that names the user for /etc/group) as containerd picks
+    them: runAsUser (+ runAsGroup), runAsUsername, else the image's user."""
+    if run_as_user is not None:
+        who = str(run_as_user) if run_as_group is None else f"{run_as_user}:{run_as_group}"
+    elif username:
+        who = username if run_as_group is None else f"{username}:{run_as_group}"
+    elif user:
+        who = user
+    else:
+        who = "0" if run_as_group is None else f"0:{run_as_group}"
+    uid, gid = resolve_user(who, rootfs)
+    return uid, gid, who.split(":", 1)[0]
+
+
+def _process_user(spec: Spec, rootfs: str | None, image_user: str,
+                  security: Any, supplemental: Sequence[int]) -> None:
+    run_as_user = security.run_as_user.value if security.HasField("run_as_user") else None
+    run_as_group = security.run_as_group.value if security.HasField("run_as_group") else None
+    username = getattr(security, "run_as_username", "")
+    uid, gid, name = _user_ids(rootfs, image_user, run_as_user, run_as_group, username)
+    gids = [gid, *supplementary_gids(name, rootfs)]
+    for g in supplemental:
+        oci_gid = int(g)
+        if oci_gid not in gids:
+            gids.append(oci_gid)
+    user = {"uid": uid, "gid": gid, "additionalGids": list(dict.fromkeys(gids))}
+    spec["process"]["user"] = user
+
+
+def _image_config(doc: Mapping[str, Any]) -> dict[str, Any]:
+    config = doc.get("config") or {}
+    if not isinstance(config, dict):
+        raise errdefs.InvalidArgument("image config: config must be an object")
+    return config
+
+
+def _passthrough(annotations: Mapping[str, str], patterns: Sequence[str]) -> dict[str, str]:
+    """The annotations whose keys match a runtime handler's ``pod_annotations`` (a glob each)."""
+    return {k: v for k, v in annotations.items()
+            if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+
+
+def sandbox_spec(sandbox_id: str, config: pb.PodSandboxConfig, image_doc: Mapping[str, Any],
+                 *, namespace: str, rootfs: str | None, netns_path: str, shm_path: str,
+                 resolv_path: str, restrict_oom_score_adj: bool,
+                 pod_annotations: Sequence[str] = (), unprivileged_ports: bool = False,
+                 unprivileged_icmp: bool = False) -> Spec:
+    image = _image_config(image_doc)
+    args = [*(image.get("Entrypoint") or []), *(image.get("Cmd") or [])]
+    if not args:
+        raise errdefs.InvalidArgument(
+            "invalid empty entrypoint and cmd in the sandbox image's config")
+    spec = _cri_base(oci.default_spec(namespace, sandbox_id))
+    process = spec["process"]
+    process["args"] = [str(a) for a in args]
+    process["env"] = list(image.get("Env") or [oci.DEFAULT_PATH_ENV])
+    process["cwd"] = oci.check_cwd(str(image.get("WorkingDir") or "/"))
+    spec["root"]["readonly"] = True
+    if config.hostname:
+        spec["hostname"] = config.hostname
+    linux_config = config.linux
+    security = linux_config.security_context
+    options = security.namespace_options
+    _namespaces(spec, options, netns_path=netns_path)
+    spec["mounts"] += [_bind(DEV_SHM if options.ipc == pb.NODE else shm_path, DEV_SHM,
+                             "rbind", "ro"),
+                       _bind(resolv_path, RESOLV_CONF, "rbind", "ro")]
+    _process_user(spec, rootfs, str(image.get("User") or ""), security,
+                  security.supplemental_groups)
+    if security.readonly_rootfs:
+        spec["root"]["readonly"] = True
+    sysctls = dict(linux_config.sysctls)
+    if options.network != pb.NODE:
+        if unprivileged_ports:
+            sysctls.setdefault("net.ipv4.ip_unprivileged_port_start", "0")
+        if unprivileged_icmp:
+            sysctls.setdefault("net.ipv4.ping_group_range", "0 2147483647")
+    if sysctls:
+        spec["linux"]["sysctl"] = sysctls
+    spec["linux"]["resources"]["cpu"] = {"shares": DEFAULT_SANDBOX_CPU_SHARES}
+    spec["linux"]["cgroupsPath"] = cgroups_path(linux_config.cgroup_parent, sandbox_id,
+                                                namespace)
+    process["oomScoreAdj"] = clamp_oom_score_adj(DEFAULT_SANDBOX_OOM_ADJ,
+                                                 restrict_oom_score_adj)
+    profile = seccomp_profile(security, process["capabilities"]["bounding"])
+    if profile is not None:
+        spec["linux"]["seccomp"] = profile
+    meta = config.metadata
+    spec["annotations"] = {
+        **_passthrough(config.annotations, pod_annotations),
+        CONTAINER_TYPE: TYPE_SANDBOX, SANDBOX_ID: sandbox_id,
+        SANDBOX_NAMESPACE: meta.namespace, SANDBOX_NAME: meta.name,
+        SANDBOX_UID: meta.uid, SANDBOX_LOG_DIR: config.log_directory}
+    return spec
+
+
+def _capabilities(security: pb.LinuxContainerSecurityContext) -> list[str]:
+    caps = list(oci.DEFAULT_CAPABILITIES)
+    every = list(oci.CAPABILITY_BITS)
+    add = [c.upper() for c in security.capabilities.add_capabilities]
+    drop = [c.upper() for c in security.capabilities.drop_capabilities]
+
+    def named(cap: str) -> str:
+        full = cap if cap.startswith("CAP_") else "CAP_" + cap
+        if full not in every:
+            raise errdefs.InvalidArgument(f"unknown capability {cap!r}")
+        return full
+
+    if "ALL" in add:
+        caps = list(every)
+    for cap in add:
+        if cap != "ALL" and named(cap) not in caps:
+            caps.append(named(cap))
+    if "ALL" in drop:
+        caps = [c for c in caps if c in {named(a) for a in add if a != "ALL"}]
+    for cap in drop:
+        if cap != "ALL":
+            caps = [c for c in caps if c != named(cap)]
+    return caps
+
+
+def _device(device: pb.Device) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A CRI device as a ``linux.devices`` entry and its device cgroup rule."""
+    try:
+        st = os.stat(device.host_path)
+    except OSError as err:
+        raise errdefs.InvalidArgument(
+            f"device {device.host_path!r}: {err.strerror}") from None
+    if stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    else:
+        raise errdefs.InvalidArgument(f"{device.host_path!r} is not a device")
+    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    entry = {"path": device.container_path, "type": kind, "major": major, "minor": minor,
+             "fileMode": st.st_mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid}
+    rule = {"allow": True, "type": kind, "major": major, "minor": minor,
+            "access": device.permissions or "rwm"}
+    return entry, rule
+
+
+def _resources(spec: Spec, res: pb.LinuxContainerResources, restrict: bool) -> None:
+    linux = spec["linux"]
+    resources = linux.setdefault("resources", {})
+    cpu: dict[str, Any] = {}
+    if res.cpu_period:
+        cpu["period"] = res.cpu_period
+    if res.cpu_quota:
+        cpu["quota"] = res.cpu_quota
+    if res.cpu_shares:
+        cpu["shares"] = res.cpu_shares
+    if res.cpuset_cpus:
+        cpu["cpus"] = res.cpuset_cpus
+    if res.cpuset_mems:
+        cpu["mems"] = res.cpuset_mems
+    if cpu:
+        resources["cpu"] = cpu
+    if res.memory_limit_in_bytes:
+        resources["memory"] = {"limit": res.memory_limit_in_bytes}
+        if res.memory_swap_limit_in_bytes:
+            resources["memory"]["swap"] = res.memory_swap_limit_in_bytes
+    if res.hugepage_limits:
+        resources["hugepageLimits"] = [{"pageSize": h.page_size, "limit": h.limit}
+                                       for h in res.hugepage_limits]
+    if res.unified:
+        resources["unified"] = dict(res.unified)
+    if res.oom_score_adj:
+        spec["process"]["oomScoreAdj"] = clamp_oom_score_adj(res.oom_score_adj, restrict)
+
+
+def linux_resources(res: pb.LinuxContainerResources) -> dict[str, Any]:
+    """The OCI ``LinuxResources`` of an UpdateContainerResources request."""
+    spec: Spec = {"linux": {}, "process": {}}
+    _resources(spec, res, False)
+    return dict(spec["linux"].get("resources") or {})
+
+
+def container_spec(container_id: str, config: pb.ContainerConfig,
+                   sandbox_config: pb.PodSandboxConfig, image_doc: Mapping[str, Any], *,
+                   namespace: str, sandbox_id: str, sandbox_pid: int, rootfs: str | None,
+                   sandbox_files: Mapping[str, str], shm_path: str, image_name: str,
+                   restrict_oom_score_adj: bool, host_devices: Sequence[Mapping[str, Any]] = (),
+                   container_annotations: Sequence[str] = ()) -> Spec:
+    """``sandbox_files``: the sandbox's hostname, hosts and resolv.conf files by their path in
+    the container (ETC_HOSTNAME, ETC_HOSTS, RESOLV_CONF)."""
+    image = _image_config(image_doc)
+    spec = _cri_base(oci.default_spec(namespace, container_id))
+    process = spec["process"]
+    security = config.linux.security_context
+    # Command: the CRI's command replaces the entrypoint; args replace the image's Cmd.
+    command = list(config.command)
+    args = list(config.args)
+    if not command:
+        command = [str(a) for a in image.get("Entrypoint") or []]
+        if not args:
+            args = [str(a) for a in image.get("Cmd") or []]
+    argv = command + args
+    if not argv:
+        raise errdefs.InvalidArgument("no command specified")
+    process["args"] = argv
+    if config.tty:
+        process["terminal"] = True
+    cwd = config.working_dir or str(image.get("WorkingDir") or "")
+    process["cwd"] = oci.check_cwd(cwd or "/")
+    env = list(image.get("Env") or [oci.DEFAULT_PATH_ENV])
+    hostname = sandbox_config.hostname or (os.uname().nodename
+                                           if sandbox_config.linux.security_context
+                                           .namespace_options.network == pb.NODE else "")
+    if hostname:
+        env = oci.replace_or_append_env(env, [f"HOSTNAME={hostname}"])
+    env = oci.replace_or_append_env(env, [f"{kv.key}={kv.value}" for kv in config.envs])
+    process["env"] = env
+    _process_user(spec, rootfs, str(image.get("User") or ""), security,
+                  security.supplemental_groups)
+    if security.no_new_privs:
+        process["noNewPrivileges"] = True
+    else:
+        process.pop("noNewPrivileges", None)
+    if security.readonly_rootfs:
+        spec["root"]["readonly"] = True
+    # Mounts: the cgroup filesystem, the sandbox's files, /dev/shm, then the CRI's.
+    ro = "ro" if security.readonly_rootfs else "rw"
+    spec["mounts"].append({"destination": "/sys/fs/cgroup", "type": "cgroup",
+                           "source": "cgroup",
+                           "options": ["nosuid", "noexec", "nodev", "relatime",
+                                       "rw" if security.privileged else "ro"]})
+    wanted = {m.container_path for m in config.mounts}
+    for dest in (ETC_HOSTNAME, ETC_HOSTS, RESOLV_CONF):
+        if dest not in wanted and sandbox_files.get(dest):
+            spec["mounts"].append(_bind(sandbox_files[dest], dest, "rbind", "rprivate", ro))
+    if DEV_SHM not in wanted:
+        host_ipc = sandbox_config.linux.security_context.namespace_options.ipc == pb.NODE
+        spec["mounts"].append(_bind(DEV_SHM if host_ipc else shm_path, DEV_SHM,
+                                    "rbind", "rprivate", ro))
+    for m in sorted(config.mounts, key=lambda m: len(
+            [p for p in m.container_path.split("/") if p])):
+        if not os.path.isabs(m.container_path):
+            raise errdefs.InvalidArgument(
+                f"mount destination {m.container_path!r} must be an absolute path")
+        if not os.path.exists(m.host_path):
+            os.makedirs(m.host_path, mode=0o755, exist_ok=True)
+        options = ["rbind", _PROPAGATION.get(m.propagation, "rprivate"),
+                   "ro" if m.readonly else "rw"]
+        spec["mounts"] = [x for x in spec["mounts"] if x["destination"] != m.container_path]
+        spec["mounts"].append(_bind(m.host_path, m.container_path, *options))
+    linux = spec["linux"]
+    # Namespaces: the sandbox's, as its pid / ipc / network options say.
+    _namespaces(spec, namespace_options(config, sandbox_config), sandbox_pid=sandbox_pid)
+    linux["cgroupsPath"] = cgroups_path(sandbox_config.linux.cgroup_parent, container_id,
+                                        namespace)
+    for device in config.devices:
+        entry, rule = _device(device)
+        linux.setdefault("devices", []).append(entry)
+        linux["resources"]["devices"].append(rule)
+    if config.linux.HasField("resources"):
+        _resources(spec, config.linux.resources, restrict_oom_score_adj)
+    # Privileges.
+    if security.privileged:
+        if not sandbox_config.linux.security_context.privileged:
+            raise errdefs.InvalidArgument(
+                "no privileged container allowed in a sandbox that is not privileged")
+        caps = list(oci.CAPABILITY_BITS)
+        linux.pop("maskedPaths", None)
+        linux.pop("readonlyPaths", None)
+        for mount in spec["mounts"]:
+            if mount["type"] == "sysfs":
+                mount["options"] = ["rw" if o == "ro" else o for o in mount["options"]]
+        linux["resources"]["devices"] = [{"allow": True, "access": "rwm"}]
+        linux["devices"] = [*(linux.get("devices") or []), *[dict(d) for d in host_devices]]
+    else:
+        caps = _capabilities(security)
+        if security.masked_paths:
+            linux["maskedPaths"] = list(security.masked_paths)
+        if security.readonly_paths:
+            linux["readonlyPaths"] = list(security.readonly_paths)
+    process["capabilities"] = {"bounding": list(caps), "effective": list(caps),
+                               "permitted": list(caps)}
+    profile = seccomp_profile(security, caps)
+    if profile is not None:
+        linux["seccomp"] = profile
+    meta = sandbox_config.metadata
+    spec["annotations"] = {
+        **_passthrough(config.annotations, container_annotations),
+        CONTAINER_NAME: config.metadata.name, CONTAINER_TYPE: TYPE_CONTAINER,
+        IMAGE_NAME: image_name, SANDBOX_ID: sandbox_id, SANDBOX_NAME: meta.name,
+        SANDBOX_NAMESPACE: meta.namespace, SANDBOX_UID: meta.uid}
+    return spec
+
+
+def namespace_options(config: pb.ContainerConfig,
+                                 sandbox_config: pb.PodSandboxConfig) -> pb.NamespaceOption:
+    """A container's namespace options: its own pid mode, the pod's network and IPC modes."""
+    pod = sandbox_config.linux.security_context.namespace_options
+    own = config.linux.security_context.namespace_options
+    return pb.NamespaceOption(network=pod.network, ipc=pod.ipc, pid=own.pid)
+
+
+def exec_process(container_spec_doc: Mapping[str, Any], cmd: Sequence[str],
+                 tty: bool = False) -> dict[str, Any]:
+    """The OCI process of an exec into a container: the container's process with ``cmd``."""
+    if not cmd:
+        raise errdefs.InvalidArgument("cmd must not be empty")
+    process = dict(container_spec_doc.get("process") or {})
+    process["args"] = list(cmd)
+    process["terminal"] = tty
+    return process

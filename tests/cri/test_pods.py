@@ -1,0 +1,182 @@
+"""Pod sandboxes and containers through the CRI, against containerd 1.6.20's CRI plugin: the
+same call sequences on both daemons, and what each answers compared (states, reasons, exit
+codes, records, specs, logs, errors for bad input).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from conftest import Ctr, require_root
+from cri_fixtures import CRI, NS, container_config, cri_daemons, pod_config
+from images import ImageInfo
+
+from berth.api.cri.runtime.v1 import api_pb2 as pb
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+@pytest.fixture(scope="module")
+def daemons(tmp_path_factory: pytest.TempPathFactory, pause_image: str,
+            busybox_image: ImageInfo) -> Iterator[dict[str, CRI]]:
+    require_root()
+    base = tmp_path_factory.mktemp("cri-pods")
+    with cri_daemons(base, pause_image) as clients:
+        for c in clients.values():
+            c.pull(busybox_image.ref)
+        yield clients
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> dict[str, Path]:
+    out = {}
+    for name in ("berthd", "containerd"):
+        out[name] = tmp_path / name
+        out[name].mkdir()
+    return out
+
+
+def _code(call: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code(), err.value.details()
+
+
+def _normalize(doc: Any, subs: dict[str, str]) -> Any:
+    text = json.dumps(doc, sort_keys=True)
+    for old, new in subs.items():
+        text = text.replace(old, new)
+    return json.loads(text)
+
+
+def _log_lines(path: Path) -> list[tuple[str, str, str]]:
+    out = []
+    for line in path.read_text().splitlines():
+        stamp, stream, tag, message = line.split(" ", 3)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", stamp)
+        out.append((stream, tag, message))
+    return out
+
+
+def test_pod_and_container_lifecycle(daemons: dict[str, CRI], logs: dict[str, Path],
+                                     busybox_image: ImageInfo) -> None:
+    seen: dict[str, dict[str, Any]] = {}
+    for name, c in daemons.items():
+        pod = pod_config("web", logs[name], labels={"app": "web"}, annotations={"a": "1"},
+                         dns_config=pb.DNSConfig(servers=["10.0.0.10"], searches=["svc.local"],
+                                                 options=["ndots:5"]))
+        pod_id = c.run_pod(pod)
+        assert HEX64.fullmatch(pod_id)
+        status = c.pod_status(pod_id, verbose=True)
+        cfg = container_config("app", busybox_image.ref,
+                               "echo out; echo err >&2; printf partial; exec sleep 1000",
+                               envs=[pb.KeyValue(key="K", value="V")], working_dir="/tmp",
+                               labels={"tier": "1"}, annotations={"b": "2"})
+        cid = c.run(pod_id, cfg, pod)
+        running = c.container_status(cid, verbose=True)
+        exec_out = c.exec_sync(cid, "sh", "-c", "id; echo $K $HOSTNAME; pwd; cat /etc/resolv.conf"
+                               " /etc/hostname; exit 3")
+        c.stop(cid, timeout=10)
+        stopped = c.container_status(cid).status
+        listed = c.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers
+        pods = c.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items
+        records = Ctr(c.address, NS)("containers", "ls").stdout
+        c.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+        pod_stopped = c.pod_status(pod_id).status
+        c.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+        after = c.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers
+        seen[name] = {"pod": pod_id, "status": status, "cid": cid, "running": running,
+                      "exec": exec_out, "stopped": stopped, "listed": listed, "pods": pods,
+                      "records": records, "pod_stopped": pod_stopped, "after": after,
+                      "log": _log_lines(logs[name] / "app.log")}
+    ours, theirs = seen["berthd"], seen["containerd"]
+
+    # The pod: ready, with an address on its own network, the config echoed back.
+    for s, subnet in ((ours, "10.203.0."), (theirs, "10.204.0.")):
+        st = s["status"].status
+        assert st.state == pb.SANDBOX_READY
+        assert st.network.ip.startswith(subnet)
+        assert st.metadata.name == "web" and dict(st.labels) == {"app": "web"}
+        assert s["pod_stopped"].state == pb.SANDBOX_NOTREADY
+        assert s["pod_stopped"].network.ip == ""
+        assert s["after"] == []
+    assert set(json.loads(ours["status"].info["info"])) == \
+        set(json.loads(theirs["status"].info["info"]))
+
+    # The container: same states, exit codes, reasons, and the same output.
+    assert ours["running"].status.state == theirs["running"].status.state == \
+        pb.CONTAINER_RUNNING
+    assert (ours["stopped"].state, ours["stopped"].exit_code, ours["stopped"].reason) == \
+        (theirs["stopped"].state, theirs["stopped"].exit_code, theirs["stopped"].reason) == \
+        (pb.CONTAINER_EXITED, 143, "Error")
+    assert ours["running"].status.image_ref == theirs["running"].status.image_ref
+    assert set(json.loads(ours["running"].info["info"])) == \
+        set(json.loads(theirs["running"].info["info"]))
+    assert ours["exec"].exit_code == theirs["exec"].exit_code == 3
+    assert ours["exec"].stdout == theirs["exec"].stdout
+    assert ours["exec"].stdout.decode().splitlines()[:3] == [
+        "uid=0(root) gid=0(root) groups=0(root)", "V web", "/tmp"]
+    # Each stream's records in order (the two streams interleave as they come).
+    for stream, want in (("stdout", [("F", "out"), ("F", "partial")]), ("stderr", [("F", "err")])):
+        for s in (ours, theirs):
+            assert [(t, m) for st, t, m in s["log"] if st == stream] == want, (stream, s["log"])
+    for s in (ours, theirs):
+        assert [c.metadata.name for c in s["listed"]] == ["app"]
+        assert [p.metadata.name for p in s["pods"]] == ["web"]
+
+    # The records ctr sees: the same images and runtimes, labelled by kind.
+    def rows(text: str) -> list[tuple[str, str]]:
+        return sorted((line.split()[1].rsplit("/", 1)[-1], line.split()[2])
+                      for line in text.splitlines()[1:] if line.strip())
+
+    assert rows(ours["records"]) == rows(theirs["records"])
+
+
+def test_errors_for_unknown_ids(daemons: dict[str, CRI]) -> None:
+    nope = "0" * 64
+    for call in ("ContainerStatus", "StopContainer", "PodSandboxStatus", "StopPodSandbox"):
+        answers = {}
+        for name, c in daemons.items():
+            stub = getattr(c.runtime, call)
+            req = {"ContainerStatus": pb.ContainerStatusRequest(container_id=nope),
+                   "StopContainer": pb.StopContainerRequest(container_id=nope),
+                   "PodSandboxStatus": pb.PodSandboxStatusRequest(pod_sandbox_id=nope),
+                   "StopPodSandbox": pb.StopPodSandboxRequest(pod_sandbox_id=nope)}[call]
+            answers[name] = _code(lambda stub=stub, req=req: stub(req, timeout=10))[0]
+        assert answers["berthd"] == answers["containerd"] == grpc.StatusCode.NOT_FOUND, call
+    for c in daemons.values():
+        c.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=nope), timeout=10)
+        c.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=nope), timeout=10)
+
+
+def test_bad_input(daemons: dict[str, CRI], logs: dict[str, Path],
+                   busybox_image: ImageInfo, tmp_path: Path) -> None:
+    bad_profile = tmp_path / "bad-seccomp.json"
+    bad_profile.write_text("{not json")
+    codes: dict[str, dict[str, grpc.StatusCode]] = {}
+    for name, c in daemons.items():
+        pod = pod_config("bad", logs[name])
+        pod_id = c.run_pod(pod)
+        got = codes[name] = {}
+        got["missing image"] = _code(lambda c=c, pod_id=pod_id, pod=pod: c.create(
+            pod_id, container_config("x", "127.0.0.1:1/no/such:image", "true"), pod))[0]
+        seccomp = container_config("sc", busybox_image.ref, "true")
+        seccomp.linux.security_context.seccomp_profile_path = f"localhost/{bad_profile}"
+        got["bad seccomp"] = _code(lambda c=c, pod_id=pod_id, pod=pod, s=seccomp: c.create(
+            pod_id, s, pod))[0]
+        cid = c.run(pod_id, container_config("done", busybox_image.ref, "true"), pod)
+        assert c.wait_exited(cid).exit_code == 0
+        got["start twice"] = _code(lambda c=c, cid=cid: c.start(cid))[0]
+        got["exec exited"] = _code(lambda c=c, cid=cid: c.exec_sync(cid, "true"))[0]
+        c.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+        got["container in stopped pod"] = _code(lambda c=c, pod_id=pod_id, pod=pod: c.create(
+            pod_id, container_config("late", busybox_image.ref, "true"), pod))[0]
+        c.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                   timeout=60)
+    assert codes["berthd"] == codes["containerd"]
