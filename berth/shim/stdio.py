@@ -2,9 +2,11 @@
 
 Each of stdin, stdout and stderr in a Create or Exec request is empty (``/dev/null``), a FIFO
 path the client made, or, for stdout (which then decides for stderr too) a ``file:///path``
-(both streams appended to that file) or a ``binary:///path?arg=value`` logging program (as
-containerd's shims run it: the streams on its fds 3 and 4, a readiness pipe on fd 5, and
-``CONTAINER_ID`` / ``CONTAINER_NAMESPACE`` in its environment).
+(both streams appended to that file), a ``crilog:///path?max_line_size=N`` Kubernetes CRI
+log (both streams formatted as CRI log records and appended to that file: :mod:`berth.crilog`)
+or a ``binary:///path?arg=value`` logging program (as containerd's shims run it: the streams on
+its fds 3 and 4, a readiness pipe on fd 5, and ``CONTAINER_ID`` / ``CONTAINER_NAMESPACE`` in its
+environment).
 
 No host file's descriptor is ever handed to a container. The process gets pipes made here, and
 the shim copies between them and the client's FIFOs or the log file (:class:`Pump`, with
@@ -19,17 +21,30 @@ Without a terminal (:class:`ProcessIO`):
   client's reader and the copy never meets EPIPE while the client comes and goes. The copy
   ends when the process's pipe does (the process and whatever inherited its stdout are gone);
   then the FIFO is closed, and the client sees EOF.
+* ``crilog://``: the shim itself writes the container's log, so the daemon never carries the
+  output and the log goes on through a daemon restart. Each pipe is read in chunks on the loop
+  (:class:`LogCopy`), formatted by its stream's :class:`berth.crilog.Formatter` and appended to
+  the one :class:`berth.crilog.LogFile` (created ``O_APPEND``, 0640, its directory 0755, as
+  containerd's CRI does), which follows the kubelet's rotation: before each write, a path that
+  no longer names the open file is opened anew. At EOF of a pipe its unterminated last line is
+  flushed (a ``P`` record); the file is closed once both pipes ended.
 * stdin: the shim reads the FIFO and holds a write end of it until CloseIO, so the process
   sees EOF only after CloseIO *and* once every client writer has closed (a client may come and
   go meanwhile).
 * The copies start only once the runtime has started the process: runc prints its own failure
   (``exec: "x": executable file not found``) on the process's stderr, and that text never
-  reaches the client, as with containerd.
+  reaches the client (nor a CRI log), as with containerd.
 * A ``binary://`` logger gets the process's pipes directly, as containerd's does.
 
 With a terminal, the runtime sends the pty master to a console socket and :class:`Console`
 copies between it and the stdin FIFO and the output (FIFO, file or logging binary), and
-resizes it.
+resizes it. For a ``crilog://`` output the console writes into a pipe whose other end a
+:class:`LogCopy` formats as ``stdout`` records (a pty has one output), as containerd's CRI
+logs a terminal's output.
+
+Whatever is still on its way when the process is deleted gets a moment to arrive
+(:meth:`ProcessIO.close`); a CRI log then takes what its pipes hold, flushes unterminated lines
+and closes.
 """
 
 from __future__ import annotations
@@ -44,7 +59,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from berth import errdefs
+from berth import crilog, errdefs
 from berth.shim.reaper import Exit, Reaper
 from berth.shim.runc import Stdio
 
@@ -52,6 +67,7 @@ LOGGER_TERM_TIMEOUT = 12.0  # a logging binary gets this long to flush after SIG
 LOG_FILE_MODE = 0o640  # a file:// log, as containerd's CRI makes container logs
 LOG_DIR_MODE = 0o700
 _CHUNK = 1 << 16  # a pipe's default capacity: one splice moves at most what a pipe holds
+_DRAIN_READS = 64  # at delete, a CRI log takes at most this many chunks still in a pipe
 
 
 @dataclass(frozen=True)
@@ -67,8 +83,8 @@ class StdioRequest:
 
 
 def _scheme(uri: str) -> str:
-    """"fifo", "file", "binary" (or something unknown) for a stdout URI; a bare path is a
-    FIFO."""
+    """"fifo", "file", "crilog", "binary" (or something unknown) for a stdout URI; a bare path
+    is a FIFO."""
     scheme, sep, _ = uri.partition("://")
     return scheme if sep else "fifo"
 
@@ -167,6 +183,8 @@ class ProcessIO:
         self._stdin_keeper: int | None = None
         self._outputs: list[_Copy] = []
         self._logger: tuple[int, asyncio.Future[Exit]] | None = None
+        self._cri_log: crilog.LogFile | None = None
+        self._log_copies: list[LogCopy] = []
 
     @classmethod
     async def open(cls, req: StdioRequest, *, process_id: str, namespace: str,
@@ -183,8 +201,9 @@ class ProcessIO:
     async def for_console(cls, req: StdioRequest, *, process_id: str, namespace: str,
                           reaper: Reaper) -> tuple[ProcessIO, int | None]:
         """Where a terminal's output goes: (this, a non-blocking fd for :class:`Console` to
-        write to and close, or None to discard). The FIFO, file or logging binary is chosen by
-        stdout's scheme as without a terminal; stderr is not used (a pty has one output)."""
+        write to and close, or None to discard). The FIFO, file, CRI log or logging binary is
+        chosen by stdout's scheme as without a terminal; stderr is not used (a pty has one
+        output)."""
         pio = cls()
         out: int | None = None
         try:
@@ -196,6 +215,9 @@ class ProcessIO:
                 pio._handed.remove(out)
             elif scheme == "file":
                 out = _open_log_file(req.stdout)
+            elif scheme == crilog.SCHEME:
+                (out,) = pio._open_cri_log(req.stdout, (crilog.STDOUT,))
+                pio._handed.remove(out)  # the console writes to it, not the runtime's process
             elif scheme == "fifo":
                 if req.stdout:
                     out = os.open(req.stdout, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -228,6 +250,8 @@ class ProcessIO:
             log = _open_log_file(req.stdout)
             stdout = self._output(log)
             stderr = self._output(os.dup(log))
+        elif scheme == crilog.SCHEME:
+            stdout, stderr = self._open_cri_log(req.stdout, (crilog.STDOUT, crilog.STDERR))
         elif scheme == "binary":
             stdout, stderr = await self._start_logger(req.stdout, process_id, namespace, reaper)
         else:
@@ -245,6 +269,31 @@ class ProcessIO:
         self._outputs.append(_Copy(r, target))
         self._handed.append(w)
         return w
+
+    def _open_cri_log(self, uri: str, streams: tuple[str, ...]) -> list[int]:
+        """Open a ``crilog://`` URI's file and, per stream, a pipe whose read end a
+        :class:`LogCopy` formats into it once the process runs; the write ends (handed to the
+        runtime)."""
+        target = crilog.parse_uri(uri)
+        self._cri_log = log = crilog.LogFile(target.path)
+        ends = []
+        for stream in streams:
+            r, w = os.pipe()
+            self._handed.append(w)
+            try:
+                copy = LogCopy(r, crilog.Formatter(stream, target.max_line_size), log,
+                               on_end=self._log_copy_ended)
+            except BaseException:
+                os.close(r)
+                raise
+            self._log_copies.append(copy)
+            ends.append(w)
+        return ends
+
+    def _log_copy_ended(self) -> None:
+        """Close the CRI log as soon as every stream reached its end."""
+        if self._cri_log is not None and all(c.done.done() for c in self._log_copies):
+            self._cri_log.close()
 
     async def _start_logger(self, uri: str, process_id: str, namespace: str,
                             reaper: Reaper) -> tuple[int, int]:
@@ -279,6 +328,8 @@ class ProcessIO:
         self._drop_handed()
         for copy in self._copies():
             copy.start()
+        for log_copy in self._log_copies:
+            log_copy.start()
 
     def _copies(self) -> list[_Copy]:
         return [*self._outputs, *([self._stdin] if self._stdin is not None else [])]
@@ -297,6 +348,7 @@ class ProcessIO:
         self._drop_handed()
         self.close_stdin()
         running = [c.pump.done for c in self._outputs if c.pump is not None]
+        running += [c.done for c in self._log_copies if c.started]
         if running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(asyncio.gather(*running)), drain_timeout)
@@ -304,6 +356,12 @@ class ProcessIO:
             copy.close()
         self._outputs.clear()
         self._stdin = None
+        for log_copy in self._log_copies:
+            log_copy.stop()
+        self._log_copies.clear()
+        if self._cri_log is not None:
+            self._cri_log.close()
+            self._cri_log = None
         if self._logger is not None:
             pid, done = self._logger
             self._logger = None
@@ -479,6 +537,74 @@ class Pump:
         if self._dst is not None:
             self._loop.remove_writer(self._dst)
         self.done.set_result(None)
+        if self._on_end is not None:
+            self._on_end()
+
+
+class LogCopy:
+    """Formats what one of a process's pipes carries into CRI log records, appended to a
+    :class:`berth.crilog.LogFile`, on the loop. It owns the pipe's (read) end.
+
+    Lifecycle: :meth:`start` once the process runs -> records are written as chunks arrive ->
+    at EOF the unterminated last line is flushed, the pipe closed, :attr:`done` completes and
+    ``on_end`` runs. :meth:`stop` ends it early: a started copy first takes what the pipe holds
+    (a bounded amount) and flushes; one never started discards the pipe's content (the
+    runtime's own failure text).
+    """
+
+    def __init__(self, src: int, formatter: crilog.Formatter, log: crilog.LogFile,
+                 on_end: Callable[[], None] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        os.set_blocking(src, False)
+        self._src: int | None = src
+        self._formatter = formatter
+        self._log = log
+        self._on_end = on_end
+        self.started = False
+        self.done: asyncio.Future[None] = self._loop.create_future()
+
+    def start(self) -> None:
+        if not self.started and self._src is not None:
+            self.started = True
+            self._loop.add_reader(self._src, self._readable)
+
+    def _readable(self) -> None:
+        assert self._src is not None
+        try:
+            data = os.read(self._src, _CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO and the like: the writing side is gone
+            data = b""
+        if data:
+            self._log.write(self._formatter.feed(data))
+        else:
+            self._finish()
+
+    def stop(self) -> None:
+        if self._src is None:
+            return
+        if self.started:
+            self._loop.remove_reader(self._src)
+            for _ in range(_DRAIN_READS):
+                try:
+                    data = os.read(self._src, _CHUNK)
+                except OSError:  # EAGAIN: nothing more for now; EIO: the writer is gone
+                    break
+                if not data:
+                    break
+                self._log.write(self._formatter.feed(data))
+        self._finish()
+
+    def _finish(self) -> None:
+        assert self._src is not None
+        if self.started:
+            self._loop.remove_reader(self._src)
+            self._log.write(self._formatter.close())
+        os.close(self._src)
+        self._src = None
+        if not self.done.done():
+            self.done.set_result(None)
         if self._on_end is not None:
             self._on_end()
 
