@@ -29,7 +29,8 @@ the plugin, the network and the command.
   and capability arguments; a missing cache is fine. The cache entry goes once DEL succeeded. A
   namespace that is gone is passed as an empty ``CNI_NETNS``, as containerd does. Errors that
   say ``not found`` count as done, as go-cni's ``Remove``. Every network is attempted; the first
-  failure is raised at the end.
+  failure is raised at the end. Unlike go-cni it works with no configuration loaded: what the
+  cache holds is enough to tear a pod down.
 * :meth:`CNI.check` (CHECK): for networks of CNI >= 0.4.0 without ``disableCheck``, with the
   cached result as ``prevResult``; older networks (the loopback's 0.3.1) have no CHECK and are
   skipped.
@@ -501,10 +502,12 @@ class _Cache:
             except (OSError, ValueError) as e:
                 log.warning("ignoring unreadable CNI cache entry %s: %s", name, e)
                 continue
-            if (isinstance(entry, dict) and entry.get("kind") == CACHE_KIND
-                    and entry.get("containerId") == container_id
-                    and entry.get("networkName") and entry.get("ifName")):
-                found.append((str(entry["networkName"]), str(entry["ifName"])))
+            if not (isinstance(entry, dict) and entry.get("kind") == CACHE_KIND
+                    and entry.get("containerId") == container_id):
+                continue
+            network, ifname = str(entry.get("networkName", "")), str(entry.get("ifName", ""))
+            if _VALID_NAME.match(network) and _valid_ifname(ifname):
+                found.append((network, ifname))
         return found
 
 
@@ -519,9 +522,13 @@ def _validate(container_id: str, args: Sequence[tuple[str, str]]) -> None:
             raise errdefs.InvalidArgument(f"invalid CNI_ARGS pair {key!r}={value!r}")
 
 
+def _valid_ifname(ifname: str) -> bool:
+    return not (not ifname or len(ifname) > _IFNAME_MAX or ifname in (".", "..")
+                or any(c in ifname for c in "/:") or any(c.isspace() for c in ifname))
+
+
 def _validate_ifname(ifname: str) -> None:
-    if (not ifname or len(ifname) > _IFNAME_MAX or ifname in (".", "..")
-            or any(c in ifname for c in "/:") or any(c.isspace() for c in ifname)):
+    if not _valid_ifname(ifname):
         raise errdefs.InvalidArgument(f"invalid interface name {ifname!r}")
 
 
@@ -824,7 +831,14 @@ class CNI:
         except subprocess.TimeoutExpired as e:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+            try:
+                proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                # Something that left the plugin's process group still holds its pipes.
+                for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                    if pipe is not None:
+                        pipe.close()
+                proc.wait()
             raise errdefs.DeadlineExceeded(
                 f"{what}: timed out after {self.plugin_timeout:g}s") from e
         return stdout, stderr, proc.returncode

@@ -112,10 +112,14 @@ def is_netns(path: str) -> bool:
         if os.stat(path).st_dev != _nsfs_device():
             return False
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
+    except OSError as e:
+        raise errdefs.Internal(f"cannot inspect network namespace {path}: {e}") from e
     try:
         return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError as e:
+        raise errdefs.Internal(f"cannot inspect network namespace {path}: {e}") from e
     finally:
         os.close(fd)
 

@@ -560,25 +560,35 @@ def test_del_uses_the_cached_config_after_a_change(pods: Pods,
                                                    make_netns: Callable[[], NetNS]) -> None:
     first = pods.write("10-berthtest.conflist", bridge_conflist(pods.ipam_dir))
     pods.cni.load()
-    ns1, ns2 = make_netns(), make_netns()
-    pod1, pod2 = pods.new_id(), pods.new_id()
+    ns1, ns2, ns3 = make_netns(), make_netns(), make_netns()
+    pod1, pod2, pod3 = pods.new_id(), pods.new_id(), pods.new_id()
     ip1, _ = pods.setup(pod1, ns1).pod_ips()
     ip2, _ = pods.setup(pod2, ns2).pod_ips()
-    assert sorted(ipam_allocations(pods.ipam_dir)) == sorted([ip1, ip2])
+    ip3, _ = pods.setup(pod3, ns3).pod_ips()
+    assert sorted(ipam_allocations(pods.ipam_dir)) == sorted([ip1, ip2, ip3])
 
     # Same network name, another IPAM dir: DEL must still release pod1's address where ADD
     # took it. Then the network is renamed: pod2's attachment is found in the cache alone.
     pods.write("10-berthtest.conflist", bridge_conflist(pods.root / "ipam-new"))
     pods.cni.load()
     pods.cni.remove(pod1, ns1.path)
-    assert ipam_allocations(pods.ipam_dir) == [ip2]
+    assert sorted(ipam_allocations(pods.ipam_dir)) == sorted([ip2, ip3])
 
     first.unlink()
-    pods.write("10-renamed.conflist", bridge_conflist(pods.root / "ipam-new", name="renamed"))
+    renamed = pods.write("10-renamed.conflist",
+                         bridge_conflist(pods.root / "ipam-new", name="renamed"))
     pods.cni.load()
     pods.cni.remove(pod2, ns2.path)
+    assert ipam_allocations(pods.ipam_dir) == [ip3]
+
+    # No configuration at all (not ready): the cache still tears pod3 down.
+    renamed.unlink()
+    with pytest.raises(errdefs.FailedPrecondition):
+        pods.cni.load()
+    pods.cni.remove(pod3, ns3.path)
     assert ipam_allocations(pods.ipam_dir) == []
     assert pods.cache_files() == []
+    assert sorted(n for _, n in ns3.run(socket.if_nameindex)) == ["lo"]
 
 
 def test_failing_plugin_is_named_and_undone(pods: Pods, make_netns: Callable[[], NetNS],
