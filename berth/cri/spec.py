@@ -57,7 +57,7 @@ _PROPAGATION = {pb.PROPAGATION_PRIVATE: "rprivate",
 
 def _cri_base(spec: Spec) -> Spec:
     """What the CRI takes away from containerd's default spec for every container."""
-    spec["mounts"] = [m for m in spec["mounts"] if m["destination"] not in ("/run", DEV_SHM)]
+    spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/run"]
     spec["process"].pop("rlimits", None)
     spec["linux"]["resources"]["devices"] = [{"allow": False, "access": "rwm"}]
     return spec
@@ -80,33 +80,32 @@ def cgroups_path(parent: str, container_id: str, namespace: str) -> str:
 
 def _namespaces(spec: Spec, options: pb.NamespaceOption, sandbox_pid: int = 0,
                 netns_path: str = "") -> None:
-    """Set the spec's namespaces for ``options``: a sandbox (``sandbox_pid`` 0) makes new ones
-    (its network namespace the one pinned at ``netns_path``); a container joins its
-    sandbox's, but for a pid namespace of its own (CONTAINER) and its mount namespace."""
-
-    def ns(kind: str, proc_name: str) -> dict[str, Any]:
-        if sandbox_pid:
-            return {"type": kind, "path": f"/proc/{sandbox_pid}/ns/{proc_name}"}
-        return {"type": kind}
-
-    wanted: list[dict[str, Any]] = []
+    """Set the spec's namespaces. A sandbox (``sandbox_pid`` 0) makes new ones but where its
+    options say NODE (its network namespace the one pinned at ``netns_path``). A container
+    joins its sandbox's (which are the host's where the pod's are), but for a pid namespace
+    of its own with CONTAINER, and its mount namespace."""
     if options.pid == pb.TARGET:
         raise errdefs.NotImplementedByBerth("the TARGET pid namespace mode is not supported")
-    if options.pid == pb.CONTAINER and sandbox_pid:
+    if sandbox_pid:
+        def joined(kind: str, proc_name: str) -> dict[str, Any]:
+            return {"type": kind, "path": f"/proc/{sandbox_pid}/ns/{proc_name}"}
+
+        spec["linux"]["namespaces"] = [
+            {"type": "pid"} if options.pid == pb.CONTAINER else joined("pid", "pid"),
+            joined("ipc", "ipc"), joined("uts", "uts"), {"type": "mount"},
+            joined("network", "net")]
+        return
+    wanted: list[dict[str, Any]] = []
+    if options.pid != pb.NODE:
         wanted.append({"type": "pid"})
-    elif options.pid != pb.NODE:
-        wanted.append(ns("pid", "pid"))
     if options.ipc != pb.NODE:
-        wanted.append(ns("ipc", "ipc"))
+        wanted.append({"type": "ipc"})
     if options.network != pb.NODE:
-        wanted.append(ns("uts", "uts"))
+        wanted.append({"type": "uts"})
     wanted.append({"type": "mount"})
     if options.network != pb.NODE:
-        if sandbox_pid:
-            wanted.append(ns("network", "net"))
-        else:
-            wanted.append({"type": "network", "path": netns_path} if netns_path
-                          else {"type": "network"})
+        wanted.append({"type": "network", "path": netns_path} if netns_path
+                      else {"type": "network"})
     spec["linux"]["namespaces"] = wanted
 
 
@@ -323,8 +322,11 @@ def _resources(spec: Spec, res: pb.LinuxContainerResources, restrict: bool) -> N
         resources["cpu"] = cpu
     if res.memory_limit_in_bytes:
         resources["memory"] = {"limit": res.memory_limit_in_bytes}
-        if res.memory_swap_limit_in_bytes:
-            resources["memory"]["swap"] = res.memory_swap_limit_in_bytes
+        # containerd: no swap beyond the limit unless asked, where swap is accounted.
+        swap = res.memory_swap_limit_in_bytes or (res.memory_limit_in_bytes
+                                                  if swap_accounted() else 0)
+        if swap:
+            resources["memory"]["swap"] = swap
     if res.hugepage_limits:
         resources["hugepageLimits"] = [{"pageSize": h.page_size, "limit": h.limit}
                                        for h in res.hugepage_limits]
@@ -332,6 +334,13 @@ def _resources(spec: Spec, res: pb.LinuxContainerResources, restrict: bool) -> N
         resources["unified"] = dict(res.unified)
     if res.oom_score_adj:
         spec["process"]["oomScoreAdj"] = clamp_oom_score_adj(res.oom_score_adj, restrict)
+
+
+def swap_accounted() -> bool:
+    """Whether the kernel accounts swap in the memory cgroup (containerd's
+    SwapControllerAvailable): cgroup v1's memsw files, or v2's memory.swap.max."""
+    return os.path.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes") or \
+        os.path.exists("/sys/fs/cgroup/init.scope/memory.swap.max")
 
 
 def linux_resources(res: pb.LinuxContainerResources) -> dict[str, Any]:
@@ -384,31 +393,38 @@ def container_spec(container_id: str, config: pb.ContainerConfig,
         process.pop("noNewPrivileges", None)
     if security.readonly_rootfs:
         spec["root"]["readonly"] = True
-    # Mounts: the cgroup filesystem, the sandbox's files, /dev/shm, then the CRI's.
+    # Mounts: the cgroup filesystem, the sandbox's files, /dev/shm, then the CRI's, each
+    # replacing a default mount at the same place.
     ro = "ro" if security.readonly_rootfs else "rw"
+    spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != DEV_SHM]
     spec["mounts"].append({"destination": "/sys/fs/cgroup", "type": "cgroup",
                            "source": "cgroup",
                            "options": ["nosuid", "noexec", "nodev", "relatime",
                                        "rw" if security.privileged else "ro"]})
     wanted = {m.container_path for m in config.mounts}
-    for dest in (ETC_HOSTNAME, ETC_HOSTS, RESOLV_CONF):
-        if dest not in wanted and sandbox_files.get(dest):
-            spec["mounts"].append(_bind(sandbox_files[dest], dest, "rbind", "rprivate", ro))
-    if DEV_SHM not in wanted:
-        host_ipc = sandbox_config.linux.security_context.namespace_options.ipc == pb.NODE
-        spec["mounts"].append(_bind(DEV_SHM if host_ipc else shm_path, DEV_SHM,
-                                    "rbind", "rprivate", ro))
-    for m in sorted(config.mounts, key=lambda m: len(
-            [p for p in m.container_path.split("/") if p])):
+    added: list[dict[str, Any]] = []
+    for m in config.mounts:
         if not os.path.isabs(m.container_path):
             raise errdefs.InvalidArgument(
                 f"mount destination {m.container_path!r} must be an absolute path")
         if not os.path.exists(m.host_path):
             os.makedirs(m.host_path, mode=0o755, exist_ok=True)
-        options = ["rbind", _PROPAGATION.get(m.propagation, "rprivate"),
-                   "ro" if m.readonly else "rw"]
-        spec["mounts"] = [x for x in spec["mounts"] if x["destination"] != m.container_path]
-        spec["mounts"].append(_bind(m.host_path, m.container_path, *options))
+        propagation = _PROPAGATION.get(m.propagation, "rprivate")
+        _check_propagation(m.host_path, propagation)
+        added.append(_bind(m.host_path, m.container_path, "rbind", propagation,
+                           "ro" if m.readonly else "rw"))
+    for dest in (ETC_HOSTNAME, ETC_HOSTS, RESOLV_CONF):
+        if dest not in wanted and sandbox_files.get(dest):
+            added.append(_bind(sandbox_files[dest], dest, "rbind", "rprivate", ro))
+    if DEV_SHM not in wanted:
+        # The container's own IPC option decides (the kubelet sets it as the pod's).
+        host_ipc = security.namespace_options.ipc == pb.NODE
+        added.append(_bind(DEV_SHM if host_ipc else shm_path, DEV_SHM, "rbind", "rprivate",
+                           "rw"))
+    # Shallower first (a stable sort), so that no mount hides one inside it.
+    added.sort(key=lambda m: len([p for p in m["destination"].split("/") if p]))
+    replaced = {m["destination"] for m in added}
+    spec["mounts"] = [m for m in spec["mounts"] if m["destination"] not in replaced] + added
     linux = spec["linux"]
     # Namespaces: the sandbox's, as its pid / ipc / network options say.
     _namespaces(spec, namespace_options(config, sandbox_config), sandbox_pid=sandbox_pid)
@@ -425,7 +441,7 @@ def container_spec(container_id: str, config: pb.ContainerConfig,
         if not sandbox_config.linux.security_context.privileged:
             raise errdefs.InvalidArgument(
                 "no privileged container allowed in a sandbox that is not privileged")
-        caps = list(oci.CAPABILITY_BITS)
+        caps = oci.current_capabilities()
         linux.pop("maskedPaths", None)
         linux.pop("readonlyPaths", None)
         for mount in spec["mounts"]:
@@ -435,6 +451,9 @@ def container_spec(container_id: str, config: pb.ContainerConfig,
         linux["devices"] = [*(linux.get("devices") or []), *[dict(d) for d in host_devices]]
     else:
         caps = _capabilities(security)
+        # Exactly the paths the CRI names (the kubelet sends its defaults): none if none.
+        linux.pop("maskedPaths", None)
+        linux.pop("readonlyPaths", None)
         if security.masked_paths:
             linux["maskedPaths"] = list(security.masked_paths)
         if security.readonly_paths:
@@ -451,6 +470,36 @@ def container_spec(container_id: str, config: pb.ContainerConfig,
         IMAGE_NAME: image_name, SANDBOX_ID: sandbox_id, SANDBOX_NAME: meta.name,
         SANDBOX_NAMESPACE: meta.namespace, SANDBOX_UID: meta.uid}
     return spec
+
+
+def _mount_of(path: str) -> tuple[str, list[str]]:
+    """(mount point, optional fields) of the mount ``path`` lies on, from mountinfo."""
+    real = os.path.realpath(path)
+    best: tuple[str, list[str]] = ("/", [])
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4].replace("\\040", " ")
+            if (real == point or real.startswith(point.rstrip("/") + "/")) \
+                    and len(point) >= len(best[0]):
+                best = (point, fields[6:fields.index("-")])
+    return best
+
+
+def _check_propagation(host_path: str, propagation: str) -> None:
+    """containerd's ensureShared / ensureSharedOrSlave: a mount that propagates from the host
+    needs its source on a shared (or, for rslave, slave) mount."""
+    if propagation == "rprivate":
+        return
+    point, optional = _mount_of(host_path)
+    shared = any(o.startswith("shared:") for o in optional)
+    slave = any(o.startswith("master:") for o in optional)
+    if propagation == "rshared" and not shared:
+        raise errdefs.Unknown(f"path {host_path!r} is mounted on {point!r} but it is not a "
+                              "shared mount")
+    if propagation == "rslave" and not (shared or slave):
+        raise errdefs.Unknown(f"path {host_path!r} is mounted on {point!r} but it is not a "
+                              "shared or slave mount")
 
 
 def namespace_options(config: pb.ContainerConfig,

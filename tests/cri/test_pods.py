@@ -180,3 +180,114 @@ def test_bad_input(daemons: dict[str, CRI], logs: dict[str, Path],
         c.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
                                    timeout=60)
     assert codes["berthd"] == codes["containerd"]
+
+
+def _spec(c: CRI, record_id: str) -> dict[str, Any]:
+    info = json.loads(Ctr(c.address, NS)("containers", "info", record_id).stdout)
+    return dict(info["Spec"])
+
+
+def _normal_spec(spec: dict[str, Any], ids: dict[str, str], pid: int) -> Any:
+    """A spec with what differs by daemon and run replaced: ids, the daemons' directories, the
+    sandbox's pid, the netns name."""
+    text = json.dumps(spec, sort_keys=True)
+    for old, new in ids.items():
+        text = text.replace(old, new)
+    text = re.sub(r'"/[^"]*?/io\.containerd\.grpc\.v1\.cri/(sandboxes|containers)/', r'"CRI/\1/',
+                  text)
+    text = text.replace(f"/proc/{pid}/ns/", "/proc/PID/ns/")
+    text = re.sub(r"/var/run/netns/cni-[0-9a-f-]+", "NETNS", text)
+    return json.loads(text)
+
+
+def _security(**settings: Any) -> Any:
+    def change(pod: pb.PodSandboxConfig, cfg: pb.ContainerConfig, tmp: Path) -> None:
+        ctx = cfg.linux.security_context
+        for key, value in settings.items():
+            if key == "capabilities":
+                ctx.capabilities.add_capabilities.extend(value.get("add_capabilities", []))
+                ctx.capabilities.drop_capabilities.extend(value.get("drop_capabilities", []))
+            elif key == "run_as_user":
+                ctx.run_as_user.value = value
+            elif key in ("masked_paths", "readonly_paths", "supplemental_groups"):
+                getattr(ctx, key).extend(value)
+            else:
+                setattr(ctx, key, value)
+    return change
+
+
+def _privileged(pod: pb.PodSandboxConfig, cfg: pb.ContainerConfig, tmp: Path) -> None:
+    pod.linux.security_context.privileged = True
+    cfg.linux.security_context.privileged = True
+
+
+def _host_namespaces(pod: pb.PodSandboxConfig, cfg: pb.ContainerConfig, tmp: Path) -> None:
+    options = pod.linux.security_context.namespace_options
+    options.network, options.ipc, options.pid = pb.NODE, pb.NODE, pb.NODE
+    pod.hostname = ""  # the kubelet sends none with the host's network
+    pod.linux.sysctls.clear()
+    cfg.linux.security_context.namespace_options.pid = pb.NODE
+
+
+def _own_pid(pod: pb.PodSandboxConfig, cfg: pb.ContainerConfig, tmp: Path) -> None:
+    cfg.linux.security_context.namespace_options.pid = pb.CONTAINER
+
+
+def _resources_and_mounts(pod: pb.PodSandboxConfig, cfg: pb.ContainerConfig, tmp: Path) -> None:
+    pod.linux.cgroup_parent = "/berthtest-specs"
+    r = cfg.linux.resources
+    r.cpu_period, r.cpu_quota, r.cpu_shares = 100000, 50000, 512
+    r.memory_limit_in_bytes, r.oom_score_adj = 64 << 20, 500
+    for i, prop in enumerate((pb.PROPAGATION_PRIVATE, pb.PROPAGATION_PRIVATE)):
+        host = tmp / f"vol{i}"
+        host.mkdir(exist_ok=True)
+        cfg.mounts.append(pb.Mount(container_path=f"/data/v{i}", host_path=str(host),
+                                   readonly=i == 1, propagation=prop))
+    cfg.devices.append(pb.Device(container_path="/dev/mynull", host_path="/dev/null",
+                                 permissions="rw"))
+
+
+SPEC_CASES = {
+    "default": _security(),
+    "restricted": _security(run_as_user=1000, readonly_rootfs=True, no_new_privs=True,
+                            seccomp_profile_path="runtime/default",
+                            capabilities={"add_capabilities": ["NET_ADMIN"],
+                                          "drop_capabilities": ["CHOWN", "KILL"]},
+                            supplemental_groups=[1234]),
+    "drop-all": _security(capabilities={"drop_capabilities": ["ALL"]},
+                          run_as_username="nobody"),
+    "paths": _security(masked_paths=["/proc/kcore"], readonly_paths=["/proc/sys"]),
+    "privileged": _privileged,
+    "host-namespaces": _host_namespaces,
+    "own-pid": _own_pid,
+    "resources-mounts-devices": _resources_and_mounts,
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPEC_CASES))
+def test_specs_match_containerd(daemons: dict[str, CRI], logs: dict[str, Path],
+                                busybox_image: ImageInfo, case: str, tmp_path: Path) -> None:
+    """The OCI specs each daemon gives the runtime, for a pod and a container, are the same
+    once ids and directories are set aside."""
+    specs = {}
+    for name, c in daemons.items():
+        pod = pod_config("specs", logs["berthd"], labels={"l": "1"}, annotations={"a": "1"},
+                         port_mappings=[pb.PortMapping(container_port=80)])
+        pod.linux.sysctls["net.ipv4.ip_unprivileged_port_start"] = "0"
+        cfg = container_config("spec", busybox_image.ref, "sleep 1000",
+                               envs=[pb.KeyValue(key="A", value="b")])
+        SPEC_CASES[case](pod, cfg, tmp_path)
+        pod_id = c.run_pod(pod)
+        try:
+            cid = c.create(pod_id, cfg, pod)
+            pid = json.loads(c.pod_status(pod_id, verbose=True).info["info"])["pid"]
+            ids = {pod_id: "POD", cid: "CONTAINER"}
+            specs[name] = (_normal_spec(_spec(c, pod_id), ids, pid),
+                           _normal_spec(_spec(c, cid), ids, pid))
+        finally:
+            c.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                       timeout=60)
+    for ours, theirs, what in zip(specs["berthd"], specs["containerd"], ("pod", "container"),
+                                  strict=True):
+        for key in sorted(set(ours) | set(theirs)):
+            assert ours.get(key) == theirs.get(key), (what, key)
