@@ -139,14 +139,17 @@ def delete_link(name: str) -> None:
 
 
 @contextlib.contextmanager
-def cri_daemons(base: Path, pause: str, *, berthd_extra: str = "",
+def cri_daemons(base: Path, pause: str, *, net: int = 0, berthd_extra: str = "",
                 containerd_extra: str = "") -> Iterator[dict[str, CRI]]:
     """{"berthd": ..., "containerd": ...} with ``pause`` as the sandbox image, each with a
-    bridge network of its own (berthcri0 10.203.0.0/24; berthref0 10.204.0.0/24)."""
+    bridge network of its own: berthcri<net> on 10.203.<net>.0/24 and berthref<net> on
+    10.204.<net>.0/24 (each test module takes its own ``net``, so modules never share a
+    bridge)."""
+    ours, theirs = f"berthcri{net}", f"berthref{net}"
     berthd_cni = base / "berthd-net.d"
     berthd_cni.mkdir()
     (berthd_cni / "10-bridge.conflist").write_text(json.dumps(bridge_conflist(
-        "berth-cri", "berthcri0", "10.203.0.0/24", base / "berthd-ipam")))
+        "berth-cri", ours, f"10.203.{net}.0/24", base / "berthd-ipam")))
     config = base / "berthd.toml"
     config.write_text(f'''version = 2
 [plugins."io.containerd.grpc.v1.cri"]
@@ -163,7 +166,7 @@ def cri_daemons(base: Path, pause: str, *, berthd_extra: str = "",
                 ReferenceContainerd(cri=True, cri_config=f'  sandbox_image = "{pause}"\n'
                                     + containerd_extra) as containerd:
             (containerd.cni_conf_dir / "10-bridge.conflist").write_text(json.dumps(
-                bridge_conflist("berth-ref", "berthref0", "10.204.0.0/24",
+                bridge_conflist("berth-ref", theirs, f"10.204.{net}.0/24",
                                 base / "containerd-ipam")))
             clients = {"berthd": CRI(berthd.address, "berthd"),
                        "containerd": CRI(containerd.address, "containerd")}
@@ -176,8 +179,8 @@ def cri_daemons(base: Path, pause: str, *, berthd_extra: str = "",
     finally:
         for c in clients.values():
             c.close()
-        delete_link("berthcri0")
-        delete_link("berthref0")
+        delete_link(ours)
+        delete_link(theirs)
 
 
 def _wait_network_ready(c: CRI, within: float = 10) -> None:
