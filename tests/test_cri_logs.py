@@ -1,5 +1,6 @@
 """CRI container logs written outside the formatter's unit tests: by Berth's shim for a
-``crilog://`` stdout (real shim, real runc, busybox), and by berthd's copier from real FIFOs
+``crilog://`` stdout (real shim, real runc, busybox), compared with what containerd 1.6.20's own
+CRI writes for the same containers, and by berthd's copier from real FIFOs
 (:class:`berth.cri.logs.LogCopier`) for shims that are not Berth's.
 
 Records are compared with their timestamps parsed out (each checked for its RFC 3339 shape);
@@ -20,10 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cri_fixtures import CRI, container_config
+from images import ImageInfo
+from reference_containerd import ReferenceContainerd
 from test_crilog import Record, records, umask_022
 from test_shim import Shim, api, busybox_rootfs, container_spec, default_spec, run, workdir
 
 from berth import crilog, errdefs
+from berth.api.cri.runtime.v1 import api_pb2 as pb
 from berth.cri.logs import LogCopier
 
 # fixtures shared with test_shim and test_crilog
@@ -160,6 +165,67 @@ def test_shim_terminal_output_is_stdout(workdir: Path, busybox_rootfs: Path,
                                      stdout=crilog.format_uri(str(log))) == 0
             assert read_records(log) == [("stdout", "F", b"tty-out"), ("stdout", "F", b"tty-err"),
                                          ("stdout", "F", b"/dev/pts/0"), ("stdout", "P", b"end")]
+
+    run(main())
+
+
+# What containerd 1.6.20's CRI writes for the same output: CRLF, an empty line, a lone CR,
+# lines over the maximum (16 here), an unterminated line on each stream (one ending in CR).
+TRICKY = (r"printf 'dos\r\n\ncr\rmid\n'; echo err >&2; printf 'long%.0s' $(seq 10); echo; "
+          r"printf 'errpartial\r' >&2; printf partial")
+TRICKY_RECORDS = {
+    "stdout": [("F", b"dos"), ("F", b""), ("F", b"cr\rmid"), ("P", b"long" * 4),
+               ("P", b"long" * 4), ("F", b"long" * 2), ("P", b"partial")],
+    "stderr": [("F", b"err"), ("P", b"errpartial\r")]}
+TTY = "echo a; echo b >&2; printf end"
+TTY_RECORDS = {"stdout": [("F", b"a"), ("F", b"b"), ("P", b"end")], "stderr": []}
+
+
+@pytest.mark.needs_root
+def test_shim_writes_what_containerds_cri_writes(workdir: Path, busybox_rootfs: Path,
+                                                 default_spec: dict[str, Any], pause_image: str,
+                                                 busybox_image: ImageInfo) -> None:
+    """The same containers under containerd's own CRI (a host-network pod, its
+    max_container_log_line_size 16) and under Berth's shim with a crilog:// URI give the same
+    records."""
+    logs = workdir / "containerd-logs"
+    logs.mkdir()
+    theirs = {}
+    with ReferenceContainerd(cri=True, cri_config=f'  sandbox_image = "{pause_image}"\n'
+                             "  max_container_log_line_size = 16\n") as containerd:
+        c = CRI(containerd.address, "containerd")
+        try:
+            c.pull(busybox_image.ref)
+            host_network = pb.NamespaceOption(network=pb.NODE)
+            pod = pb.PodSandboxConfig(
+                metadata=pb.PodSandboxMetadata(name="logs", uid="uid-logs", namespace="default"),
+                log_directory=str(logs), linux=pb.LinuxPodSandboxConfig(
+                    security_context=pb.LinuxSandboxSecurityContext(
+                        namespace_options=host_network)))
+            pod_id = c.run_pod(pod)
+            for name, script, tty, want in (("tricky", TRICKY, False, TRICKY_RECORDS),
+                                            ("tty", TTY, True, TTY_RECORDS)):
+                c.wait_exited(c.run(pod_id, container_config(name, busybox_image.ref, script,
+                                                             tty=tty), pod))
+                # The daemon's logger may write the last records a moment after the exit.
+                deadline = time.monotonic() + 10
+                while (got := by_stream(read_records(logs / f"{name}.log"))) != want \
+                        and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                theirs[name] = got
+        finally:
+            c.remove_everything()
+            c.close()
+    assert theirs == {"tricky": TRICKY_RECORDS, "tty": TTY_RECORDS}
+
+    async def main() -> None:
+        for name, script, tty in (("tricky", TRICKY, False), ("tty", TTY, True)):
+            spec = container_spec(default_spec, ["sh", "-c", script], terminal=tty)
+            async with Shim("berth", workdir, busybox_rootfs, spec) as shim:
+                log = workdir / f"{name}.log"
+                assert await run_to_exit(shim, terminal=tty,
+                                         stdout=crilog.format_uri(str(log), 16)) == 0
+                assert by_stream(read_records(log)) == theirs[name], name
 
     run(main())
 
