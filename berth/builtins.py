@@ -280,6 +280,7 @@ def _cri(ctx: InitContext) -> GRPCServices:
     from berth.cri.runtime import Runtime
     from berth.cri.sandboxes import Sandboxes
     from berth.cri.service import ImageServicer, RuntimeServicer
+    from berth.cri.stats import Stats
 
     config = cri_config.load(ctx.config)
     log = logging.getLogger("berth.cri")
@@ -313,7 +314,7 @@ def _cri(ctx: InitContext) -> GRPCServices:
     core.start_monitor()
     runtime = Runtime(network.error)
     return GRPCServices(
-        GRPCService(RuntimeServicer(runtime, sandboxes, containers),
+        GRPCService(RuntimeServicer(runtime, sandboxes, containers, Stats(core, fs_path)),
                     api_pb2_grpc.add_RuntimeServiceServicer_to_server,
                     "runtime.v1.RuntimeService"),
         GRPCService(ImageServicer(images), api_pb2_grpc.add_ImageServiceServicer_to_server,

@@ -15,6 +15,7 @@ from berth.cri.containers import Containers
 from berth.cri.images import Auth, CRIImage, ImageService
 from berth.cri.runtime import Runtime
 from berth.cri.sandboxes import Sandboxes, SandboxInfo, sandbox_state
+from berth.cri.stats import Stats
 from berth.cri.store import Container
 
 
@@ -65,10 +66,12 @@ def container_status(c: Container, image_ref: str) -> pb.ContainerStatus:
 
 
 class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
-    def __init__(self, runtime: Runtime, sandboxes: Sandboxes, containers: Containers) -> None:
+    def __init__(self, runtime: Runtime, sandboxes: Sandboxes, containers: Containers,
+                 stats: Stats) -> None:
         self.runtime = runtime
         self.sandboxes = sandboxes
         self.containers = containers
+        self.stats = stats
 
     def Version(self, request: pb.VersionRequest,
                 context: grpc.ServicerContext) -> pb.VersionResponse:
@@ -162,6 +165,33 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
                            context: grpc.ServicerContext) -> pb.ReopenContainerLogResponse:
         self.containers.reopen_log(request.container_id)
         return pb.ReopenContainerLogResponse()
+
+    # -- stats ---------------------------------------------------------------------------------
+
+    def ContainerStats(self, request: pb.ContainerStatsRequest,
+                       context: grpc.ServicerContext) -> pb.ContainerStatsResponse:
+        c = self.containers.get(request.container_id)
+        return pb.ContainerStatsResponse(stats=self.stats.container(c))
+
+    def ListContainerStats(self, request: pb.ListContainerStatsRequest,
+                           context: grpc.ServicerContext) -> pb.ListContainerStatsResponse:
+        f = request.filter
+        flt = pb.ContainerFilter(id=f.id, pod_sandbox_id=f.pod_sandbox_id,
+                                 label_selector=f.label_selector)
+        return pb.ListContainerStatsResponse(
+            stats=self.stats.containers(self.containers.list(flt)))
+
+    def PodSandboxStats(self, request: pb.PodSandboxStatsRequest,
+                        context: grpc.ServicerContext) -> pb.PodSandboxStatsResponse:
+        info = self.sandboxes.status(request.pod_sandbox_id)
+        return pb.PodSandboxStatsResponse(stats=self.stats.pod(info.sandbox))
+
+    def ListPodSandboxStats(self, request: pb.ListPodSandboxStatsRequest,
+                            context: grpc.ServicerContext) -> pb.ListPodSandboxStatsResponse:
+        f = request.filter
+        flt = pb.PodSandboxFilter(id=f.id, label_selector=f.label_selector)
+        return pb.ListPodSandboxStatsResponse(
+            stats=[self.stats.pod(i.sandbox) for i in self.sandboxes.list(flt)])
 
     def ExecSync(self, request: pb.ExecSyncRequest,
                  context: grpc.ServicerContext) -> pb.ExecSyncResponse:

@@ -242,6 +242,9 @@ class CgroupStats:
     inactive_file: int  # of which page cache the kernel may reclaim first
     limit: int  # the memory limit (0 or huge when there is none)
     pids: int
+    rss: int = 0  # anonymous memory (v1 total_rss, v2 anon)
+    page_faults: int = 0
+    major_page_faults: int = 0
 
 
 def cgroup_stats(value: AnyValue) -> CgroupStats | None:
@@ -252,14 +255,17 @@ def cgroup_stats(value: AnyValue) -> CgroupStats | None:
 
         m1 = v1.Metrics()
         m1.ParseFromString(value.value)
-        return CgroupStats(m1.cpu.usage.total, m1.memory.usage.usage,
-                           m1.memory.total_inactive_file, m1.memory.usage.limit,
-                           m1.pids.current)
+        mem1 = m1.memory
+        return CgroupStats(m1.cpu.usage.total, mem1.usage.usage, mem1.total_inactive_file,
+                           mem1.usage.limit, m1.pids.current, mem1.total_rss,
+                           mem1.total_pg_fault, mem1.total_pg_maj_fault)
     if name == "io.containerd.cgroups.v2.Metrics":
         from berth.api.cgroups.v2 import metrics_pb2 as v2
 
         m2 = v2.Metrics()
         m2.ParseFromString(value.value)
-        return CgroupStats(m2.cpu.usage_usec * 1000, m2.memory.usage, m2.memory.inactive_file,
-                           m2.memory.usage_limit, m2.pids.current)
+        mem2 = m2.memory
+        return CgroupStats(m2.cpu.usage_usec * 1000, mem2.usage, mem2.inactive_file,
+                           mem2.usage_limit, m2.pids.current, mem2.anon, mem2.pgfault,
+                           mem2.pgmajfault)
     return None
