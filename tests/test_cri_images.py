@@ -17,36 +17,16 @@ from typing import Any
 import grpc
 import pytest
 from conftest import Ctr, require_root
+from cri_fixtures import CRI
 from daemon import Berthd
 from images import ImageInfo
 from reference_containerd import ReferenceContainerd
 
 from berth import CONTAINERD_VERSION
 from berth.api.cri.runtime.v1 import api_pb2 as pb
-from berth.api.cri.runtime.v1 import api_pb2_grpc
 from berth.cri.images import Auth, credentials, split_references, user_of
 
 NS = "k8s.io"
-
-
-class CRI:
-    """A runtime.v1 client on one daemon's socket."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.channel = grpc.insecure_channel(f"unix://{address}")
-        self.runtime = api_pb2_grpc.RuntimeServiceStub(self.channel)
-        self.images = api_pb2_grpc.ImageServiceStub(self.channel)
-
-    def status(self, ref: str) -> pb.ImageStatusResponse:
-        return self.images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=ref)),
-                                       timeout=30)
-
-    def remove(self, ref: str) -> None:
-        self.images.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=ref)), timeout=60)
-
-    def list(self) -> list[pb.Image]:
-        return list(self.images.ListImages(pb.ListImagesRequest(), timeout=30).images)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +83,7 @@ def test_status(daemons: dict[str, CRI]) -> None:
 
 def test_unimplemented_rpcs(daemons: dict[str, CRI]) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        daemons["berthd"].runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10)
+        daemons["berthd"].runtime.Attach(pb.AttachRequest(container_id="x"), timeout=10)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
