@@ -138,6 +138,27 @@ def delete_link(name: str) -> None:
     subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
 
 
+def berthd_config(base: Path, pause: str, bridge: str, subnet: str, extra: str = "") -> Path:
+    """A berthd configuration file for the CRI: ``pause`` as the sandbox image, a CNI
+    configuration directory holding a bridge network, containerd's restrict_oom_score_adj
+    (root here lacks CAP_SYS_RESOURCE)."""
+    cni = base / "berthd-net.d"
+    cni.mkdir()
+    (cni / "10-bridge.conflist").write_text(json.dumps(bridge_conflist(
+        "berth-cri", bridge, subnet, base / "berthd-ipam")))
+    config = base / "berthd.toml"
+    config.write_text(f'''version = 2
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  restrict_oom_score_adj = true
+{extra}
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    conf_dir = "{cni}"
+    bin_dir = "{CNI_BIN}"
+''')
+    return config
+
+
 @contextlib.contextmanager
 def cri_daemons(base: Path, pause: str, *, net: int = 0, berthd_extra: str = "",
                 containerd_extra: str = "") -> Iterator[dict[str, CRI]]:
@@ -146,20 +167,7 @@ def cri_daemons(base: Path, pause: str, *, net: int = 0, berthd_extra: str = "",
     10.204.<net>.0/24 (each test module takes its own ``net``, so modules never share a
     bridge)."""
     ours, theirs = f"berthcri{net}", f"berthref{net}"
-    berthd_cni = base / "berthd-net.d"
-    berthd_cni.mkdir()
-    (berthd_cni / "10-bridge.conflist").write_text(json.dumps(bridge_conflist(
-        "berth-cri", ours, f"10.203.{net}.0/24", base / "berthd-ipam")))
-    config = base / "berthd.toml"
-    config.write_text(f'''version = 2
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  restrict_oom_score_adj = true
-{berthd_extra}
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    conf_dir = "{berthd_cni}"
-    bin_dir = "{CNI_BIN}"
-''')
+    config = berthd_config(base, pause, ours, f"10.203.{net}.0/24", berthd_extra)
     clients: dict[str, CRI] = {}
     try:
         with Berthd(base / "berthd", config=str(config)) as berthd, \
