@@ -296,6 +296,9 @@ def _cri(ctx: InitContext) -> GRPCServices:
                     if pl.registration.type == p.SNAPSHOTTER
                     and pl.registration.id == config.snapshotter), "")
     puller, _, resolvers = ctx.get(TRANSFER)
+    if config.registry_config_path:
+        # The CRI's own hosts.toml directories (mirrors, CAs, plain HTTP), as containerd's.
+        resolvers = _resolvers(config.registry_config_path.split(":"))
     images = ImageService(md.images, md.content, puller, resolvers,
                           md.snapshotters[config.snapshotter],
                           snapshotter_name=config.snapshotter, fs_path=fs_path)

@@ -244,7 +244,15 @@ class ImageService:
         opts = PullOptions(platform=platforms.host(), unpack=True,
                            snapshotter=self.snapshotter_name)
         with namespaces.use(NAMESPACE):
-            pulled = self.puller.pull(resolver, str(named), opts)
+            try:
+                pulled = self.puller.pull(resolver, str(named), opts)
+            except (errdefs.NotFound, errdefs.InvalidArgument):
+                raise
+            except errdefs.BerthError as err:
+                # containerd answers Unknown for what is neither missing nor malformed (a host
+                # that cannot be reached, a registry error).
+                raise errdefs.Unknown(
+                    f"failed to pull and unpack image {str(named)!r}: {err}") from None
             image_id = self._resolve(pulled.target).config
             repo_tag = str(named) if named.tag and not named.digest else ""
             repo_digest = f"{named.name}@{pulled.target.digest}"
