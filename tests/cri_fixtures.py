@@ -28,9 +28,10 @@ CNI_BIN = "/usr/lib/cni"
 class CRI:
     """A runtime.v1 client on one daemon's socket."""
 
-    def __init__(self, address: str, name: str = "") -> None:
+    def __init__(self, address: str, name: str = "", pid: int = 0) -> None:
         self.address = address
         self.name = name
+        self.pid = pid  # the daemon's, when known
         self.channel = grpc.insecure_channel(f"unix://{address}")
         self.runtime = api_pb2_grpc.RuntimeServiceStub(self.channel)
         self.images = api_pb2_grpc.ImageServiceStub(self.channel)
@@ -161,7 +162,8 @@ def berthd_config(base: Path, pause: str, bridge: str, subnet: str, extra: str =
 
 @contextlib.contextmanager
 def cri_daemons(base: Path, pause: str, *, net: int = 0, berthd_extra: str = "",
-                containerd_extra: str = "") -> Iterator[dict[str, CRI]]:
+                containerd_extra: str = "", log_level: str = "debug"
+                ) -> Iterator[dict[str, CRI]]:
     """{"berthd": ..., "containerd": ...} with ``pause`` as the sandbox image, each with a
     bridge network of its own: berthcri<net> on 10.203.<net>.0/24 and berthref<net> on
     10.204.<net>.0/24 (each test module takes its own ``net``, so modules never share a
@@ -170,14 +172,15 @@ def cri_daemons(base: Path, pause: str, *, net: int = 0, berthd_extra: str = "",
     config = berthd_config(base, pause, ours, f"10.203.{net}.0/24", berthd_extra)
     clients: dict[str, CRI] = {}
     try:
-        with Berthd(base / "berthd", config=str(config)) as berthd, \
+        with Berthd(base / "berthd", config=str(config), log_level=log_level) as berthd, \
                 ReferenceContainerd(cri=True, cri_config=f'  sandbox_image = "{pause}"\n'
                                     + containerd_extra) as containerd:
             (containerd.cni_conf_dir / "10-bridge.conflist").write_text(json.dumps(
                 bridge_conflist("berth-ref", theirs, f"10.204.{net}.0/24",
                                 base / "containerd-ipam")))
-            clients = {"berthd": CRI(berthd.address, "berthd"),
-                       "containerd": CRI(containerd.address, "containerd")}
+            assert berthd.proc is not None
+            clients = {"berthd": CRI(berthd.address, "berthd", berthd.proc.pid),
+                       "containerd": CRI(containerd.address, "containerd", containerd.pid)}
             _wait_network_ready(clients["containerd"])
             try:
                 yield clients

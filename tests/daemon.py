@@ -33,18 +33,20 @@ class Berthd:
     """``with Berthd(tmp) as d:`` runs berthd until the block ends; ``d.restart()`` stops it
     (TERM, or KILL with ``hard=True``) and starts it again on the same root."""
 
-    def __init__(self, base: Path, *, config: str | None = None) -> None:
+    def __init__(self, base: Path, *, config: str | None = None,
+                 log_level: str = "debug") -> None:
         self.base = Path(base)
         self.root = self.base / "root"
         self.state = self.base / "state"
         self.address = str(self.base / "berthd.sock")
         self.log_path = self.base / "berthd.log"
         self.config = config
+        self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         cmd = [str(BERTHD), "--root", str(self.root), "--state", str(self.state),
-               "--address", self.address, "--log-level", "debug"]
+               "--address", self.address, "--log-level", self.log_level]
         if self.config:
             cmd += ["--config", self.config]
         self.base.mkdir(parents=True, exist_ok=True)
