@@ -546,13 +546,15 @@ def _wait_process(task: Any, exec_id: str, timeout: float | None) -> Exit | None
 
 
 def _check_log_path(path: str) -> None:
-    """Create (or open) the log file, as containerd does before starting a container, so a bad
-    path is a clear error of the start."""
+    """Create (or open) the log file and its directory, as containerd does before starting a
+    container, so a bad path is a clear error of the start."""
     if not os.path.isabs(path):
         raise errdefs.InvalidArgument(f"log path {path!r} must be absolute")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o640)
+        os.makedirs(os.path.dirname(path), mode=crilog.LOG_DIR_MODE, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                     crilog.LOG_FILE_MODE)
     except OSError as err:
-        raise errdefs.InvalidArgument(
+        raise errdefs.Unknown(
             f"failed to create and open log file {path!r}: {err.strerror}") from None
     os.close(fd)

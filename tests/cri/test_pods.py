@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -353,3 +354,107 @@ def test_stats(daemons: dict[str, CRI], logs: dict[str, Path], busybox_image: Im
     assert pod_stats.cpu.usage_core_nano_seconds.value >= stats.cpu.usage_core_nano_seconds.value
     assert pod_stats.network.default_interface.name == "eth0"
     assert [s.attributes.id for s in pod_stats.containers] == [stats.attributes.id]
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_exec_sync_timeout_and_cap(daemons: dict[str, CRI], logs: dict[str, Path],
+                                   busybox_image: ImageInfo) -> None:
+    """ExecSync: output and exit code of a command; a command that outlives its timeout is
+    killed (DEADLINE_EXCEEDED); output over 16 MiB is never held (CVE-2022-31030: berthd's
+    memory does not grow with it), and, as with containerd, an answer over gRPC's 16 MiB
+    message limit is RESOURCE_EXHAUSTED."""
+    seen = {}
+    for name, c in daemons.items():
+        pod = pod_config("execs", logs[name])
+        pod_id = c.run_pod(pod)
+        try:
+            cid = c.run(pod_id, container_config("t", busybox_image.ref, "exec sleep 1000"),
+                        pod)
+            small = c.exec_sync(cid, "sh", "-c", "head -c 1000000 /dev/zero; "
+                                "head -c 100 /dev/zero >&2; exit 4", timeout=60)
+            timed_out = _code(lambda c=c, cid=cid: c.exec_sync(cid, "sleep", "30",
+                                                               timeout=1))[0]
+            left = c.exec_sync(cid, "sh", "-c", "ps -o args | grep -c '^sleep 30' || true")
+            peak = _peak_rss_kib(c.pid)
+            huge = _code(lambda c=c, cid=cid: c.exec_sync(
+                cid, "sh", "-c", "head -c 200000000 /dev/zero", timeout=60))[0]
+            grew = _peak_rss_kib(c.pid) - peak
+            seen[name] = (len(small.stdout), len(small.stderr), small.exit_code, timed_out,
+                          left.stdout.strip(), huge)
+            if name == "berthd":
+                # 16 MiB kept, its copy into the answer and the serialized message: bounded,
+                # far below the 200 MB the command wrote.
+                assert grew < 80 << 10, f"berthd's peak RSS grew by {grew} KiB"
+        finally:
+            c.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                       timeout=60)
+    assert seen["berthd"] == seen["containerd"] == (
+        1000000, 100, 4, grpc.StatusCode.DEADLINE_EXCEEDED, b"0",
+        grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def test_update_resources_and_reopen_log(daemons: dict[str, CRI], logs: dict[str, Path],
+                                         busybox_image: ImageInfo) -> None:
+    seen = {}
+    for name, c in daemons.items():
+        pod = pod_config("upd", logs[name])
+        pod_id = c.run_pod(pod)
+        try:
+            cid = c.run(pod_id, container_config(
+                "tick", busybox_image.ref, "while true; do echo tick; sleep 0.05; done"), pod)
+            c.runtime.UpdateContainerResources(pb.UpdateContainerResourcesRequest(
+                container_id=cid, linux=pb.LinuxContainerResources(
+                    memory_limit_in_bytes=96 << 20, cpu_shares=256)), timeout=30)
+            limit = c.exec_sync(cid, "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                "/sys/fs/cgroup/cpu/cpu.shares").stdout.split()
+            log = logs[name] / "tick.log"
+            log.rename(logs[name] / "tick.log.1")
+            c.runtime.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid),
+                                         timeout=30)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (not log.exists() or
+                                                   "tick" not in log.read_text()):
+                time.sleep(0.05)
+            reopened = log.exists() and "stdout F tick" in log.read_text()
+            c.stop(cid)
+            code = _code(lambda c=c, cid=cid: c.runtime.ReopenContainerLog(
+                pb.ReopenContainerLogRequest(container_id=cid), timeout=30))[0]
+            seen[name] = (limit, reopened, code)
+        finally:
+            c.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                       timeout=60)
+    assert seen["berthd"] == seen["containerd"]
+    assert seen["berthd"][:2] == ([str(96 << 20).encode(), b"256"], True)
+
+
+def test_log_directory(daemons: dict[str, CRI], tmp_path: Path,
+                       busybox_image: ImageInfo) -> None:
+    """A missing log directory is made (as containerd makes it); a log path that cannot be a
+    file (its directory is a regular file) fails the start on both, nothing left running."""
+    seen = {}
+    for name, c in daemons.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "file").write_text("not a directory\n")
+        made = pod_config("mkdir", tmp_path / name / "made" / "here")
+        bad = pod_config("badlog", tmp_path / name / "file")
+        ids = [c.run_pod(made), c.run_pod(bad)]
+        try:
+            cid = c.run(ids[0], container_config("x", busybox_image.ref, "echo made"), made)
+            ok = c.wait_exited(cid).exit_code
+            written = (tmp_path / name / "made" / "here" / "x.log").read_text().split(" ")[-1]
+            cid = c.create(ids[1], container_config("x", busybox_image.ref, "true"), bad)
+            code = _code(lambda c=c, cid=cid: c.start(cid))[0]
+            state = c.container_status(cid).status.state
+            seen[name] = (ok, written, code, state)
+        finally:
+            for pod_id in ids:
+                c.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                           timeout=60)
+    assert seen["berthd"] == seen["containerd"]
+    assert seen["berthd"][:2] == (0, "made\n")
