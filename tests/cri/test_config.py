@@ -1,0 +1,72 @@
+"""The CRI plugin's configuration: containerd 1.6.20's keys and defaults, unknown keys reported
+(berthd warns about each), wrong types refused with the key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import require_root
+from daemon import Berthd
+
+from berth import errdefs
+from berth.cri import config
+
+
+def test_defaults_are_containerds() -> None:
+    c = config.load({})
+    assert c.sandbox_image == "registry.k8s.io/pause:3.6"
+    assert c.max_container_log_line_size == 16384
+    assert not c.restrict_oom_score_adj and not c.disable_cgroup
+    assert c.cni_bin_dirs == ("/opt/cni/bin",) and c.cni_conf_dir == "/etc/cni/net.d"
+    assert c.cni_max_conf_num == 1
+    assert c.snapshotter == "overlayfs" and c.default_runtime_name == "runc"
+    assert c.handler("").runtime_type == "io.containerd.runc.v2"
+    assert c.unknown == () and c.ignored == ()
+
+
+def test_runtimes_and_handlers() -> None:
+    c = config.load({"containerd": {"default_runtime_name": "fast", "runtimes": {
+        "fast": {"runtime_type": "io.containerd.berth.v2", "pod_annotations": ["a/*"]},
+        "go": {"runtime_type": "io.containerd.runc.v2",
+               "runtime_path": "/usr/bin/containerd-shim-runc-v2"}}}})
+    assert c.handler("").name == "fast"
+    assert c.handler("fast").pod_annotations == ("a/*",)
+    assert c.handler("go").runtime_path == "/usr/bin/containerd-shim-runc-v2"
+    assert c.handler("runc").runtime_type == "io.containerd.runc.v2"  # always there
+    with pytest.raises(errdefs.NotFound, match="no runtime for 'nosuch'"):
+        c.handler("nosuch")
+
+
+def test_unknown_and_ignored_keys() -> None:
+    c = config.load({"sandbox_imag": "typo", "stream_server_port": "0",
+                     "cni": {"bin_dirr": "/x"},
+                     "containerd": {"runtimes": {"runc": {"runtime_tyep": "x"}}}})
+    assert set(c.unknown) == {"sandbox_imag", "cni.bin_dirr",
+                              "containerd.runtimes.runc.runtime_tyep"}
+    assert c.ignored == ("stream_server_port",)
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"sandbox_image": 3}, "sandbox_image must be a str"),
+    ({"restrict_oom_score_adj": "yes"}, "restrict_oom_score_adj must be a bool"),
+    ({"max_container_log_line_size": 0}, "max_container_log_line_size must be positive"),
+    ({"max_container_log_line_size": True}, "max_container_log_line_size must be a number"),
+    ({"cni": []}, "cni must be a table"),
+    ({"cni": {"bin_dir": [1]}}, "cni.bin_dir must be a list of strings"),
+    ({"containerd": {"default_runtime_name": "nope"}}, "names no"),
+])
+def test_bad_values(table: dict[str, object], message: str) -> None:
+    with pytest.raises(errdefs.InvalidArgument, match=message):
+        config.load(table)
+
+
+def test_berthd_warns_about_unknown_keys(tmp_path: Path) -> None:
+    require_root()
+    conf = tmp_path / "config.toml"
+    conf.write_text('version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n'
+                    '  sandbox_imag = "typo"\n'
+                    f'  [plugins."io.containerd.grpc.v1.cri".cni]\n    conf_dir = "{tmp_path}"\n')
+    with Berthd(tmp_path / "berthd", config=str(conf)) as daemon:
+        log = daemon.log()
+    assert "unknown key 'sandbox_imag'" in log
