@@ -52,8 +52,10 @@ def result_document(result: Result) -> dict[str, Any]:
             name: {"IPConfigs": [{"IP": c.ip, "Gateway": c.gateway} for c in iface.ip_configs]
                    or None, "Mac": iface.mac, "Sandbox": iface.sandbox}
             for name, iface in result.interfaces.items()},
-        "DNS": list(result.dns),
-        "Routes": [{"dst": r.dst, "gw": r.gw} for r in result.routes] or None,
+        # One entry per network, empty ones too, as go-cni keeps them.
+        "DNS": [raw.get("dns") or {} for raw in result.raw],
+        "Routes": [{"dst": r.dst, **({"gw": r.gw} if r.gw else {})} for r in result.routes]
+        or None,
     }
 
 
@@ -105,11 +107,14 @@ class PodNetwork:
     # -- CNI
 
     def setup(self, sb: Sandbox) -> None:
+        """ADD the pod's networks (undone by the CNI layer itself when it fails)."""
         self._refresh()
         try:
             result = self.cni.setup(sb.id, sb.netns_path, cni_args(sb), capabilities(sb.config))
         except errdefs.BerthError as err:
-            raise type(err)(f"failed to setup network for sandbox {sb.id!r}: {err}") from None
+            # containerd answers Unknown for a failed CNI ADD (a plain error).
+            raise errdefs.Unknown(
+                f'failed to setup network for sandbox "{sb.id}": {err}') from None
         sb.ip, additional = result.pod_ips()
         sb.additional_ips = list(additional)
         sb.cni_result = result_document(result)

@@ -155,8 +155,8 @@ class Sandboxes:
         if not sb.host_network:
             sb.netns_path = self.network.create_netns()
             undo.callback(self.network.remove_netns, sb.netns_path)
-            undo.callback(self.network.teardown, sb)  # CNI may allocate even when ADD fails
-            self.network.setup(sb)
+            self.network.setup(sb)  # a failed ADD undoes what it allocated
+            undo.callback(self.network.teardown, sb)
         with core.rootfs(sandbox_id) as rootfs:
             spec = crispec.sandbox_spec(
                 sandbox_id, config, image.config, namespace=NAMESPACE, rootfs=rootfs,
@@ -240,8 +240,9 @@ class Sandboxes:
             raise errdefs.NotFound(
                 "an error occurred when try to find sandbox: not found") from None
         state = sb.state
-        closed = not sb.netns_path or self.network.netns_closed(sb.netns_path)
-        ip, extra = ("", []) if sb.host_network or closed else (sb.ip, sb.additional_ips)
+        closed = bool(sb.netns_path) and self.network.netns_closed(sb.netns_path)
+        ip, extra = ("", []) if sb.host_network or closed or not sb.netns_path \
+            else (sb.ip, sb.additional_ips)
         info: dict[str, str] = {}
         if verbose:
             info["info"] = json.dumps(self._verbose(sb, state, closed), separators=(",", ":"))
