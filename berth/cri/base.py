@@ -49,6 +49,7 @@ from berth.snapshots import Snapshotter
 log = logging.getLogger(__name__)
 
 EXIT_TOPIC = "/tasks/exit"
+OOM_TOPIC = "/tasks/oom"
 REASON_COMPLETED = "Completed"
 REASON_ERROR = "Error"
 REASON_OOM = "OOMKilled"
@@ -103,6 +104,7 @@ class Core:
         self.index = Index()
         self._stop = threading.Event()
         self._exit_handlers: list[Callable[[str, Exit], None]] = []
+        self._oom_handlers: list[Callable[[str], None]] = []
         self._monitor: threading.Thread | None = None
         for d in (os.path.join(paths.root, "sandboxes"), os.path.join(paths.root, "containers"),
                   os.path.join(paths.state, "sandboxes"), os.path.join(paths.state, "containers")):
@@ -185,10 +187,15 @@ class Core:
         """Call ``handler(task_id, exit)`` for each task init's exit in ``k8s.io``."""
         self._exit_handlers.append(handler)
 
+    def on_oom(self, handler: Callable[[str], None]) -> None:
+        """Call ``handler(task_id)`` when a task's cgroup runs out of memory in ``k8s.io``."""
+        self._oom_handlers.append(handler)
+
     def start_monitor(self) -> None:
         if self.exchange is None or self._monitor is not None:
             return
-        sub = self.exchange.subscribe([f'topic=="{EXIT_TOPIC}",namespace=="{NAMESPACE}"'])
+        sub = self.exchange.subscribe([f'topic=="{EXIT_TOPIC}",namespace=="{NAMESPACE}"',
+                                       f'topic=="{OOM_TOPIC}",namespace=="{NAMESPACE}"'])
         self._monitor = threading.Thread(target=self._follow, args=(sub,),
                                          name="cri-exit-monitor", daemon=True)
         self._monitor.start()
@@ -201,6 +208,13 @@ class Core:
             while not self._stop.is_set():
                 env = sub.get(0.5)
                 if env is None:
+                    continue
+                if env.topic == OOM_TOPIC:
+                    oom = env.message
+                    if not isinstance(oom, events_pb.TaskOOM):
+                        oom = events_pb.TaskOOM.FromString(env.value)
+                    for on_oom in self._oom_handlers:
+                        on_oom(oom.container_id)
                     continue
                 event = env.message
                 if not isinstance(event, events_pb.TaskExit):

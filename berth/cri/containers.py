@@ -136,7 +136,9 @@ class Containers:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._copiers: dict[str, LogCopier] = {}
+        self._oom_killed: set[str] = set()
         core.on_exit(self._exited)
+        core.on_oom(self._oom_killed.add)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -306,10 +308,13 @@ class Containers:
             return
         self._record_exit(c, exit_)
 
-    def _record_exit(self, c: Container, exit_: Exit, oom: bool = False) -> None:
+    def _record_exit(self, c: Container, exit_: Exit) -> None:
+        """Record a container's exit (once), as OOMKilled when its cgroup ran out of memory."""
         with c.lock:
             if c.status.finished_at:
                 return
+            oom = c.id in self._oom_killed
+            self._oom_killed.discard(c.id)
             with contextlib.suppress(errdefs.NotFound, errdefs.FailedPrecondition):
                 self.core.runtime.delete(c.id)
             copier = self._copiers.pop(c.id, None)

@@ -161,9 +161,9 @@ def seccomp_profile(security: pb.LinuxContainerSecurityContext | pb.LinuxSandbox
 
 
 def _user_ids(rootfs: str | None, user: str, run_as_user: int | None, run_as_group: int | None,
-              username: str) -> tuple[int, int, str]:
-    """(uid, gid, the user string that names the user for /etc/group) as containerd picks
-    them: runAsUser (+ runAsGroup), runAsUsername, else the image's user."""
+              username: str) -> tuple[int, int]:
+    """(uid, gid) as containerd picks them: runAsUser (+ runAsGroup), runAsUsername, else the
+    image's user."""
     if run_as_user is not None:
         who = str(run_as_user) if run_as_group is None else f"{run_as_user}:{run_as_group}"
     elif username:
@@ -172,23 +172,26 @@ def _user_ids(rootfs: str | None, user: str, run_as_user: int | None, run_as_gro
         who = user
     else:
         who = "0" if run_as_group is None else f"0:{run_as_group}"
-    uid, gid = resolve_user(who, rootfs)
-    return uid, gid, who.split(":", 1)[0]
+    return resolve_user(who, rootfs)
 
 
-def _process_user(spec: Spec, rootfs: str | None, image_user: str,
-                  security: Any, supplemental: Sequence[int]) -> None:
+def _process_user(spec: Spec, rootfs: str | None, image_user: str, security: Any,
+                  supplemental: Sequence[int], *, image_groups: bool) -> None:
+    """The process's user and groups. With ``image_groups`` (containers), the groups the
+    image's ``/etc/group`` gives the user containerd looks up: runAsUsername, else runAsUser,
+    else uid 0, never the image's own user (containerd's WithAdditionalGIDs). Then the CRI's
+    supplemental groups."""
     run_as_user = security.run_as_user.value if security.HasField("run_as_user") else None
     run_as_group = security.run_as_group.value if security.HasField("run_as_group") else None
     username = getattr(security, "run_as_username", "")
-    uid, gid, name = _user_ids(rootfs, image_user, run_as_user, run_as_group, username)
-    gids = [gid, *supplementary_gids(name, rootfs)]
-    for g in supplemental:
-        oci_gid = int(g)
-        if oci_gid not in gids:
-            gids.append(oci_gid)
-    user = {"uid": uid, "gid": gid, "additionalGids": list(dict.fromkeys(gids))}
-    spec["process"]["user"] = user
+    uid, gid = _user_ids(rootfs, image_user, run_as_user, run_as_group, username)
+    gids = [gid]
+    if image_groups:
+        lookup = username or str(run_as_user or 0)
+        gids += supplementary_gids(lookup, rootfs)
+    gids += [int(g) for g in supplemental]
+    spec["process"]["user"] = {"uid": uid, "gid": gid,
+                               "additionalGids": list(dict.fromkeys(gids))}
 
 
 def _image_config(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -230,7 +233,7 @@ def sandbox_spec(sandbox_id: str, config: pb.PodSandboxConfig, image_doc: Mappin
                              "rbind", "ro"),
                        _bind(resolv_path, RESOLV_CONF, "rbind", "ro")]
     _process_user(spec, rootfs, str(image.get("User") or ""), security,
-                  security.supplemental_groups)
+                  security.supplemental_groups, image_groups=False)
     if security.readonly_rootfs:
         spec["root"]["readonly"] = True
     sysctls = dict(linux_config.sysctls)
@@ -259,27 +262,23 @@ def sandbox_spec(sandbox_id: str, config: pb.PodSandboxConfig, image_doc: Mappin
 
 
 def _capabilities(security: pb.LinuxContainerSecurityContext) -> list[str]:
+    """containerd's capability rules: ``ALL`` adds every capability berthd has itself (as
+    containerd takes its own) or drops all; any
+    other name gets ``CAP_`` put in front, unchecked (an unknown one, or one already prefixed,
+    reaches runc, which ignores what it does not know), adds after drops of ``ALL``."""
     caps = list(oci.DEFAULT_CAPABILITIES)
-    every = list(oci.CAPABILITY_BITS)
     add = [c.upper() for c in security.capabilities.add_capabilities]
     drop = [c.upper() for c in security.capabilities.drop_capabilities]
-
-    def named(cap: str) -> str:
-        full = cap if cap.startswith("CAP_") else "CAP_" + cap
-        if full not in every:
-            raise errdefs.InvalidArgument(f"unknown capability {cap!r}")
-        return full
-
     if "ALL" in add:
-        caps = list(every)
-    for cap in add:
-        if cap != "ALL" and named(cap) not in caps:
-            caps.append(named(cap))
+        caps = oci.current_capabilities()
     if "ALL" in drop:
-        caps = [c for c in caps if c in {named(a) for a in add if a != "ALL"}]
+        caps = []
+    for cap in add:
+        if cap != "ALL" and "CAP_" + cap not in caps:
+            caps.append("CAP_" + cap)
     for cap in drop:
         if cap != "ALL":
-            caps = [c for c in caps if c != named(cap)]
+            caps = [c for c in caps if c != "CAP_" + cap]
     return caps
 
 
@@ -386,7 +385,7 @@ def container_spec(container_id: str, config: pb.ContainerConfig,
     env = oci.replace_or_append_env(env, [f"{kv.key}={kv.value}" for kv in config.envs])
     process["env"] = env
     _process_user(spec, rootfs, str(image.get("User") or ""), security,
-                  security.supplemental_groups)
+                  security.supplemental_groups, image_groups=True)
     if security.no_new_privs:
         process["noNewPrivileges"] = True
     else:
