@@ -458,3 +458,21 @@ def test_log_directory(daemons: dict[str, CRI], tmp_path: Path,
                                            timeout=60)
     assert seen["berthd"] == seen["containerd"]
     assert seen["berthd"][:2] == (0, "made\n")
+
+
+def test_oom_killed(daemons: dict[str, CRI], logs: dict[str, Path],
+                    busybox_image: ImageInfo) -> None:
+    seen = {}
+    for name, c in daemons.items():
+        pod = pod_config("oom", logs[name])
+        pod_id = c.run_pod(pod)
+        try:
+            cfg = container_config("hog", busybox_image.ref, "tail /dev/zero")
+            cfg.linux.resources.memory_limit_in_bytes = 16 << 20
+            cid = c.run(pod_id, cfg, pod)
+            st = c.wait_exited(cid, within=60)
+            seen[name] = (st.state, st.exit_code, st.reason)
+        finally:
+            c.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                       timeout=60)
+    assert seen["berthd"] == seen["containerd"] == (pb.CONTAINER_EXITED, 137, "OOMKilled")
