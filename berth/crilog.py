@@ -59,7 +59,8 @@ LOG_FILE_MODE = 0o640  # as containerd's CRI opens a container's log (before the
 LOG_DIR_MODE = 0o755  # and creates its directory if missing
 
 _MAX_LINE_PARAM = "max_line_size"
-_USAGE = f"{SCHEME}:///ABSOLUTE/PATH[?{_MAX_LINE_PARAM}=N]"
+_ATTACH_PARAM = "attach"
+_USAGE = f"{SCHEME}:///ABSOLUTE/PATH[?{_MAX_LINE_PARAM}=N][&{_ATTACH_PARAM}=/ABSOLUTE/DIR]"
 
 
 # -- timestamps --------------------------------------------------------------------------------
@@ -225,6 +226,10 @@ class LogTarget:
 
     path: str
     max_line_size: int = DEFAULT_MAX_LINE_SIZE
+    attach_dir: str = ""
+    """A directory holding a FIFO per stream (``stdout``, ``stderr``) that also gets the raw
+    output while someone reads it (:class:`AttachTee`): how attach sees a container's output
+    when the shim writes the log."""
 
 
 def parse_uri(uri: str) -> LogTarget:
@@ -253,28 +258,39 @@ def parse_uri(uri: str) -> LogTarget:
         raise errdefs.InvalidArgument(f"CRI log URI {uri!r} has a fragment ({_USAGE})")
     _check_path(path, uri)
     max_line_size = DEFAULT_MAX_LINE_SIZE
-    seen = False
+    attach_dir = ""
+    seen: set[str] = set()
     for key, value in params:
-        if key != _MAX_LINE_PARAM:
+        if key not in (_MAX_LINE_PARAM, _ATTACH_PARAM):
             raise errdefs.InvalidArgument(
                 f"CRI log URI {uri!r}: unknown parameter {key!r} ({_USAGE})")
-        if seen:
+        if key in seen:
             raise errdefs.InvalidArgument(f"CRI log URI {uri!r}: {key} given twice")
-        seen = True
+        seen.add(key)
+        if key == _ATTACH_PARAM:
+            _check_path(value, uri)
+            attach_dir = value
+            continue
         try:
             max_line_size = int(value, 10)
         except ValueError:
             raise errdefs.InvalidArgument(
                 f"CRI log URI {uri!r}: {key} must be an integer, not {value!r}") from None
-    return LogTarget(path, max_line_size)
+    return LogTarget(path, max_line_size, attach_dir)
 
 
-def format_uri(path: str, max_line_size: int = DEFAULT_MAX_LINE_SIZE) -> str:
-    """The ``crilog://`` URI for an absolute log path (InvalidArgument otherwise)."""
+def format_uri(path: str, max_line_size: int = DEFAULT_MAX_LINE_SIZE,
+               attach_dir: str = "") -> str:
+    """The ``crilog://`` URI for an absolute log path (InvalidArgument otherwise), with the
+    directory of attach FIFOs if given."""
     from urllib.parse import quote
 
     _check_path(path, path)
-    return f"{SCHEME}://{quote(path, safe='/')}?{_MAX_LINE_PARAM}={int(max_line_size)}"
+    uri = f"{SCHEME}://{quote(path, safe='/')}?{_MAX_LINE_PARAM}={int(max_line_size)}"
+    if attach_dir:
+        _check_path(attach_dir, attach_dir)
+        uri += f"&{_ATTACH_PARAM}={quote(attach_dir, safe='/')}"
+    return uri
 
 
 def _check_path(path: str, given: str) -> None:
@@ -391,3 +407,45 @@ class LogFile:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+
+
+# -- attach ------------------------------------------------------------------------------------
+
+
+class AttachTee:
+    """Raw output also written to a FIFO while a reader holds it open (an attach session in
+    berthd), never blocking the writer.
+
+    Each write first opens the FIFO if it is not open (``O_WRONLY|O_NONBLOCK``: ENXIO, no
+    reader, costs one failed open); a full FIFO drops the chunk for the attacher (the log keeps
+    everything); a reader that went away (EPIPE) closes it until the next reader comes.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self.dropped = 0
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:  # ENXIO (nobody attached), or the FIFO is gone
+                return
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._fd, view):]
+            except BlockingIOError:
+                self.dropped += len(view)
+                return
+            except OSError:  # EPIPE: the attacher left
+                self.close()
+                return
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -482,3 +482,43 @@ def test_log_file_writes_from_threads_stay_whole(tmp_path: Path) -> None:
     for stream in ("stdout", "stderr"):
         assert [r[2] for r in got if r[0] == stream] == [
             f"{stream} {i} ".encode() * 50 for i in range(300)]
+
+
+def test_attach_tee(tmp_path: Path) -> None:
+    """The raw output reaches the attach FIFO only while a reader holds it; a full FIFO drops
+    (never blocks) and a reader that left is let go until the next one comes."""
+    fifo = tmp_path / "stdout"
+    os.mkfifo(fifo)
+    tee = crilog.AttachTee(str(fifo))
+    tee.write(b"nobody listens\n")  # ENXIO: no reader, nothing kept
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        tee.write(b"hello\n")
+        assert os.read(reader, 100) == b"hello\n"
+        big = b"x" * (1 << 20)
+        tee.write(big)  # more than a pipe holds: the rest is dropped, no blocking
+        assert tee.dropped > 0
+        while True:
+            try:
+                if not os.read(reader, 1 << 16):
+                    break
+            except BlockingIOError:
+                break
+    finally:
+        os.close(reader)
+    tee.write(b"after the reader left\n")  # EPIPE: closed quietly
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        tee.write(b"again\n")
+        assert os.read(reader, 100) == b"again\n"
+    finally:
+        os.close(reader)
+        tee.close()
+
+
+def test_uri_with_attach_dir() -> None:
+    uri = crilog.format_uri("/var/log/pods/a/c/0.log", 100, "/run/berth/io/x")
+    assert crilog.parse_uri(uri) == crilog.LogTarget("/var/log/pods/a/c/0.log", 100,
+                                                     "/run/berth/io/x")
+    with pytest.raises(errdefs.InvalidArgument):
+        crilog.parse_uri("crilog:///a.log?attach=relative")

@@ -280,9 +280,11 @@ class ProcessIO:
         for stream in streams:
             r, w = os.pipe()
             self._handed.append(w)
+            tee = crilog.AttachTee(os.path.join(target.attach_dir, stream)) \
+                if target.attach_dir else None
             try:
                 copy = LogCopy(r, crilog.Formatter(stream, target.max_line_size), log,
-                               on_end=self._log_copy_ended)
+                               on_end=self._log_copy_ended, tee=tee)
             except BaseException:
                 os.close(r)
                 raise
@@ -553,8 +555,10 @@ class LogCopy:
     """
 
     def __init__(self, src: int, formatter: crilog.Formatter, log: crilog.LogFile,
-                 on_end: Callable[[], None] | None = None) -> None:
+                 on_end: Callable[[], None] | None = None,
+                 tee: crilog.AttachTee | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        self._tee = tee
         os.set_blocking(src, False)
         self._src: int | None = src
         self._formatter = formatter
@@ -578,6 +582,8 @@ class LogCopy:
             data = b""
         if data:
             self._log.write(self._formatter.feed(data))
+            if self._tee is not None:
+                self._tee.write(data)
         else:
             self._finish()
 
@@ -594,6 +600,8 @@ class LogCopy:
                 if not data:
                     break
                 self._log.write(self._formatter.feed(data))
+                if self._tee is not None:
+                    self._tee.write(data)
         self._finish()
 
     def _finish(self) -> None:
@@ -603,6 +611,8 @@ class LogCopy:
             self._log.write(self._formatter.close())
         os.close(self._src)
         self._src = None
+        if self._tee is not None:
+            self._tee.close()
         if not self.done.done():
             self.done.set_result(None)
         if self._on_end is not None:
