@@ -39,6 +39,7 @@ from berth.containers import AnyValue, RuntimeInfo, pack_spec, unpack_spec
 from berth.containers import Container as Record
 from berth.cri import NAMESPACE
 from berth.cri import spec as crispec
+from berth.cri.attach import Output
 from berth.cri.base import (
     REASON_COMPLETED,
     REASON_ERROR,
@@ -136,6 +137,8 @@ class Containers:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._copiers: dict[str, LogCopier] = {}
+        self.outputs: dict[str, Output] = {}
+        """Running containers' live output, for attach."""
         self._oom_killed: set[str] = set()
         core.on_exit(self._exited)
         core.on_oom(self._oom_killed.add)
@@ -275,24 +278,40 @@ class Containers:
             c.save_status()
 
     def _io(self, c: Container, berth_shim: bool) -> IO:
-        """The container's stdio: its CRI log written by Berth's shim, or FIFOs berthd copies
-        to the log (checked writable here first, so a bad log path fails the start)."""
+        """The container's stdio: its CRI log written by Berth's shim (which also tees the
+        output to attach FIFOs), or FIFOs berthd copies to the log (checked writable here
+        first, so a bad log path fails the start); a stdin FIFO when the config asks for
+        stdin (for attach)."""
         tty = c.config.tty
+        streams = (crilog.STDOUT,) if tty else (crilog.STDOUT, crilog.STDERR)
+        stdin = ""
+        if c.config.stdin:
+            stdin = os.path.join(c.io_dir, "stdin")
+            _mkfifo(stdin)
         if not c.log_path:
-            return IO(terminal=tty)
+            return IO(stdin=stdin, terminal=tty)
         max_line = self.core.config.max_container_log_line_size
         _check_log_path(c.log_path)
         if berth_shim:
-            return IO(stdout=crilog.format_uri(c.log_path, max_line), terminal=tty)
+            attach_dir = attach_fifos_dir(c)
+            os.makedirs(attach_dir, mode=0o700, exist_ok=True)
+            fifos = {s: os.path.join(attach_dir, s) for s in streams}
+            for fifo in fifos.values():
+                _mkfifo(fifo)
+            self.outputs[c.id] = Output(fifos)
+            return IO(stdin=stdin, stdout=crilog.format_uri(c.log_path, max_line, attach_dir),
+                      terminal=tty)
         suffix = secrets.token_hex(4)
-        stdout = os.path.join(c.io_dir, f"{suffix}-stdout")
-        stderr = "" if tty else os.path.join(c.io_dir, f"{suffix}-stderr")
-        for fifo in (stdout, stderr):
-            if fifo:
-                os.mkfifo(fifo, 0o600)
-        copier = LogCopier(c.log_path, stdout=stdout, stderr=stderr, max_line_size=max_line)
+        paths = {s: os.path.join(c.io_dir, f"{suffix}-{s}") for s in streams}
+        for fifo in paths.values():
+            _mkfifo(fifo)
+        output = self.outputs[c.id] = Output()
+        copier = LogCopier(c.log_path, stdout=paths[crilog.STDOUT],
+                           stderr=paths.get(crilog.STDERR, ""), max_line_size=max_line,
+                           on_output=output.publish)
         self._copiers[c.id] = copier
-        return IO(stdout=stdout, stderr=stderr, terminal=tty)
+        return IO(stdin=stdin, stdout=paths[crilog.STDOUT], stderr=paths.get(crilog.STDERR, ""),
+                  terminal=tty)
 
     def _close_copier(self, container_id: str) -> None:
         copier = self._copiers.pop(container_id, None)
@@ -320,6 +339,9 @@ class Containers:
             copier = self._copiers.pop(c.id, None)
             if copier is not None:
                 copier.wait(2.0)
+            output = self.outputs.pop(c.id, None)
+            if output is not None:
+                output.end()
             c.status.pid = 0
             c.status.finished_at = exit_.exited_at or now_ns()
             c.status.exit_code = exit_.status
@@ -535,6 +557,10 @@ class Containers:
                 index.reserve(c.name, c.id)
                 with contextlib.suppress(errdefs.BerthError, OSError):
                     self._reconcile(c)
+                attach_dir = attach_fifos_dir(c)
+                if c.status.state == pb.CONTAINER_RUNNING and os.path.isdir(attach_dir):
+                    self.outputs[c.id] = Output({s: os.path.join(attach_dir, s)
+                                                 for s in sorted(os.listdir(attach_dir))})
 
 
 def _wait_process(task: Any, exec_id: str, timeout: float | None) -> Exit | None:
@@ -548,6 +574,15 @@ def _wait_process(task: Any, exec_id: str, timeout: float | None) -> Exit | None
     waiter.start()
     waiter.join(timeout)
     return result[0] if result else None
+
+
+def attach_fifos_dir(c: Container) -> str:
+    return os.path.join(c.io_dir, "attach")
+
+
+def _mkfifo(path: str) -> None:
+    with contextlib.suppress(FileExistsError):
+        os.mkfifo(path, 0o600)
 
 
 def _check_log_path(path: str) -> None:
