@@ -277,10 +277,13 @@ def _cri(ctx: InitContext) -> GRPCServices:
     from berth.cri.containers import Containers
     from berth.cri.images import ImageService
     from berth.cri.network import PodNetwork
+    from berth.cri.processes import StreamBackend
     from berth.cri.runtime import Runtime
     from berth.cri.sandboxes import Sandboxes
     from berth.cri.service import ImageServicer, RuntimeServicer
     from berth.cri.stats import Stats
+    from berth.cri.streaming.server import StreamServer
+    from berth.cri.streams import Streaming
 
     config = cri_config.load(ctx.config)
     log = logging.getLogger("berth.cri")
@@ -315,9 +318,14 @@ def _cri(ctx: InitContext) -> GRPCServices:
     sandboxes.recover(found_sandboxes)
     containers.recover(found_containers)
     core.start_monitor()
+    stream_server = StreamServer(StreamBackend(core, containers), config.stream_server_address,
+                                 config.stream_server_port)
+    stream_server.start()
+    streaming = Streaming(stream_server, sandboxes, containers)
     runtime = Runtime(network.error)
     return GRPCServices(
-        GRPCService(RuntimeServicer(runtime, sandboxes, containers, Stats(core, fs_path)),
+        GRPCService(RuntimeServicer(runtime, sandboxes, containers, Stats(core, fs_path),
+                                    streaming),
                     api_pb2_grpc.add_RuntimeServiceServicer_to_server,
                     "runtime.v1.RuntimeService"),
         GRPCService(ImageServicer(images), api_pb2_grpc.add_ImageServiceServicer_to_server,

@@ -31,14 +31,15 @@ _IGNORED_TOP = {
     "device_ownership_from_security_context", "ignore_image_defined_volumes",
     "stats_collect_period",
     "systemd_cgroup", "enable_cdi", "cdi_spec_dirs", "image_pull_progress_timeout",
-    "stream_server_address", "stream_server_port", "enable_tls_streaming",
+    "enable_tls_streaming",
     "x509_key_pair_streaming", "image_decryption", "tcp_address", "tcp_port", "tcp_tls_cert",
     "tcp_tls_key", "drain_exec_sync_io_timeout",
 }
 _KNOWN_TOP = {
     "sandbox_image", "restrict_oom_score_adj", "max_container_log_line_size", "disable_cgroup",
     "enable_unprivileged_ports", "enable_unprivileged_icmp", "netns_mounts_under_state_dir",
-    "cni", "containerd", "registry", *_IGNORED_TOP,
+    "cni", "containerd", "registry", "stream_server_address", "stream_server_port",
+    *_IGNORED_TOP,
 }
 _KNOWN_CNI = {"bin_dir", "conf_dir", "max_conf_num", "conf_template", "ip_pref"}
 _KNOWN_CONTAINERD = {
@@ -85,6 +86,9 @@ class Config:
     runtimes: Mapping[str, RuntimeHandler] = field(
         default_factory=lambda: {DEFAULT_RUNTIME_NAME: RuntimeHandler(DEFAULT_RUNTIME_NAME)})
     registry_config_path: str = ""
+    stream_server_address: str = "127.0.0.1"
+    stream_server_port: int = 0
+    """0: a port of the kernel's choosing (containerd's default "0")."""
     ignored: tuple[str, ...] = ()
     """Keys containerd reads that were set but Berth does not act on."""
     unknown: tuple[str, ...] = ()
@@ -142,6 +146,18 @@ def _runtime(name: str, table: Mapping[str, Any]) -> RuntimeHandler:
     )
 
 
+def _port(value: object) -> int:
+    """stream_server_port: a string in containerd's config ("0"), a number accepted too."""
+    try:
+        port = int(str(value), 10)
+    except ValueError:
+        port = -1
+    if isinstance(value, bool) or not 0 <= port < 65536:
+        raise errdefs.InvalidArgument(
+            f"cri config: stream_server_port {value!r} must be a port number (\"0\": any)")
+    return port
+
+
 def load(table: Mapping[str, Any]) -> Config:
     """The configuration in ``table`` (the plugin's TOML table), containerd's defaults for what
     it leaves out."""
@@ -184,6 +200,8 @@ def load(table: Mapping[str, Any]) -> Config:
         default_runtime_name=default_runtime,
         runtimes=runtimes,
         registry_config_path=_get(registry, "config_path", str, "", "registry."),
+        stream_server_address=_get(table, "stream_server_address", str, "127.0.0.1", ""),
+        stream_server_port=_port(table.get("stream_server_port", "0")),
         ignored=tuple(sorted(k for k in table if k in _IGNORED_TOP)),
         unknown=tuple(unknown),
     )

@@ -17,6 +17,7 @@ from berth.cri.runtime import Runtime
 from berth.cri.sandboxes import Sandboxes, SandboxInfo, sandbox_state
 from berth.cri.stats import Stats
 from berth.cri.store import Container
+from berth.cri.streams import Streaming
 
 
 def image_message(image: CRIImage) -> pb.Image:
@@ -67,11 +68,12 @@ def container_status(c: Container, image_ref: str) -> pb.ContainerStatus:
 
 class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
     def __init__(self, runtime: Runtime, sandboxes: Sandboxes, containers: Containers,
-                 stats: Stats) -> None:
+                 stats: Stats, streaming: Streaming) -> None:
         self.runtime = runtime
         self.sandboxes = sandboxes
         self.containers = containers
         self.stats = stats
+        self.streaming = streaming
 
     def Version(self, request: pb.VersionRequest,
                 context: grpc.ServicerContext) -> pb.VersionResponse:
@@ -192,6 +194,20 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
         flt = pb.PodSandboxFilter(id=f.id, label_selector=f.label_selector)
         return pb.ListPodSandboxStatsResponse(
             stats=[self.stats.pod(i.sandbox) for i in self.sandboxes.list(flt)])
+
+    # -- streaming -----------------------------------------------------------------------------
+
+    def Exec(self, request: pb.ExecRequest,
+             context: grpc.ServicerContext) -> pb.ExecResponse:
+        return pb.ExecResponse(url=self.streaming.exec_url(request))
+
+    def Attach(self, request: pb.AttachRequest,
+               context: grpc.ServicerContext) -> pb.AttachResponse:
+        return pb.AttachResponse(url=self.streaming.attach_url(request))
+
+    def PortForward(self, request: pb.PortForwardRequest,
+                    context: grpc.ServicerContext) -> pb.PortForwardResponse:
+        return pb.PortForwardResponse(url=self.streaming.port_forward_url(request))
 
     def ExecSync(self, request: pb.ExecSyncRequest,
                  context: grpc.ServicerContext) -> pb.ExecSyncResponse:

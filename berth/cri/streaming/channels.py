@@ -1,0 +1,310 @@
+"""The byte channels a streaming session works with, over SPDY/3.1 or WebSocket.
+
+A :class:`Channel` is one direction pair of a session (``stdout``, a port-forward's ``data``):
+:meth:`Channel.read` gives what the client sent (``b""`` once it ended its side),
+:meth:`Channel.write` sends, :meth:`Channel.close` ends our side. Sessions see only channels, so
+the same exec, attach and port-forward logic runs over both transports.
+
+* :class:`SpdyConnection` drives :class:`~berth.cri.streaming.spdy.ServerConnection` on an asyncio
+  stream: it replies to each stream the client opens at once (spdystream waits for that), hands
+  the new channel, with its headers, to :meth:`SpdyConnection.accept`, and flushes after every
+  write (there is no flow control to wait for; the socket's own buffer is the back-pressure).
+* :class:`WebSocketConnection` maps Kubernetes' channel protocol on wsproto: every message starts
+  with a channel number (``base64.`` protocols: an ASCII digit, then base64), the numbers fixed
+  by the protocol (remotecommand: 0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize). With
+  ``v5.channel.k8s.io`` the client ends a channel with a message on channel 255 naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    Request,
+    TextMessage,
+)
+
+from berth import errdefs
+from berth.cri.streaming import spdy
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 1 << 16
+CHANNEL_QUEUE = 256  # chunks a channel holds for a session that has not read them yet
+V5_CLOSE = 255
+
+
+class Channel:
+    """One of a session's channels (see the module)."""
+
+    def __init__(self, name: str, send: _Sender) -> None:
+        self.name = name
+        self._send = send
+        self._incoming: asyncio.Queue[bytes] = asyncio.Queue()
+        self.room = asyncio.Event()  # set while the channel holds no more than CHANNEL_QUEUE
+        self.room.set()
+        self._ended = False
+        self.closed = False
+
+    def _deliver(self, data: bytes) -> None:
+        if not self._ended:
+            self._incoming.put_nowait(data)
+            if not data:
+                self._ended = True
+            elif self._incoming.qsize() > CHANNEL_QUEUE:
+                self.room.clear()  # the connection stops reading until the session catches up
+
+    async def read(self) -> bytes:
+        """What the client sent next; ``b""`` once it ended its side (or the connection went)."""
+        data = await self._incoming.get()
+        if self._incoming.qsize() <= CHANNEL_QUEUE:
+            self.room.set()
+        return data
+
+    async def write(self, data: bytes) -> None:
+        if data and not self.closed:
+            await self._send.send(self, data, fin=False)
+
+    async def close(self) -> None:
+        """End our side (a FIN, or nothing over a WebSocket but v5's close message)."""
+        if not self.closed:
+            self.closed = True
+            await self._send.send(self, b"", fin=True)
+
+
+class _Sender:
+    async def send(self, channel: Channel, data: bytes, *, fin: bool) -> None:
+        raise NotImplementedError
+
+
+class SpdyConnection(_Sender):
+    """A SPDY/3.1 connection on an asyncio stream (see the module)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 initial: bytes = b"") -> None:
+        self._reader = reader
+        self._writer = writer
+        self._conn = spdy.ServerConnection()
+        self._initial = initial
+        self._channels: dict[int, Channel] = {}
+        self._ids: dict[Channel, int] = {}
+        self._opened: asyncio.Queue[tuple[Channel, spdy.Headers] | None] = asyncio.Queue()
+        self._pump: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done once the client's side of the connection ended."""
+
+    def start(self) -> None:
+        self._pump = asyncio.get_running_loop().create_task(self._run())
+
+    async def accept(self, timeout: float) -> tuple[Channel, spdy.Headers] | None:
+        """The next stream the client opens, with its headers; None when the connection ended
+        or no stream came within ``timeout`` seconds."""
+        try:
+            return await asyncio.wait_for(self._opened.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def _flush(self) -> None:
+        out = self._conn.data_to_send()
+        if out:
+            self._writer.write(out)
+            await self._writer.drain()
+
+    async def send(self, channel: Channel, data: bytes, *, fin: bool) -> None:
+        stream_id = self._ids.get(channel)
+        if stream_id is None:
+            return
+        async with self._lock:
+            try:
+                self._conn.send_data(stream_id, data, fin=fin)
+            except spdy.StreamClosed:
+                return  # reset by the client meanwhile
+            with contextlib.suppress(ConnectionError):
+                await self._flush()
+
+    async def _run(self) -> None:
+        try:
+            data = self._initial
+            while True:
+                if data:
+                    try:
+                        events = self._conn.receive_data(data)
+                    except spdy.ProtocolError as err:
+                        log.info("cri streaming: SPDY protocol error from the client: %s", err)
+                        break
+                    for event in events:
+                        self._event(event)
+                    async with self._lock:
+                        await self._flush()
+                for channel in list(self._channels.values()):
+                    await channel.room.wait()  # back-pressure: a session behind on stdin
+                data = await self._reader.read(READ_SIZE)
+                if not data:
+                    break
+        except ConnectionError:
+            pass
+        finally:
+            with contextlib.suppress(ConnectionError):
+                async with self._lock:
+                    await self._flush()
+            for channel in self._channels.values():
+                channel._deliver(b"")
+            self._opened.put_nowait(None)
+            if not self.lost.done():
+                self.lost.set_result(None)
+
+    def _event(self, event: spdy.Event) -> None:
+        if isinstance(event, spdy.StreamOpened):
+            self._conn.reply(event.stream_id)
+            name = event.headers.first("streamtype", "") or ""
+            channel = Channel(name, self)
+            self._channels[event.stream_id] = channel
+            self._ids[channel] = event.stream_id
+            self._opened.put_nowait((channel, event.headers))
+        elif isinstance(event, spdy.StreamData):
+            found = self._channels.get(event.stream_id)
+            if found is not None and event.data:
+                found._deliver(event.data)
+        elif isinstance(event, (spdy.StreamEnded, spdy.StreamReset)):
+            found = self._channels.get(event.stream_id)
+            if found is not None:
+                found._deliver(b"")
+                if isinstance(event, spdy.StreamReset):
+                    found.closed = True
+
+    async def close(self) -> None:
+        """Flush what is queued and close the connection."""
+        with contextlib.suppress(ConnectionError):
+            async with self._lock:
+                await self._flush()
+        self._writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self._writer.wait_closed()
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+
+
+class WebSocketConnection(_Sender):
+    """Kubernetes' channel protocol over a WebSocket (see the module)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 ws: WSConnection, protocol: str, names: Sequence[str]) -> None:
+        """``names``: the channel names by number (remotecommand: stdin, stdout, stderr,
+        error, resize)."""
+        self._reader = reader
+        self._writer = writer
+        self._ws = ws
+        self.protocol = protocol
+        self._base64 = "base64." in protocol
+        self._v5 = protocol.startswith("v5.")
+        self.channels = [Channel(name, self) for name in names]
+        self._pump: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @staticmethod
+    def handshake(head: bytes, offered: Sequence[str]) -> tuple[WSConnection, str, bytes]:
+        """Accept the upgrade request ``head`` with the first of the client's subprotocols in
+        ``offered``: (the connection, the protocol chosen, the bytes to send).
+        InvalidArgument if none fits."""
+        ws = WSConnection(ConnectionType.SERVER)
+        ws.receive_data(head)
+        for event in ws.events():
+            if isinstance(event, Request):
+                chosen = next((p for p in event.subprotocols if p in offered), None)
+                if chosen is None:
+                    raise errdefs.InvalidArgument(
+                        f"none of the WebSocket subprotocols {event.subprotocols} is supported "
+                        f"(supported: {list(offered)})")
+                return ws, chosen, ws.send(AcceptConnection(subprotocol=chosen))
+        raise errdefs.InvalidArgument("not a WebSocket upgrade request")
+
+    def start(self) -> None:
+        self._pump = asyncio.get_running_loop().create_task(self._run())
+
+    async def send(self, channel: Channel, data: bytes, *, fin: bool) -> None:
+        number = self.channels.index(channel)
+        if fin:
+            if not self._v5:
+                return
+            payload = bytes([V5_CLOSE, number])
+        else:
+            payload = bytes([number]) + data
+        async with self._lock:
+            if self._base64:
+                text = chr(ord("0") + payload[0]) + base64.b64encode(payload[1:]).decode()
+                out = self._ws.send(Message(data=text))
+            else:
+                out = self._ws.send(Message(data=payload))
+            self._writer.write(out)
+            with contextlib.suppress(ConnectionError):
+                await self._writer.drain()
+
+    def _message(self, payload: bytes) -> None:
+        if not payload:
+            return
+        number, body = payload[0], payload[1:]
+        if self._v5 and number == V5_CLOSE and body:
+            if body[0] < len(self.channels):
+                self.channels[body[0]]._deliver(b"")
+            return
+        if number < len(self.channels) and body:
+            self.channels[number]._deliver(body)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                for channel in self.channels:
+                    await channel.room.wait()  # back-pressure: a session behind on stdin
+                data = await self._reader.read(READ_SIZE)
+                if not data:
+                    break
+                self._ws.receive_data(data)
+                for event in self._ws.events():
+                    if isinstance(event, BytesMessage):
+                        self._message(bytes(event.data))
+                    elif isinstance(event, TextMessage):
+                        text = event.data
+                        if text:
+                            number = ord(text[0]) - ord("0")
+                            self._message(bytes([number]) + base64.b64decode(text[1:]))
+                    elif isinstance(event, Ping):
+                        async with self._lock:
+                            self._writer.write(self._ws.send(event.response()))
+                    elif isinstance(event, CloseConnection):
+                        async with self._lock:
+                            self._writer.write(self._ws.send(event.response()))
+                        return
+        except ConnectionError:
+            pass
+        finally:
+            for channel in self.channels:
+                channel._deliver(b"")
+            if not self.lost.done():
+                self.lost.set_result(None)
+
+    async def close(self) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            async with self._lock:
+                self._writer.write(self._ws.send(CloseConnection(code=1000)))
+                await self._writer.drain()
+        self._writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self._writer.wait_closed()
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump

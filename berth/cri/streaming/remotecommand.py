@@ -1,0 +1,283 @@
+"""Exec and attach sessions: Kubernetes' remotecommand protocol (v1 to v4, and v5 over
+WebSocket) between a client's channels and a process.
+
+The client opens (SPDY) or is given (WebSocket) the channels ``error``, ``stdin``, ``stdout``,
+``stderr`` and, with a terminal from v3 on, ``resize`` (JSON terminal sizes,
+``{"Width":80,"Height":24}``, one after another). The session waits for every channel the
+request asked for, starts the process, then copies: the client's stdin into the process (its
+end closes the process's stdin for an exec, and for an attach with ``StdinOnce``), the
+process's stdout and stderr out (each channel ended at the output's end), sizes into the
+terminal. It ends when the process exits, even while stdin is still open; then the error channel
+gets the outcome and ends: from v4 a ``metav1.Status`` document (``Success``; ``Failure`` with
+reason ``NonZeroExitCode`` and the exit code as a cause; ``InternalError``), before v4 the
+failure's message as text and nothing on success. A client that goes away ends an exec's
+process (as containerd does) and detaches an attach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from berth import errdefs
+from berth.cri.attach import Session
+from berth.cri.streaming.channels import Channel
+
+log = logging.getLogger(__name__)
+
+STREAM_CREATION_TIMEOUT = 30.0  # the kubelet's default: how long the client has to open them
+OUTPUT_DRAIN_TIMEOUT = 2.0  # after the exit, for output still in the pipes
+READ_SIZE = 1 << 16
+
+# Protocol versions (X-Stream-Protocol-Version / WebSocket subprotocols), best first.
+V5 = "v5.channel.k8s.io"
+V4 = "v4.channel.k8s.io"
+V3 = "v3.channel.k8s.io"
+V2 = "v2.channel.k8s.io"
+V1 = "channel.k8s.io"
+SPDY_PROTOCOLS = (V4, V3, V2, V1)
+WEBSOCKET_PROTOCOLS = (V5, V4, "v4.base64.channel.k8s.io", V1, "base64.channel.k8s.io")
+WEBSOCKET_CHANNELS = ("stdin", "stdout", "stderr", "error", "resize")
+
+
+def version_of(protocol: str) -> int:
+    """The remotecommand version a negotiated protocol speaks (1 for none or v1)."""
+    if protocol.startswith("v") and "." in protocol:
+        with contextlib.suppress(ValueError):
+            return int(protocol[1:protocol.index(".")])
+    return 1
+
+
+class Process(Protocol):
+    """An exec'd process or an attached container, as a session drives it. Every method
+    blocks (a session calls them in a worker thread)."""
+
+    stdin: str
+    """The FIFO the client's stdin goes into, or "" for none."""
+    outputs: dict[str, str]
+    """Output FIFOs to read by stream name (exec); empty when :attr:`session` carries it."""
+    session: Session | None
+    """A container's live output (attach)."""
+    stdin_once: bool
+    """Close the process's stdin when the client's ends (always for an exec; an attach when
+    the container's config says StdinOnce)."""
+
+    def resize(self, width: int, height: int) -> None: ...
+
+    def close_stdin(self) -> None: ...
+
+    def wait(self) -> int:
+        """Block until the process ends; its exit code."""
+        ...
+
+    def kill(self) -> None: ...
+
+    def release(self) -> None:
+        """Forget the process (delete an exec'd one, remove its FIFOs; end an attach)."""
+        ...
+
+
+class CodeExit(Exception):
+    """A process that ended with a non-zero code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def status_document(error: BaseException | None) -> dict[str, Any]:
+    """The ``metav1.Status`` a v4 client reads on the error channel."""
+    if error is None:
+        return {"metadata": {}, "status": "Success"}
+    if isinstance(error, CodeExit):
+        return {"metadata": {}, "status": "Failure",
+                "message": f"command terminated with non-zero exit code: {error}",
+                "reason": "NonZeroExitCode",
+                "details": {"causes": [{"reason": "ExitCode", "message": str(error.code)}]}}
+    return {"metadata": {}, "status": "Failure",
+            "message": f"Internal error occurred: {error}", "reason": "InternalError",
+            "details": {"causes": [{"message": str(error)}]}, "code": 500}
+
+
+def status_text(error: BaseException | None) -> str:
+    """What a client before v4 reads on the error channel ("" for success)."""
+    if error is None:
+        return ""
+    return str(status_document(error)["message"])
+
+
+def expected_channels(stdin: bool, stdout: bool, stderr: bool, tty: bool,
+                      version: int) -> set[str]:
+    wanted = {"error"}
+    if stdin:
+        wanted.add("stdin")
+    if stdout:
+        wanted.add("stdout")
+    if stderr and not tty:
+        wanted.add("stderr")
+    if tty and version >= 3:
+        wanted.add("resize")
+    return wanted
+
+
+class RemoteCommand:
+    """One exec or attach session over ``channels`` (see the module)."""
+
+    def __init__(self, channels: dict[str, Channel], protocol: str, *, exec_: bool,
+                 cmd: list[str], connection_lost: asyncio.Future[None] | None = None) -> None:
+        self.channels = channels
+        self.version = version_of(protocol)
+        self.exec = exec_
+        self.cmd = cmd
+        self.connection_lost = connection_lost
+        self._loop = asyncio.get_running_loop()
+
+    def _blocking(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        return self._loop.run_in_executor(None, fn, *args)
+
+    async def run(self, start: Callable[[], Process]) -> None:
+        """Start the process (``start`` blocks) and carry the session to its end."""
+        error: BaseException | None = None
+        process: Process | None = None
+        pumps: list[asyncio.Task[None]] = []
+        try:
+            process = await self._blocking(start)
+            assert process is not None
+            outputs = [self._loop.create_task(self._output_fifo(path, self.channels.get(name)))
+                       for name, path in process.outputs.items()]
+            if process.session is not None:
+                outputs.append(self._loop.create_task(self._output_session(process.session)))
+            if "stdin" in self.channels and process.stdin:
+                pumps.append(self._loop.create_task(self._stdin(process)))
+            if "resize" in self.channels:
+                pumps.append(self._loop.create_task(self._resize(process)))
+            waiter: asyncio.Future[int] = asyncio.ensure_future(self._blocking(process.wait))
+            watch: list[asyncio.Future[Any]] = [waiter]
+            if self.connection_lost is not None:
+                watch.append(self.connection_lost)
+            await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():
+                # The client went away: an exec's process is killed (as containerd's context
+                # ends it); an attach only detaches.
+                if self.exec:
+                    await self._blocking(process.kill)
+                    await waiter
+                else:
+                    waiter.cancel()
+                    return
+            code = waiter.result()
+            if outputs:
+                await asyncio.wait(outputs, timeout=OUTPUT_DRAIN_TIMEOUT)
+            if self.exec and code != 0:
+                error = CodeExit(f"error executing command [{' '.join(self.cmd)}], "
+                                 f"exit code {code}", code)
+        except errdefs.BerthError as err:
+            error = err
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            if process is not None:
+                with contextlib.suppress(errdefs.BerthError):
+                    await self._blocking(process.release)
+        await self._report(error)
+
+    async def _report(self, error: BaseException | None) -> None:
+        for name in ("stdout", "stderr"):
+            channel = self.channels.get(name)
+            if channel is not None:
+                await channel.close()
+        channel = self.channels.get("error")
+        if channel is None:
+            return
+        if self.version >= 4:
+            await channel.write(json.dumps(status_document(error),
+                                           separators=(",", ":")).encode())
+        elif error is not None:
+            await channel.write(status_text(error).encode())
+        await channel.close()
+
+    async def _output_fifo(self, path: str, channel: Channel | None) -> None:
+        """Copy an output FIFO to its channel until the FIFO ends (every writer closed: it is
+        polled readable first, so an empty read is the end)."""
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        ready: asyncio.Queue[None] = asyncio.Queue()
+        self._loop.add_reader(fd, ready.put_nowait, None)
+        try:
+            while True:
+                await ready.get()
+                try:
+                    data = os.read(fd, READ_SIZE)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    break
+                if channel is not None:
+                    await channel.write(data)
+        finally:
+            self._loop.remove_reader(fd)
+            os.close(fd)
+            if channel is not None:
+                await channel.close()
+
+    async def _output_session(self, session: Session) -> None:
+        ended: set[str] = set()
+        streams = {name for name in ("stdout", "stderr") if name in self.channels}
+        while not streams <= ended:
+            item = await self._blocking(session.get, 0.5)
+            if item is None:
+                continue
+            stream, data = item
+            channel = self.channels.get(stream)
+            if not data:
+                ended.add(stream)
+                if channel is not None:
+                    await channel.close()
+            elif channel is not None:
+                await channel.write(data)
+
+    async def _stdin(self, process: Process) -> None:
+        """The client's stdin into the process's stdin FIFO (opened for writing without
+        blocking: the shim holds its read end)."""
+        fd = -1
+        try:
+            fd = await self._blocking(os.open, process.stdin, os.O_WRONLY | os.O_CLOEXEC)
+            while True:
+                data = await self.channels["stdin"].read()
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    written = await self._blocking(os.write, fd, view)
+                    view = view[written:]
+        except OSError as err:
+            log.info("cri streaming: stdin of %s: %s", self.cmd or "attach", err)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if self.exec or process.stdin_once:
+            with contextlib.suppress(errdefs.BerthError):
+                await self._blocking(process.close_stdin)
+
+    async def _resize(self, process: Process) -> None:
+        decoder = json.JSONDecoder()
+        pending = ""
+        while True:
+            data = await self.channels["resize"].read()
+            if not data:
+                return
+            pending += data.decode(errors="replace")
+            while pending.strip():
+                try:
+                    size, end = decoder.raw_decode(pending.lstrip())
+                except ValueError:
+                    break  # an incomplete document: wait for the rest
+                pending = pending.lstrip()[end:]
+                if isinstance(size, dict):
+                    with contextlib.suppress(errdefs.BerthError, TypeError, ValueError):
+                        await self._blocking(process.resize, int(size.get("Width", 0)),
+                                             int(size.get("Height", 0)))
