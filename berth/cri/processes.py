@@ -48,23 +48,28 @@ class ExecProcess:
     def __init__(self, task: Task, container: Container, spec: dict[str, object],
                  request: pb.ExecRequest) -> None:
         self.task = task
+        self.outputs: dict[str, int] = {}
         self.exec_id = secrets.token_hex(16)
         self.dir = os.path.join(container.io_dir, f"stream-{self.exec_id[:12]}")
         os.makedirs(self.dir, mode=0o700)
         try:
             tty = request.tty
             self.stdin = _mkfifo(os.path.join(self.dir, "stdin")) if request.stdin else ""
-            self.outputs: dict[str, str] = {}
+            paths: dict[str, str] = {}
             if request.stdout:
-                self.outputs["stdout"] = _mkfifo(os.path.join(self.dir, "stdout"))
+                paths["stdout"] = _mkfifo(os.path.join(self.dir, "stdout"))
             if request.stderr and not tty:
-                self.outputs["stderr"] = _mkfifo(os.path.join(self.dir, "stderr"))
+                paths["stderr"] = _mkfifo(os.path.join(self.dir, "stderr"))
+            # Read ends open before the process starts: a FIFO nobody holds loses its content.
+            self.outputs.update({name: os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                                 for name, path in paths.items()})
             process = crispec.exec_process(spec, list(request.cmd), tty)
-            io = IO(stdin=self.stdin, stdout=self.outputs.get("stdout", ""),
-                    stderr=self.outputs.get("stderr", ""), terminal=tty)
+            io = IO(stdin=self.stdin, stdout=paths.get("stdout", ""),
+                    stderr=paths.get("stderr", ""), terminal=tty)
             task.exec(self.exec_id, ExecOpts(AnyValue(
                 PROCESS_TYPE_URL, json.dumps(process, separators=(",", ":")).encode()), io))
         except BaseException:
+            self._close_outputs()
             remove_tree(self.dir)
             raise
         try:
@@ -87,7 +92,14 @@ class ExecProcess:
         with contextlib.suppress(errdefs.NotFound):
             self.task.kill(signal.SIGKILL, exec_id=self.exec_id)
 
+    def _close_outputs(self) -> None:
+        for fd in self.outputs.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.outputs = {}
+
     def release(self) -> None:
+        self._close_outputs()
         with contextlib.suppress(errdefs.BerthError):
             self.task.delete_process(self.exec_id)
         remove_tree(self.dir)
@@ -98,7 +110,7 @@ class AttachProcess:
 
     def __init__(self, task: Task, container: Container, session: Session,
                  request: pb.AttachRequest) -> None:
-        self.outputs: dict[str, str] = {}
+        self.outputs: dict[str, int] = {}
         self.task = task
         self.session: Session | None = session
         self.stdin = os.path.join(container.io_dir, "stdin") \

@@ -59,8 +59,10 @@ class Process(Protocol):
 
     stdin: str
     """The FIFO the client's stdin goes into, or "" for none."""
-    outputs: dict[str, str]
-    """Output FIFOs to read by stream name (exec); empty when :attr:`session` carries it."""
+    outputs: dict[str, int]
+    """Output FIFOs by stream name, opened (non-blocking) for reading before the process
+    started, so nothing it writes is lost (exec); empty when :attr:`session` carries it. The
+    process closes them at :meth:`release`."""
     session: Session | None
     """A container's live output (attach)."""
     stdin_once: bool
@@ -148,8 +150,8 @@ class RemoteCommand:
         try:
             process = await self._blocking(start)
             assert process is not None
-            outputs = [self._loop.create_task(self._output_fifo(path, self.channels.get(name)))
-                       for name, path in process.outputs.items()]
+            outputs = [self._loop.create_task(self._output_fifo(fd, self.channels.get(name)))
+                       for name, fd in process.outputs.items()]
             if process.session is not None:
                 outputs.append(self._loop.create_task(self._output_session(process.session)))
             if "stdin" in self.channels and process.stdin:
@@ -173,6 +175,7 @@ class RemoteCommand:
             code = waiter.result()
             if outputs:
                 await asyncio.wait(outputs, timeout=OUTPUT_DRAIN_TIMEOUT)
+            pumps += outputs
             if self.exec and code != 0:
                 error = CodeExit(f"error executing command [{' '.join(self.cmd)}], "
                                  f"exit code {code}", code)
@@ -181,6 +184,8 @@ class RemoteCommand:
         finally:
             for pump in pumps:
                 pump.cancel()
+            if pumps:
+                await asyncio.wait(pumps)
             if process is not None:
                 with contextlib.suppress(errdefs.BerthError):
                     await self._blocking(process.release)
@@ -201,10 +206,9 @@ class RemoteCommand:
             await channel.write(status_text(error).encode())
         await channel.close()
 
-    async def _output_fifo(self, path: str, channel: Channel | None) -> None:
+    async def _output_fifo(self, fd: int, channel: Channel | None) -> None:
         """Copy an output FIFO to its channel until the FIFO ends (every writer closed: it is
         polled readable first, so an empty read is the end)."""
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         ready: asyncio.Queue[None] = asyncio.Queue()
         self._loop.add_reader(fd, ready.put_nowait, None)
         try:
@@ -220,7 +224,6 @@ class RemoteCommand:
                     await channel.write(data)
         finally:
             self._loop.remove_reader(fd)
-            os.close(fd)
             if channel is not None:
                 await channel.close()
 
