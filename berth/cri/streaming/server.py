@@ -83,8 +83,11 @@ class StreamServer:
     :meth:`url` makes a CRI call's answer."""
 
     def __init__(self, backend: Backend, address: str = "127.0.0.1", port: int = 0,
-                 tokens: Tokens | None = None) -> None:
+                 tokens: Tokens | None = None, *, head_timeout: float = HEAD_TIMEOUT,
+                 stream_timeout: float = remotecommand.STREAM_CREATION_TIMEOUT) -> None:
         self.backend = backend
+        self.head_timeout = head_timeout
+        self.stream_timeout = stream_timeout
         self.address = address
         self.port = port
         self.tokens = tokens or Tokens()
@@ -167,7 +170,7 @@ class StreamServer:
 
     async def _request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.head_timeout)
         except (asyncio.LimitOverrunError, TimeoutError, asyncio.IncompleteReadError):
             await self._refuse(writer, 400, "Bad Request", "bad request head\n")
             return
@@ -242,7 +245,7 @@ class StreamServer:
                                                  request.stderr, tty,
                                                  remotecommand.version_of(protocol))
         channels: dict[str, Channel] = {}
-        deadline = asyncio.get_running_loop().time() + remotecommand.STREAM_CREATION_TIMEOUT
+        deadline = asyncio.get_running_loop().time() + self.stream_timeout
         while not wanted <= set(channels):
             left = deadline - asyncio.get_running_loop().time()
             opened = await conn.accept(max(0.0, left)) if left > 0 else None
