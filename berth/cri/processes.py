@@ -172,8 +172,17 @@ class StreamBackend:
             raise errdefs.Unknown("sandbox container is not running")
 
         def connect() -> socket.socket:
-            return socket.create_connection(("localhost", port), timeout=DIAL_TIMEOUT)
+            return socket.create_connection(("127.0.0.1", port), timeout=DIAL_TIMEOUT)
 
-        if sb.host_network or not sb.netns_path:
-            return connect()
-        return NetNS.load(sb.netns_path).run(connect)
+        try:
+            if sb.host_network or not sb.netns_path:
+                return connect()
+            return NetNS.load(sb.netns_path).run(connect)
+        except OSError as err:
+            # containerd's words (it dials tcp4 localhost inside the namespace).
+            reason = (err.strerror or str(err)).lower()
+            raise errdefs.Unknown(
+                f"failed to execute portforward in network namespace \"{sb.netns_path}\": "
+                f"failed to connect to localhost:{port} inside namespace \"{sb.id}\", IPv4: "
+                f"dial tcp4 127.0.0.1:{port}: connect: {reason} IPv6 dial tcp6: address "
+                "localhost: no suitable address found") from None

@@ -3,8 +3,7 @@ of ``kube_stub``, as a kubelet would relay them, against containerd 1.6.20's CRI
 server: the reference that Berth's own streaming server must match. Every test runs once per
 daemon in ``DAEMONS`` (containerd, and berthd) and per kubectl (Debian's 1.20, SPDY only;
 ``/usr/bin/kubectl`` 1.32, WebSocket first, then SPDY); a daemon whose CRI Exec answers
-UNIMPLEMENTED is skipped, and berthd's known deviations (on the WebSocket path only) are
-marked xfail in ``BERTHD_WEBSOCKET_BUGS``.
+UNIMPLEMENTED is skipped.
 """
 
 from __future__ import annotations
@@ -176,32 +175,6 @@ def kubectl(request: pytest.FixtureRequest, kubectls: dict[str, Path]) -> Kubect
     return Kubectl(request.param, kubectls[request.param])
 
 
-# Where berthd is known to differ, on the WebSocket (v5.channel.k8s.io) path only: kubectl
-# >= 1.30 takes it when the runtime accepts v5 (berthd does; containerd refuses, and kubectl
-# falls back to SPDY there). Marked xfail (not strict) for berthd with those kubectls.
-_V5_CLOSE_SENT = ("berthd sends v5 CLOSE signals ({255, stream id}) to the client, a message "
-                  "only the client sends: kubectl logs 'websocket.go:296] Unknown stream id "
-                  "255, discarding message' on stderr, three times per exec")
-BERTHD_WEBSOCKET_BUGS = {
-    "test_exec_echo": _V5_CLOSE_SENT,
-    "test_exec_stdout_and_stderr_apart": _V5_CLOSE_SENT,
-    "test_exec_exit_code": _V5_CLOSE_SENT,
-    "test_exec_one_mebibyte": "berthd's v5 exec loses the end of a large stdin (1 MiB: wc -c "
-                              "counts 0.75-0.95 MiB, varying; 64 KiB arrives whole), also "
-                              "with a plain wsproto client and no proxy between",
-}
-
-
-@pytest.fixture(autouse=True)
-def _known_deviations(request: pytest.FixtureRequest) -> None:
-    reason = BERTHD_WEBSOCKET_BUGS.get(getattr(request.node, "originalname", ""))
-    if reason is None or not {"rt", "kubectl"} <= set(request.fixturenames):
-        return
-    rt, kubectl = request.getfixturevalue("rt"), request.getfixturevalue("kubectl")
-    if rt.name == "berthd" and kubectl.websocket_first:
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
-
-
 def _ok(done: Any) -> Any:
     assert done.returncode == 0, (done.args, done.returncode, done.stdout, done.stderr)
     return done
@@ -304,8 +277,9 @@ def test_exec_missing_binary(rt: Runtime, kube: KubeStub, kubectl: Kubectl, comm
     assert (done.returncode, done.stdout) == (1, b"")
     # containerd: "error: Internal error occurred: error executing command in container:
     # failed to exec in container: failed to start exec "<id>": OCI runtime exec failed: ..."
-    assert re.search(rb"^error: Internal error occurred: .*%s" % re.escape(why), done.stderr,
-                     re.MULTILINE), done.stderr
+    assert re.search(rb"^error: Internal error occurred: error executing command in container: "
+                     rb"failed to exec in container: failed to start exec \"[0-9a-f]+\": .*%s"
+                     % re.escape(why), done.stderr, re.MULTILINE), done.stderr
 
 
 def test_exec_in_exited_container(rt: Runtime, kube: KubeStub, kubectl: Kubectl) -> None:
@@ -486,8 +460,12 @@ def test_port_forward_closed_port(rt: Runtime, kube: KubeStub, kubectl: Kubectl)
         # 127.0.0.1:9999: connect: connection refused IPv6 dial tcp6: address localhost: no
         # suitable address found"
         k.stderr.wait_for(re.compile(
-            rb"error forwarding port %d to pod %s, uid : .*(?i:connection refused)"
-            % (CLOSED_PORT, rt.pod_id.encode())), 30)
+            # (kubectl's log escapes the quotes)
+            rb'error forwarding port %d to pod %s, uid : failed to execute portforward in network '
+            rb'namespace \\?"[^"\\]+\\?": failed to connect to localhost:%d inside namespace '
+            rb'\\?"%s\\?", IPv4: dial tcp4 127.0.0.1:%d: connect: connection refused'
+            % (CLOSED_PORT, rt.pod_id.encode(), CLOSED_PORT, rt.pod_id.encode(), CLOSED_PORT)),
+            30)
         if kubectl.websocket_first:
             k.stderr.wait_for(b"error: lost connection to pod", 30)
             assert k.wait() == 1

@@ -167,7 +167,7 @@ def test_not_an_upgrade_or_no_common_protocol(server: StreamServer) -> None:
         sock.sendall(_head(path, "Connection: Upgrade", "Upgrade: SPDY/3.1",
                            "X-Stream-Protocol-Version: v9.channel.k8s.io"))
         status, head, _ = _response(sock)
-    assert status == 400
+    assert status == 403  # as the kubelet's library answers
     assert "X-Accepted-Stream-Protocol-Versions: v4.channel.k8s.io" in head
     assert started_processes(server) == 0
 

@@ -11,8 +11,9 @@ the same exec, attach and port-forward logic runs over both transports.
   write (there is no flow control to wait for; the socket's own buffer is the back-pressure).
 * :class:`WebSocketConnection` maps Kubernetes' channel protocol on wsproto: every message starts
   with a channel number (``base64.`` protocols: an ASCII digit, then base64), the numbers fixed
-  by the protocol (remotecommand: 0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize). With
-  ``v5.channel.k8s.io`` the client ends a channel with a message on channel 255 naming it.
+  by the protocol (remotecommand: 0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize), a message
+  possibly in several fragments. With ``v5.channel.k8s.io`` the client ends a channel with a
+  message on channel 255 naming it; the server never sends one (kubectl does not expect it).
 """
 
 from __future__ import annotations
@@ -214,6 +215,8 @@ class WebSocketConnection(_Sender):
         self._pump: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._fragments = bytearray()
+        self._text = ""
 
     @staticmethod
     def handshake(head: bytes, offered: Sequence[str]) -> tuple[WSConnection, str, bytes]:
@@ -236,13 +239,9 @@ class WebSocketConnection(_Sender):
         self._pump = asyncio.get_running_loop().create_task(self._run())
 
     async def send(self, channel: Channel, data: bytes, *, fin: bool) -> None:
-        number = self.channels.index(channel)
         if fin:
-            if not self._v5:
-                return
-            payload = bytes([V5_CLOSE, number])
-        else:
-            payload = bytes([number]) + data
+            return  # a channel's end is the client's to signal (v5); the server's is the close
+        payload = bytes([self.channels.index(channel)]) + data
         async with self._lock:
             if self._base64:
                 text = chr(ord("0") + payload[0]) + base64.b64encode(payload[1:]).decode()
@@ -275,12 +274,19 @@ class WebSocketConnection(_Sender):
                 self._ws.receive_data(data)
                 for event in self._ws.events():
                     if isinstance(event, BytesMessage):
-                        self._message(bytes(event.data))
+                        # A message may come in fragments: only the first starts with the
+                        # channel number.
+                        self._fragments += event.data
+                        if event.message_finished:
+                            self._message(bytes(self._fragments))
+                            self._fragments.clear()
                     elif isinstance(event, TextMessage):
-                        text = event.data
-                        if text:
-                            number = ord(text[0]) - ord("0")
-                            self._message(bytes([number]) + base64.b64decode(text[1:]))
+                        self._text += event.data
+                        if event.message_finished:
+                            text, self._text = self._text, ""
+                            if text:
+                                number = ord(text[0]) - ord("0")
+                                self._message(bytes([number]) + base64.b64decode(text[1:]))
                     elif isinstance(event, Ping):
                         async with self._lock:
                             self._writer.write(self._ws.send(event.response()))

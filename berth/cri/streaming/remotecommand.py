@@ -180,7 +180,9 @@ class RemoteCommand:
                 error = CodeExit(f"error executing command [{' '.join(self.cmd)}], "
                                  f"exit code {code}", code)
         except errdefs.BerthError as err:
-            error = err
+            # The kubelet's streaming library's words around the runtime's error.
+            what = "executing command in" if self.exec else "attaching to"
+            error = errdefs.Unknown(f"error {what} container: {err}")
         finally:
             for pump in pumps:
                 pump.cancel()

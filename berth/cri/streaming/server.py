@@ -209,11 +209,12 @@ class StreamServer:
             else remotecommand.SPDY_PROTOCOLS
         protocol = negotiate(offered, supported)
         if protocol is None:
+            # 403, as the kubelet's streaming library (and so containerd) answers.
             await self._refuse(
-                writer, 400, "Bad Request",
+                writer, 403, "Forbidden",
                 f"unable to upgrade: unable to negotiate protocol: client supports {offered}, "
                 f"server accepts {list(supported)}\n",
-                [("X-Accepted-Stream-Protocol-Versions", ",".join(supported))])
+                [("X-Accepted-Stream-Protocol-Versions", p) for p in supported])
             return
         reply = [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")]
         if protocol:
