@@ -11,7 +11,6 @@ Signals only ever go to PIDs we started (or found by their exact command line), 
 from __future__ import annotations
 
 import abc
-import ctypes
 import itertools
 import os
 import signal
@@ -23,7 +22,6 @@ from types import TracebackType
 from typing import Self
 
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "ftp_proxy", "no_proxy")
-_PR_SET_PDEATHSIG = 1
 
 
 def loopback_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -39,13 +37,11 @@ def loopback_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def die_with_parent() -> None:
-    """`preexec_fn` for children we start: the kernel sends them SIGTERM if we die.
-
-    A safety net for SIGKILL of the test runner; the normal path still stops children by PID.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+# The kernel sends children we start SIGTERM if we die (a safety net for SIGKILL of the test
+# runner; the normal path still stops them by PID), set by util-linux's setpriv before it execs
+# the program: no preexec_fn, whose Python code in the forked child can be aborted by grpc's
+# fork handlers in a process that holds gRPC channels.
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "TERM", "--")
 
 
 def spawn(argv: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -53,12 +49,11 @@ def spawn(argv: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
     and set to die with us."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            list(argv),
+            [*DIE_WITH_PARENT, *argv],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=loopback_env(),
-            preexec_fn=die_with_parent,
         )
 
 
