@@ -476,3 +476,57 @@ def test_oom_killed(daemons: dict[str, CRI], logs: dict[str, Path],
             c.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
                                        timeout=60)
     assert seen["berthd"] == seen["containerd"] == (pb.CONTAINER_EXITED, 137, "OOMKilled")
+
+
+def test_list_filters(daemons: dict[str, CRI], logs: dict[str, Path],
+                      busybox_image: ImageInfo) -> None:
+    """ListPodSandbox and ListContainers with each filter answer alike."""
+    answers: dict[str, list[Any]] = {}
+    for name, c in daemons.items():
+        pods = {}
+        for pod_name, tier in (("f1", "a"), ("f2", "b")):
+            cfg = pod_config(pod_name, logs[name], labels={"tier": tier})
+            pods[pod_name] = (c.run_pod(cfg), cfg)
+        ids = {}
+        for pod_name, (pod_id, cfg) in pods.items():
+            for cname, script in (("run", "exec sleep 1000"), ("done", "true")):
+                ids[pod_name, cname] = c.run(pod_id, container_config(
+                    cname, busybox_image.ref, script, labels={"c": cname}), cfg)
+        c.wait_exited(ids["f1", "done"])
+        c.wait_exited(ids["f2", "done"])
+        c.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pods["f2"][0]),
+                                 timeout=60)
+        rt = c.runtime
+        f1 = pods["f1"][0]
+
+        def containers(flt: pb.ContainerFilter, rt: Any = rt, f1: str = f1
+                       ) -> list[tuple[str, str]]:
+            got = rt.ListContainers(pb.ListContainersRequest(filter=flt), timeout=10).containers
+            return sorted((x.metadata.name, "f1" if x.pod_sandbox_id == f1 else "f2")
+                          for x in got)
+
+        def sandboxes(flt: pb.PodSandboxFilter, rt: Any = rt) -> list[str]:
+            got = rt.ListPodSandbox(pb.ListPodSandboxRequest(filter=flt), timeout=10).items
+            return sorted(x.metadata.name for x in got)
+
+        answers[name] = [
+            containers(pb.ContainerFilter()),
+            containers(pb.ContainerFilter(id=ids["f1", "run"])),
+            containers(pb.ContainerFilter(id=ids["f1", "run"][:12])),
+            containers(pb.ContainerFilter(pod_sandbox_id=f1)),
+            containers(pb.ContainerFilter(state=pb.ContainerStateValue(
+                state=pb.CONTAINER_RUNNING))),
+            containers(pb.ContainerFilter(state=pb.ContainerStateValue(
+                state=pb.CONTAINER_EXITED))),
+            containers(pb.ContainerFilter(label_selector={"c": "done"})),
+            containers(pb.ContainerFilter(pod_sandbox_id=f1, label_selector={"c": "run"})),
+            sandboxes(pb.PodSandboxFilter()),
+            sandboxes(pb.PodSandboxFilter(id=f1)),
+            sandboxes(pb.PodSandboxFilter(state=pb.PodSandboxStateValue(
+                state=pb.SANDBOX_READY))),
+            sandboxes(pb.PodSandboxFilter(label_selector={"tier": "b"})),
+        ]
+        for pod_id, _ in pods.values():
+            rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+    assert answers["berthd"] == answers["containerd"]
+    assert answers["berthd"][4] == [("run", "f1")]  # f2's were stopped with their pod
