@@ -82,9 +82,12 @@ def test_status(daemons: dict[str, CRI]) -> None:
 
 
 def test_unimplemented_rpcs(daemons: dict[str, CRI]) -> None:
-    with pytest.raises(grpc.RpcError) as err:
-        daemons["berthd"].runtime.Attach(pb.AttachRequest(container_id="x"), timeout=10)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    """What containerd 1.6 does not serve, Berth does not either."""
+    for c in daemons.values():
+        with pytest.raises(grpc.RpcError) as err:
+            c.runtime.CheckpointContainer(pb.CheckpointContainerRequest(container_id="x"),
+                                          timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_missing_image(daemons: dict[str, CRI]) -> None:

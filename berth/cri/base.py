@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from berth import errdefs, leases, namespaces
+from berth import errdefs, fsmode, leases, namespaces
 from berth.api.events import task_pb2 as events_pb
 from berth.containers import Store as ContainerStore
 from berth.cri import NAMESPACE
@@ -106,9 +106,13 @@ class Core:
         self._exit_handlers: list[Callable[[str, Exit], None]] = []
         self._oom_handlers: list[Callable[[str], None]] = []
         self._monitor: threading.Thread | None = None
+        # Private to root (CVE-2021-41103): pods' files, FIFOs and status files are reached by
+        # berthd and, through bind mounts, by the containers, never by a path walk of others.
+        for d in (paths.root, paths.state):
+            fsmode.private_dir(d)
         for d in (os.path.join(paths.root, "sandboxes"), os.path.join(paths.root, "containers"),
                   os.path.join(paths.state, "sandboxes"), os.path.join(paths.state, "containers")):
-            os.makedirs(d, mode=0o755, exist_ok=True)
+            fsmode.private_dir(d)
 
     # -- tasks --------------------------------------------------------------------------------
 

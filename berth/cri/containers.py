@@ -220,7 +220,7 @@ class Containers:
                 host_devices=host_devices() if privileged
                 and not handler.privileged_without_host_devices else (),
                 container_annotations=handler.container_annotations)
-        os.makedirs(core.paths.container_root(container_id), mode=0o755)
+        os.makedirs(core.paths.container_root(container_id), mode=0o700)
         undo.callback(remove_tree, core.paths.container_root(container_id))
         os.makedirs(c.io_dir, mode=0o700)
         undo.callback(remove_tree, core.paths.container_state(container_id))

@@ -81,9 +81,9 @@ class Sandboxes:
     def _setup_files(self, sb: Sandbox, undo: contextlib.ExitStack) -> None:
         root = self.core.paths.sandbox_root(sb.id)
         state = self.core.paths.sandbox_state(sb.id)
-        os.makedirs(root, mode=0o755)
+        os.makedirs(root, mode=0o700)
         undo.callback(remove_tree, root)
-        os.makedirs(state, mode=0o755)
+        os.makedirs(state, mode=0o700)
         undo.callback(remove_tree, state)
         hostname = sb.config.hostname or os.uname().nodename
         _write(os.path.join(root, "hostname"), hostname + "\n")

@@ -39,12 +39,15 @@ def test_runtimes_and_handlers() -> None:
 
 
 def test_unknown_and_ignored_keys() -> None:
-    c = config.load({"sandbox_imag": "typo", "stream_server_port": "0",
+    c = config.load({"sandbox_imag": "typo", "enable_tls_streaming": False,
                      "cni": {"bin_dirr": "/x"},
                      "containerd": {"runtimes": {"runc": {"runtime_tyep": "x"}}}})
     assert set(c.unknown) == {"sandbox_imag", "cni.bin_dirr",
                               "containerd.runtimes.runc.runtime_tyep"}
-    assert c.ignored == ("stream_server_port",)
+    assert c.ignored == ("enable_tls_streaming",)
+    assert config.load({"stream_server_port": "10010"}).stream_server_port == 10010
+    with pytest.raises(errdefs.InvalidArgument, match="stream_server_port"):
+        config.load({"stream_server_port": "http"})
 
 
 @pytest.mark.parametrize(("table", "message"), [
