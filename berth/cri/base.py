@@ -149,8 +149,11 @@ class Core:
             return None
         state = task.state()
         if state.status not in (Status.STOPPED, Status.CREATED):
+            # SIGKILL to the init, as containerd's CRI stops a pod or container (runc's kill
+            # --all freezes the cgroup, and a process that exits meanwhile can leave it frozen,
+            # so that runc refuses to delete a "paused" container).
             with contextlib.suppress(errdefs.NotFound):
-                task.kill(9, all_processes=True)
+                task.kill(9)
             self.wait_exit(task, None)
         try:
             return self.runtime.delete(task_id)

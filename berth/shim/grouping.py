@@ -4,7 +4,10 @@ A shim's socket is ``/run/berth/s/<sha256 of daemon address, namespace, group ke
 the same key share the shim serving it. The key is, in this order:
 
 * the pod, from the ``io.containerd.runc.v2.group`` or ``io.kubernetes.cri.sandbox-id``
-  annotation (as containerd's runc shim groups them);
+  annotation (as containerd's runc shim groups them). With namespace grouping a pod takes a
+  namespace slot as a whole: its first task (the pod sandbox, whose id is the pod's) takes
+  the first slot with room, and every other task of the pod joins the shim its sandbox's
+  bundle names, so several pods share a shim and a pod is never split;
 * with namespace grouping (berthd's runtime config ``shim_group = "namespace"``, its default,
   passed as ``BERTH_SHIM_GROUP=namespace`` and ``BERTH_SHIM_GROUP_SIZE``): a namespace *slot*,
   ``berth.namespace-group.<n>``, the first whose shim serves fewer than the group size. A
@@ -61,28 +64,51 @@ def by_namespace() -> bool:
     return os.environ.get(GROUP_ENV) == GROUP_BY_NAMESPACE
 
 
-def group_key(task_id: str, bundle: str, daemon_address: str, namespace: str,
-              own_cgroup: bool) -> str:
-    """The key of the shim the task in ``bundle`` joins (see the module's description). With
-    namespace grouping the caller holds :class:`Lock` of the bundle's namespace directory."""
+def _pod(bundle: str) -> str | None:
+    """The pod the task in ``bundle`` belongs to (its annotation), or None."""
     try:
         with open(os.path.join(bundle, SPEC_FILE), "rb") as f:
             spec = f.read()
     except OSError:
-        return task_id
-    if b'"annotations"' in spec:  # json is slow to import: only for a spec that needs it
-        import json
+        return None
+    if b'"annotations"' not in spec:  # json is slow to import: only for a spec that needs it
+        return None
+    import json
 
-        try:
-            annotations = json.loads(spec).get("annotations") or {}
-        except ValueError:
-            return task_id
-        for label in POD_LABELS:
-            if annotations.get(label):
-                return str(annotations[label])
-    if by_namespace() and not own_cgroup:
-        return _free_slot(bundle, daemon_address, namespace, _group_size())
-    return task_id
+    try:
+        annotations = json.loads(spec).get("annotations") or {}
+    except ValueError:
+        return None
+    for label in POD_LABELS:
+        if annotations.get(label):
+            return str(annotations[label])
+    return None
+
+
+def group_address(task_id: str, bundle: str, daemon_address: str, namespace: str,
+                  own_cgroup: bool) -> str:
+    """The address of the shim the task in ``bundle`` joins (see the module's description).
+    With namespace grouping the caller holds :class:`Lock` of the bundle's namespace
+    directory."""
+    pod = _pod(bundle)
+    grouped = by_namespace() and not own_cgroup
+    if pod is not None and grouped:
+        if pod != task_id:
+            try:
+                with open(os.path.join(os.path.dirname(bundle), pod, ADDRESS_FILE)) as f:
+                    address = f.read().strip()
+                if address:
+                    return address  # the shim of the pod's sandbox
+            except OSError:
+                pass  # no sandbox bundle: the task starts the pod's slot itself
+        key = _free_slot(bundle, daemon_address, namespace, _group_size())
+    elif pod is not None:
+        key = pod
+    elif grouped:
+        key = _free_slot(bundle, daemon_address, namespace, _group_size())
+    else:
+        key = task_id
+    return socket_address(daemon_address, namespace, key)
 
 
 def _group_size() -> int:

@@ -44,7 +44,7 @@ import time
 
 from berth import shimcontract as contract
 from berth.shim.cmdline import LISTEN_FD, Flags, UsageError, parse_flags
-from berth.shim.grouping import SOCKET_DIR, Lock, group_key, socket_address
+from berth.shim.grouping import SOCKET_DIR, Lock, group_address
 from berth.shim.lean import unix_socket
 
 VERSION = "berth shim v2"
@@ -218,8 +218,8 @@ def start(flags: Flags) -> int:
     bundle = os.getcwd()
     shim_cgroup = _shim_cgroup(options)
     with Lock(os.path.dirname(bundle)):
-        key = group_key(flags.id, bundle, flags.address, flags.namespace, bool(shim_cgroup))
-        address = socket_address(flags.address, flags.namespace, key)
+        address = group_address(flags.id, bundle, flags.address, flags.namespace,
+                                bool(shim_cgroup))
         path = address.removeprefix(contract.UNIX_SCHEME)
         sock = _listen(path)
         if sock is not None:

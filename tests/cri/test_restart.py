@@ -111,3 +111,29 @@ def test_pods_survive_a_restart(berthd: Berthd, busybox_image: ImageInfo, tmp_pa
     finally:
         c.close()
 
+
+
+def test_pods_share_shims_whole(berthd: Berthd, busybox_image: ImageInfo,
+                                tmp_path: Path) -> None:
+    """With namespace grouping (berthd's default) pods share shims, a pod never split: each
+    container's task is served by its sandbox's shim."""
+    c = CRI(berthd.address)
+    try:
+        tasks = berthd.state / "io.containerd.runtime.v2.task" / "k8s.io"
+        pods = {}
+        for name in ("one", "two"):
+            pod = pod_config(name, tmp_path)
+            pod_id = c.run_pod(pod)
+            pods[pod_id] = [c.run(pod_id, container_config(f"c{i}", busybox_image.ref,
+                                                           "exec sleep 1000"), pod)
+                            for i in range(2)]
+
+        def address(task_id: str) -> str:
+            return (tasks / task_id / "address").read_text()
+
+        for pod_id, containers in pods.items():
+            assert {address(cid) for cid in containers} == {address(pod_id)}
+        assert len({address(pod_id) for pod_id in pods}) == 1  # both pods in one shim
+    finally:
+        c.remove_everything()
+        c.close()
