@@ -1193,8 +1193,8 @@ def test_start_imports_only_cheap_modules(tmp_path: Path) -> None:
     slow (berth.shim.lean says why each of these is kept out). Checked on a real ``start``
     that joins a shim of its namespace (a socket the test listens on: nothing is forked), run
     as the launcher runs it: ``python -IS`` (tools/shim_launcher.py)."""
-    from berth.shim.grouping import socket_address
     from berth.shimcontract import GROUP_ENV
+    from berth.shimgroups import socket_address
 
     with open(BERTH_SHIM) as f:
         assert f.readline().rstrip().endswith(" -IS")
@@ -1223,7 +1223,7 @@ def test_start_imports_only_cheap_modules(tmp_path: Path) -> None:
               if line.startswith("import time:")}
     slow = {"socket", "json", "re", "typing", "hashlib", "contextlib", "signal", "enum",
             "collections", "asyncio", "google.protobuf", "dataclasses", "subprocess"}
-    assert "berth.shim.grouping" in loaded  # (the check sees start's own imports)
+    assert "berth.shimgroups" in loaded  # (the check sees start's own imports)
     assert loaded & slow == set()
     # and what a start that has a shim forked loads besides (the zygote's client side)
     root = str(Path(__file__).resolve().parent.parent)

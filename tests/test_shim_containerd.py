@@ -24,7 +24,7 @@ from images import ImageInfo
 from processes import argument_after, pids_with_argument_pair, read_argv
 from reference_containerd import ReferenceContainerd, mounts_under
 
-from berth.shim.grouping import socket_address
+from berth.shimgroups import socket_address
 
 pytestmark = pytest.mark.needs_root
 

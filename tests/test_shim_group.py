@@ -135,6 +135,11 @@ def test_containers_share_shims_up_to_the_group_size(groups_of_two: Group) -> No
     assert g.address("g1") == g.address("g2") != g.address("g3") == g.address("g4")
     assert g.c("tasks", "exec", "--exec-id", "e1", "g4", "echo", "in-g4").stdout == "in-g4\n"
 
+    # berthd joined g2 and g4 to their running shims itself: no shim binary ran for them.
+    log = g.daemon.log()
+    assert all(f"task {cid} joins the running shim" in log for cid in ("g2", "g4"))
+    assert not any(f"task {cid} joins the running shim" in log for cid in ("g1", "g3", "g5"))
+
     # g1 leaves: the next container takes its place beside g2, in the first slot with room
     g.remove("g1")
     assert "g2" in g.c("tasks", "ls").stdout

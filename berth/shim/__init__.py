@@ -4,7 +4,8 @@ and reaps their exits.
 
 * :mod:`~berth.shim.main`: the command line (``start``, ``delete``), whose names it shares with
   the daemon in :mod:`berth.shimcontract`; :mod:`~berth.shim.cmdline`: parsing it.
-* :mod:`~berth.shim.grouping`: which shim a task joins (its socket address), when a shim leaves.
+* :mod:`berth.shimgroups` (shared with berthd): which shim a task joins (its socket
+  address), when a shim leaves.
 * :mod:`~berth.shim.zygote`: the fork server ``start`` has fork each shim (shared memory).
 * :mod:`~berth.shim.server`: the shim process's loop, ttrpc on the socket ``start`` bound.
 * :mod:`~berth.shim.service`: the ``containerd.task.v2.Task`` RPCs.

@@ -16,7 +16,7 @@ is one), writes the bundle's ``address`` file and prints the address
 (``unix:///run/berth/s/<sha256>``). The shim is forked by the zygote (berth.shim.zygote),
 started if need be; ``BERTH_SHIM_ZYGOTE=off``, or any trouble with it, starts a new interpreter
 instead. Which shim a task joins -- a pod's, one of its namespace's shared shims, or its own --
-is berth.shim.grouping's business; when a shim already serves the chosen socket, ``start``
+is berth.shimgroups's business; when a shim already serves the chosen socket, ``start``
 prints its address and starts nothing. berthd and containerd never share a shim. Runtime
 options (protobuf ``Any``) may come on stdin: a ``shim_cgroup`` there moves the shim into that
 cgroup, and gives the task a shim of its own.
@@ -44,8 +44,8 @@ import time
 
 from berth import shimcontract as contract
 from berth.shim.cmdline import LISTEN_FD, Flags, UsageError, parse_flags
-from berth.shim.grouping import SOCKET_DIR, Lock, group_address
 from berth.shim.lean import unix_socket
+from berth.shimgroups import SOCKET_DIR, Lock, group_address
 
 VERSION = "berth shim v2"
 

@@ -1,7 +1,7 @@
 """The shim process's event loop: ttrpc on the inherited socket, the reaper, the publisher.
 
 It ends when the Task service's Shutdown finds no container left and none on its way (see
-berth.shim.grouping), when no task came within a minute of its start, or on SIGTERM/SIGINT
+berth.shimgroups), when no task came within a minute of its start, or on SIGTERM/SIGINT
 (the containers live on). Its log lines go to stderr, which ``start`` pointed at the bundle's
 ``log`` FIFO: a full FIFO drops lines instead of stalling the shim.
 """
@@ -17,10 +17,10 @@ import socket
 import time
 
 from berth.shim.cmdline import LISTEN_FD
-from berth.shim.grouping import Lock, joining
 from berth.shim.reaper import Reaper, set_subreaper
 from berth.shim.spawn import close_on_exec_all
 from berth.shimcontract import TTRPC_ADDRESS_ENV
+from berth.shimgroups import Lock, joining
 
 log = logging.getLogger("berth.shim")
 
@@ -89,7 +89,7 @@ async def _serve(namespace: str, shim_id: str, listener: socket.socket) -> None:
     def leave_when_idle(released: str = "") -> None:
         """Shutdown (for the task ``released``) found no task here. Leave, unless a task whose
         ``start`` chose this shim has yet to be created (for at most JOIN_PATIENCE): then look
-        again shortly (see berth.shim.grouping)."""
+        again shortly (see berth.shimgroups)."""
         if released:
             service.release(released, os.path.join(namespace_dir, released))
         if service.busy():

@@ -33,10 +33,10 @@ from berth.api.runtime.task.v2 import shim_pb2 as api
 from berth.api.types.task import task_pb2 as types
 from berth.shim.container import Container
 from berth.shim.events import Publisher
-from berth.shim.grouping import bundle_inode
 from berth.shim.process import Process, in_background, signal_number
 from berth.shim.reaper import Exit, Reaper
 from berth.shim.stdio import StdioRequest
+from berth.shimgroups import bundle_inode
 from berth.ttrpc.server import RequestContext
 
 log = logging.getLogger("berth.shim")
@@ -88,7 +88,7 @@ class TaskService:
         self.log_owner = log_owner
         # the tasks this shim was asked to create (or released unmade): id -> (bundle, its
         # inode). A bundle naming our socket that is not among them is a task on its way here
-        # (see berth.shim.grouping).
+        # (see berth.shimgroups).
         self._served: dict[str, tuple[str, int]] = {}
         self.reaper = reaper
         self.publisher = publisher

@@ -9,7 +9,7 @@ shim sockets in the file system (``/run/containerd/s/<hash>``, mode 0600 in a di
 root enters), where a container's own mount namespace cannot name them.
 
 Berth listens in these places, and each must be a file-system socket, private to root, never
-abstract: the shims (``/run/berth/s/<hash>``, :mod:`berth.shim.grouping`), the shim zygote
+abstract: the shims (``/run/berth/s/<hash>``, :mod:`berth.shimgroups`), the shim zygote
 (``/run/berth/s/zygote-<identity>``, :mod:`berth.shim.zygote`), berthd's ttrpc endpoint that
 shims forward events to (``<address>.ttrpc``), berthd's gRPC socket, and the console sockets a
 shim gives runc for a terminal (``--console-socket``).

@@ -1,4 +1,6 @@
-"""Which shim a task joins, and when a shim may leave.
+"""Which Berth shim a task joins, and when a shim may leave: part of the contract between berthd
+and Berth's shim (both import it), since berthd joins a running group shim itself, without
+running the shim binary's ``start``, when it can.
 
 A shim's socket is ``/run/berth/s/<sha256 of daemon address, namespace, group key>``; tasks with
 the same key share the shim serving it. The key is, in this order:
@@ -52,10 +54,18 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 
-def socket_address(daemon_address: str, namespace: str, key: str) -> str:
-    from berth.shim.lean import sha256_hex
+def _sha256_hex(data: bytes) -> str:
+    """sha256 in hex, from CPython's built-in implementation where it has one (the shim's
+    ``start`` should not load OpenSSL for one short digest)."""
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]  # CPython 3.11
+    except ImportError:
+        from hashlib import sha256
+    return str(sha256(data).hexdigest())
 
-    digest = sha256_hex(f"{daemon_address}/{namespace}/{key}".encode())
+
+def socket_address(daemon_address: str, namespace: str, key: str) -> str:
+    digest = _sha256_hex(f"{daemon_address}/{namespace}/{key}".encode())
     return f"{UNIX_SCHEME}{SOCKET_DIR}/{digest}"
 
 
@@ -86,12 +96,15 @@ def _pod(bundle: str) -> str | None:
 
 
 def group_address(task_id: str, bundle: str, daemon_address: str, namespace: str,
-                  own_cgroup: bool) -> str:
+                  own_cgroup: bool, *, group_size: int | None = None) -> str:
     """The address of the shim the task in ``bundle`` joins (see the module's description).
     With namespace grouping the caller holds :class:`Lock` of the bundle's namespace
-    directory."""
+    directory. ``group_size``: namespace grouping's bound (berthd passes it; the shim's
+    ``start`` reads its environment when None; 0 for no grouping)."""
     pod = _pod(bundle)
-    grouped = by_namespace() and not own_cgroup
+    if group_size is None:
+        group_size = _group_size() if by_namespace() else 0
+    grouped = group_size > 0 and not own_cgroup
     if pod is not None and grouped:
         if pod != task_id:
             try:
@@ -101,11 +114,11 @@ def group_address(task_id: str, bundle: str, daemon_address: str, namespace: str
                     return address  # the shim of the pod's sandbox
             except OSError:
                 pass  # no sandbox bundle: the task starts the pod's slot itself
-        key = _free_slot(bundle, daemon_address, namespace, _group_size())
+        key = _free_slot(bundle, daemon_address, namespace, group_size)
     elif pod is not None:
         key = pod
     elif grouped:
-        key = _free_slot(bundle, daemon_address, namespace, _group_size())
+        key = _free_slot(bundle, daemon_address, namespace, group_size)
     else:
         key = task_id
     return socket_address(daemon_address, namespace, key)
@@ -172,14 +185,17 @@ class Lock:
     ``blocking=False``: :attr:`held` says whether it was had at once (an event loop must not
     wait on it)."""
 
-    def __init__(self, namespace_dir: str, *, blocking: bool = True) -> None:
+    def __init__(self, namespace_dir: str, *, blocking: bool = True,
+                 enabled: bool | None = None) -> None:
+        """``enabled``: whether grouping is on (None: from this process's environment)."""
         self._path = os.path.join(namespace_dir, LOCK_NAME)
         self._blocking = blocking
+        self._enabled = by_namespace() if enabled is None else enabled
         self._fd = -1
         self.held = False
 
     def __enter__(self) -> Lock:
-        if not by_namespace():
+        if not self._enabled:
             self.held = True  # nothing to serialise
             return self
         import fcntl
