@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,14 @@ from berth.cri import spec as crispec
 from berth.cri.base import Core, new_id, remove_tree
 from berth.cri.containers import Containers
 from berth.cri.network import PodNetwork
-from berth.cri.store import KIND_SANDBOX, Sandbox, SandboxState, build_labels, sandbox_name
+from berth.cri.store import (
+    KIND_SANDBOX,
+    SANDBOX_EXTENSION,
+    Sandbox,
+    SandboxState,
+    build_labels,
+    sandbox_name,
+)
 from berth.runtime.runtime import CreateOpts, Exit
 
 log = logging.getLogger(__name__)
@@ -74,6 +82,7 @@ class Sandboxes:
         self.core = core
         self.containers = containers
         self.network = network
+        self._cni_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cri-cni")
         core.on_exit(self._exited)
 
     # -- files ----------------------------------------------------------------------------------
@@ -155,8 +164,6 @@ class Sandboxes:
         if not sb.host_network:
             sb.netns_path = self.network.create_netns()
             undo.callback(self.network.remove_netns, sb.netns_path)
-            self.network.setup(sb)  # a failed ADD undoes what it allocated
-            undo.callback(self.network.teardown, sb)
         with core.rootfs(sandbox_id) as rootfs:
             spec = crispec.sandbox_spec(
                 sandbox_id, config, image.config, namespace=NAMESPACE, rootfs=rootfs,
@@ -172,10 +179,23 @@ class Sandboxes:
             spec=pack_spec(spec), labels=build_labels(dict(config.labels), image.config,
                                                       KIND_SANDBOX),
             image=image.name, snapshotter=core.config.snapshotter, snapshot_key=sandbox_id,
-            extensions={"io.cri-containerd.sandbox.metadata": sb.extension()}))
+            extensions={SANDBOX_EXTENSION: sb.extension()}))
         sb.created_at = record.created_at
-        task = core.runtime.create(sandbox_id, CreateOpts(runtime_path=handler.runtime_path))
-        undo.callback(core.remove_task, sandbox_id)
+        # The pod's network is set up (CNI ADD: a few plugin runs) while its task is created
+        # (the shim, runc create): neither needs the other until the pause process starts.
+        network: Future[None] | None = None
+        if sb.netns_path:
+            network = self._cni_pool.submit(self.network.setup, sb)
+        try:
+            task = core.runtime.create(sandbox_id, CreateOpts(runtime_path=handler.runtime_path))
+            undo.callback(core.remove_task, sandbox_id)
+        finally:
+            if network is not None:
+                network.result()  # a failed ADD undoes what it allocated, then raises here
+                undo.callback(self.network.teardown, sb)
+        if network is not None:
+            record.extensions = {**record.extensions, SANDBOX_EXTENSION: sb.extension()}
+            core.containers.update(record, [f"extensions.{SANDBOX_EXTENSION}"])
         sb.pid = task.start()
         sb.state = SandboxState.READY
         return sb
