@@ -136,7 +136,7 @@ def _resolvers(config_path: list[str]) -> Callable[[bool, dict[str, tuple[str, s
 def _tasks(ctx: InitContext) -> Any:
     from berth.runtime.events import EventsEndpoint
     from berth.runtime.manager import TaskManager
-    from berth.shimcontract import DEFAULT_GROUP_SIZE
+    from berth.shimcontract import DEFAULT_GROUP_SIZE, DEFAULT_LINGER
     from berth.ttrpc import BackgroundLoop
 
     shims = ctx.config.get("shims", {})
@@ -148,7 +148,8 @@ def _tasks(ctx: InitContext) -> Any:
                           ctx.ttrpc_address, {str(k): str(v) for k, v in shims.items()},
                           on_close=[events.close], loop=loop,
                           shim_group=str(ctx.config.get("shim_group", "namespace")),
-                          shim_group_size=ctx.config.get("shim_group_size", DEFAULT_GROUP_SIZE))
+                          shim_group_size=ctx.config.get("shim_group_size", DEFAULT_GROUP_SIZE),
+                          shim_linger=ctx.config.get("shim_linger", DEFAULT_LINGER))
     manager.recover()
     return manager
 

@@ -56,6 +56,8 @@ GROUP_ENV = "BERTH_SHIM_GROUP"  # GROUP_BY_NAMESPACE, or unset: a shim per task 
 GROUP_BY_NAMESPACE = "namespace"
 GROUP_SIZE_ENV = "BERTH_SHIM_GROUP_SIZE"  # tasks one shared shim serves at most
 DEFAULT_GROUP_SIZE = 16
+LINGER_ENV = "BERTH_SHIM_LINGER"  # seconds an idle group shim waits for a next task
+DEFAULT_LINGER = 2.0
 ZYGOTE_ENV = "BERTH_SHIM_ZYGOTE"  # "off": start each shim as a new interpreter, no fork server
 
 # -- the bundle directory ------------------------------------------------------------------------

@@ -247,7 +247,8 @@ def test_container_grouping_gives_every_container_a_shim(tmp_path: Path,
 
 
 @pytest.mark.parametrize("setting", ['shim_group = "pod"', "shim_group_size = 0",
-                                     'shim_group_size = "8"'])
+                                     'shim_group_size = "8"', 'shim_linger = "soon"',
+                                     "shim_linger = -1"])
 def test_bad_grouping_config_is_refused(tmp_path: Path, setting: str) -> None:
     daemon = _daemon(tmp_path, f"  {setting}\n")
     with daemon:
@@ -255,4 +256,28 @@ def test_bad_grouping_config_is_refused(tmp_path: Path, setting: str) -> None:
     row = next(line for line in plugins.splitlines() if "io.containerd.runtime.v2" in line
                and " task " in f" {line} ")
     assert row.split()[-1] == "error", row
-    assert "shim_group" in daemon.log(), daemon.log()
+    assert setting.split()[0] in daemon.log(), daemon.log()
+
+
+def test_an_idle_group_shim_lingers_for_the_next_task(tmp_path: Path, image: ImageInfo) -> None:
+    """A group shim whose last task is gone waits shim_linger seconds for a next task, which
+    berthd joins to it without starting a shim (back-to-back `run --rm`s pay no shim start);
+    then it leaves."""
+    with _daemon(tmp_path, "  shim_linger = 3.0\n") as daemon:
+        g = Group(daemon, image)
+        try:
+            g.run("first")
+            shim = g.shim_pid("first")
+            address = g.address("first")
+            g.remove("first")
+            assert _shims(daemon.address) == [shim]  # lingering, not gone
+            g.run("second")
+            assert g.address("second") == address and g.shim_pid("second") == shim
+            assert "task second joins the running shim" in daemon.log()
+            g.remove("second")
+            started = time.monotonic()
+            assert _wait(lambda: not _shims(daemon.address), timeout=15)
+            assert time.monotonic() - started >= 2.0  # it waited (about 3 s) before leaving
+        finally:
+            g.close()
+

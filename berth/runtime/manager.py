@@ -34,7 +34,13 @@ from berth.runtime.runtime import CreateOpts, Exit, ProcessState, Runtime, Task
 from berth.runtime.shim import ShimBinary, ShimLog, resolve_binary, socket_path
 from berth.runtime.shimtask import ShimTask
 from berth.runtime.taskclient import TaskClient
-from berth.shimcontract import ADDRESS_FILE, BINARY_FILE, DEAD_EXIT_STATUS, DEFAULT_GROUP_SIZE
+from berth.shimcontract import (
+    ADDRESS_FILE,
+    BINARY_FILE,
+    DEAD_EXIT_STATUS,
+    DEFAULT_GROUP_SIZE,
+    DEFAULT_LINGER,
+)
 from berth.ttrpc import BackgroundLoop
 
 log = logging.getLogger(__name__)
@@ -56,7 +62,8 @@ class TaskManager:
                  ttrpc_address: str, shims: Mapping[str, str] | None = None,
                  on_close: Sequence[Callable[[], None]] = (),
                  loop: BackgroundLoop | None = None, shim_group: str = "namespace",
-                 shim_group_size: int = DEFAULT_GROUP_SIZE) -> None:
+                 shim_group_size: int = DEFAULT_GROUP_SIZE,
+                 shim_linger: float = DEFAULT_LINGER) -> None:
         self.state_dir = state
         self.md = metadata
         self.exchange = exchange
@@ -77,14 +84,21 @@ class TaskManager:
             raise errdefs.InvalidArgument(
                 f"runtime config: shim_group_size {shim_group_size!r} must be a whole number "
                 "of containers, 1 or more")
+        if isinstance(shim_linger, bool) or not isinstance(shim_linger, (int, float)) \
+                or not 0 <= shim_linger <= 3600:
+            raise errdefs.InvalidArgument(
+                f"runtime config: shim_linger {shim_linger!r} must be a number of seconds "
+                "from 0 to 3600")
         self.shim_group = shim_group
         self.shim_group_size = shim_group_size
+        self.shim_linger = float(shim_linger)
         os.makedirs(state, mode=0o711, exist_ok=True)
 
     def _binary(self, path: str) -> ShimBinary:
         return ShimBinary(path, self.grpc_address, self.ttrpc_address,
                           os.path.abspath(sys.argv[0]),
-                          self.shim_group_size if self.shim_group == "namespace" else 0)
+                          self.shim_group_size if self.shim_group == "namespace" else 0,
+                          self.shim_linger)
 
     def is_berth_shim(self, runtime: str, runtime_path: str = "") -> bool:
         """Whether tasks of ``runtime`` (or the shim at ``runtime_path``) run under Berth's own

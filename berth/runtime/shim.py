@@ -60,12 +60,13 @@ def resolve_binary(runtime: str, runtime_path: str, overrides: Mapping[str, str]
 
 class ShimBinary:
     def __init__(self, path: str, grpc_address: str, ttrpc_address: str,
-                 daemon_binary: str, group_size: int = 0) -> None:
+                 daemon_binary: str, group_size: int = 0, linger: float = 0.0) -> None:
         self.path = path
         self.grpc_address = grpc_address
         self.ttrpc_address = ttrpc_address
         self.daemon_binary = daemon_binary
         self.group_size = group_size  # namespace grouping's bound; 0: a shim per container
+        self.linger = linger  # how long an idle group shim waits for its next task
 
     def _command(self, bundle: Bundle, action: str) -> list[str]:
         return contract.command(self.path, action, namespace=bundle.namespace,
@@ -80,6 +81,7 @@ class ShimBinary:
         if self.group_size:  # understood by Berth's shim only
             env[contract.GROUP_ENV] = contract.GROUP_BY_NAMESPACE
             env[contract.GROUP_SIZE_ENV] = str(self.group_size)
+            env[contract.LINGER_ENV] = str(self.linger)
         return env
 
     def start(self, bundle: Bundle) -> str:

@@ -85,15 +85,27 @@ async def _serve(namespace: str, shim_id: str, listener: socket.socket) -> None:
         stop.set()
 
     waiting_since: dict[str, float] = {}  # tasks on their way here: since when
+    idle_since: list[float] = []  # when the shim last found itself without a task
+    linger = _linger()
 
     def leave_when_idle(released: str = "") -> None:
-        """Shutdown (for the task ``released``) found no task here. Leave, unless a task whose
-        ``start`` chose this shim has yet to be created (for at most JOIN_PATIENCE): then look
-        again shortly (see berth.shimgroups)."""
+        """Shutdown (for the task ``released``) found no task here. A group shim first
+        lingers (``BERTH_SHIM_LINGER`` seconds) for a next task, which berthd joins to it
+        without starting a shim; then it leaves, unless a task whose ``start`` chose this
+        shim has yet to be created (for at most JOIN_PATIENCE): then it looks again shortly
+        (see berth.shimgroups)."""
         if released:
             service.release(released, os.path.join(namespace_dir, released))
+            idle_since.clear()  # idle from now: the linger starts again
         if service.busy():
+            idle_since.clear()
             return  # a task came meanwhile
+        now = time.monotonic()
+        if not idle_since:
+            idle_since.append(now)
+        if now - idle_since[0] < linger:
+            loop.call_later(linger - (now - idle_since[0]), leave_when_idle)
+            return
         if _identity(path) != identity:  # our socket's name is gone or another's: unreachable
             leave()
             return
@@ -132,6 +144,19 @@ async def _serve(namespace: str, shim_id: str, listener: socket.socket) -> None:
     await service.close()
     await publisher.close()
     reaper.close()
+
+
+def _linger() -> float:
+    """How long an idle shim of a namespace group waits for its next task (0 otherwise)."""
+    from berth.shimcontract import LINGER_ENV
+    from berth.shimgroups import by_namespace
+
+    if not by_namespace():
+        return 0.0
+    try:
+        return max(0.0, min(float(os.environ.get(LINGER_ENV, "0")), 3600.0))
+    except ValueError:
+        return 0.0
 
 
 def _identity(path: object) -> tuple[int, int] | None:
