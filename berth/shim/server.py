@@ -89,11 +89,12 @@ async def _serve(namespace: str, shim_id: str, listener: socket.socket) -> None:
     linger = _linger()
 
     def leave_when_idle(released: str = "") -> None:
-        """Shutdown (for the task ``released``) found no task here. A group shim first
-        lingers (``BERTH_SHIM_LINGER`` seconds) for a next task, which berthd joins to it
-        without starting a shim; then it leaves, unless a task whose ``start`` chose this
-        shim has yet to be created (for at most JOIN_PATIENCE): then it looks again shortly
-        (see berth.shimgroups)."""
+        """Shutdown (for the task ``released``) found no task here. A group shim where a task
+        ran first lingers (``BERTH_SHIM_LINGER`` seconds) for a next task, which berthd joins
+        to it without starting a shim (one whose tasks all failed before they ran does not:
+        nothing half-made outlives a failed start); then it leaves, unless a task whose
+        ``start`` chose this shim has yet to be created (for at most JOIN_PATIENCE): then it
+        looks again shortly (see berth.shimgroups)."""
         if released:
             service.release(released, os.path.join(namespace_dir, released))
             idle_since.clear()  # idle from now: the linger starts again
@@ -103,7 +104,7 @@ async def _serve(namespace: str, shim_id: str, listener: socket.socket) -> None:
         now = time.monotonic()
         if not idle_since:
             idle_since.append(now)
-        if now - idle_since[0] < linger:
+        if service.ran and now - idle_since[0] < linger:
             loop.call_later(linger - (now - idle_since[0]), leave_when_idle)
             return
         if _identity(path) != identity:  # our socket's name is gone or another's: unreachable

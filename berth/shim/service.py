@@ -93,6 +93,9 @@ class TaskService:
         self.reaper = reaper
         self.publisher = publisher
         self._shutdown = on_idle_shutdown
+        self.ran = False
+        """Whether a task's init ever started here (a shim only ever used by tasks that failed
+        before they ran does not linger for a next one)."""
         self.containers: dict[str, Container] = {}
         self._creating: set[str] = set()
         # processes whose Start is running, with the exit events held back meanwhile
@@ -222,6 +225,7 @@ class TaskService:
                 self._publish(events.TaskExecStarted(container_id=container.id,
                                                      exec_id=request.exec_id, pid=process.pid))
             else:
+                self.ran = True
                 if container.oom is None and container.cgroup is not None:
                     container.oom = container.cgroup.watch_oom(
                         lambda: self._publish(events.TaskOOM(container_id=container.id)))
