@@ -557,10 +557,36 @@ class Containers:
                 index.reserve(c.name, c.id)
                 with contextlib.suppress(errdefs.BerthError, OSError):
                     self._reconcile(c)
-                attach_dir = attach_fifos_dir(c)
-                if c.status.state == pb.CONTAINER_RUNNING and os.path.isdir(attach_dir):
-                    self.outputs[c.id] = Output({s: os.path.join(attach_dir, s)
-                                                 for s in sorted(os.listdir(attach_dir))})
+                if c.status.state == pb.CONTAINER_RUNNING:
+                    self._recover_output(c)
+
+    def _recover_output(self, c: Container) -> None:
+        """Take a running container's output back after a restart: Berth's shim's attach
+        FIFOs, or, for another runtime, its stdout and stderr FIFOs, copied into the log again
+        (as containerd reopens them: nobody reading them, the container would block once they
+        are full)."""
+        attach_dir = attach_fifos_dir(c)
+        if os.path.isdir(attach_dir):
+            self.outputs[c.id] = Output({s: os.path.join(attach_dir, s)
+                                         for s in sorted(os.listdir(attach_dir))})
+            return
+        try:
+            names = os.listdir(c.io_dir)
+        except OSError:
+            return
+        fifos = {stream: os.path.join(c.io_dir, name) for name in sorted(names)
+                 for stream in (crilog.STDOUT, crilog.STDERR)
+                 if name.endswith(f"-{stream}") and not name.startswith("exec-")}
+        if crilog.STDOUT not in fifos or not c.log_path:
+            return
+        output = self.outputs[c.id] = Output()
+        try:
+            self._copiers[c.id] = LogCopier(
+                c.log_path, stdout=fifos[crilog.STDOUT], stderr=fifos.get(crilog.STDERR, ""),
+                max_line_size=self.core.config.max_container_log_line_size,
+                on_output=output.publish)
+        except errdefs.BerthError as err:
+            log.warning("cri: container %s: cannot copy its output again: %s", c.id, err)
 
 
 def _wait_process(task: Any, exec_id: str, timeout: float | None) -> Exit | None:

@@ -7,6 +7,7 @@ everything else (exec, stop, status) works as with Berth's shim. An unknown hand
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,22 +30,35 @@ HANDLER = f'''
 
 
 @pytest.fixture(scope="module")
-def cri(tmp_path_factory: pytest.TempPathFactory, pause_image: str,
-        busybox_image: ImageInfo) -> Iterator[CRI]:
+def daemon(tmp_path_factory: pytest.TempPathFactory, pause_image: str,
+           busybox_image: ImageInfo) -> Iterator[Berthd]:
     require_root()
     base = tmp_path_factory.mktemp("cri-handlers")
     config = berthd_config(base, pause_image, BRIDGE, SUBNET, HANDLER)
     try:
-        with Berthd(base / "berthd", config=str(config)) as daemon:
-            client = CRI(daemon.address)
+        with Berthd(base / "berthd", config=str(config)) as berthd:
+            client = CRI(berthd.address)
             client.pull(busybox_image.ref)
+            client.close()
             try:
-                yield client
+                yield berthd
             finally:
+                if berthd.proc is None:
+                    berthd.start()
+                client = CRI(berthd.address)
                 client.remove_everything()
                 client.close()
     finally:
         delete_link(BRIDGE)
+
+
+@pytest.fixture
+def cri(daemon: Berthd) -> Iterator[CRI]:
+    client = CRI(daemon.address)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def test_go_shim_handler(cri: CRI, busybox_image: ImageInfo, tmp_path: Path) -> None:
@@ -96,3 +110,36 @@ def test_unknown_handler(cri: CRI, tmp_path: Path) -> None:
     assert "no runtime for \"nosuch\" is configured" in (err.value.details() or "") or \
         "'nosuch'" in (err.value.details() or "")
     assert cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items == []
+
+
+def test_go_shim_output_after_a_restart(daemon: Berthd, busybox_image: ImageInfo,
+                                        tmp_path: Path) -> None:
+    """berthd copies a Go-shim container's FIFOs into its log again after a restart (nobody
+    reading them, the container would block once they filled up)."""
+    client = CRI(daemon.address)
+    pod = pod_config("gorestart", tmp_path)
+    pod_id = client.run_pod(pod, handler="gorunc")
+    client.run(pod_id, container_config(
+        "chatty", busybox_image.ref,
+        "while true; do head -c 20000 /dev/zero | tr '\\0' x; echo; sleep 0.02; done"), pod)
+    client.close()
+    log = tmp_path / "chatty.log"
+
+    def lines() -> int:
+        return len(log.read_bytes().splitlines()) if log.exists() else 0
+
+    deadline = time.monotonic() + 10
+    while lines() < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    daemon.restart()
+    before = lines()
+    deadline = time.monotonic() + 10
+    while lines() < before + 50 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lines() >= before + 50, (before, lines())  # 20 KB lines: far more than a FIFO holds
+    client = CRI(daemon.address)
+    try:
+        client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                        timeout=60)
+    finally:
+        client.close()
