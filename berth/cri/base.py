@@ -121,15 +121,15 @@ class Core:
             return self.runtime.get(task_id)
         return None
 
-    def wait_exit(self, task: Task, timeout: float | None) -> Exit | None:
-        """The init's exit, waiting up to ``timeout`` seconds (None: forever); None if it is
-        still running then."""
+    def wait_exit(self, task: Task, timeout: float | None, exec_id: str = "") -> Exit | None:
+        """The exit of the task's init (or of ``exec_id``), waiting up to ``timeout`` seconds
+        (None: forever); None if it is still running then."""
         result: list[Exit] = []
         error: list[BaseException] = []
 
         def wait() -> None:
             try:
-                result.append(task.wait())
+                result.append(task.wait(exec_id))
             except errdefs.NotFound:
                 result.append(Exit(0))
             except errdefs.BerthError as err:

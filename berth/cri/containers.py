@@ -530,11 +530,11 @@ class Containers:
         task.exec(exec_id, ExecOpts(spec, IO(stdout=stdout, stderr=stderr)))
         try:
             task.start(exec_id)
-            exit_ = _wait_process(task, exec_id, timeout or None)
+            exit_ = self.core.wait_exit(task, timeout or None, exec_id)
             if exit_ is None:
                 with contextlib.suppress(errdefs.NotFound):
                     task.kill(signal.SIGKILL, exec_id=exec_id)
-                _wait_process(task, exec_id, None)
+                self.core.wait_exit(task, None, exec_id)
                 raise errdefs.DeadlineExceeded(
                     f"command {process['args']!r} timed out after {timeout}s")
         finally:
@@ -587,19 +587,6 @@ class Containers:
                 on_output=output.publish)
         except errdefs.BerthError as err:
             log.warning("cri: container %s: cannot copy its output again: %s", c.id, err)
-
-
-def _wait_process(task: Any, exec_id: str, timeout: float | None) -> Exit | None:
-    result: list[Exit] = []
-
-    def wait() -> None:
-        with contextlib.suppress(errdefs.BerthError):
-            result.append(task.wait(exec_id))
-
-    waiter = threading.Thread(target=wait, name="cri-exec-wait", daemon=True)
-    waiter.start()
-    waiter.join(timeout)
-    return result[0] if result else None
 
 
 def attach_fifos_dir(c: Container) -> str:

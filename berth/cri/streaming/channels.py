@@ -83,6 +83,17 @@ class Channel:
             await self._send.send(self, b"", fin=True)
 
 
+async def _shut(writer: asyncio.StreamWriter, pump: asyncio.Task[None] | None) -> None:
+    """Close a connection's socket and stop its reading task."""
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    if pump is not None:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+
+
 class _Sender:
     async def send(self, channel: Channel, data: bytes, *, fin: bool) -> None:
         raise NotImplementedError
@@ -189,13 +200,7 @@ class SpdyConnection(_Sender):
         with contextlib.suppress(ConnectionError):
             async with self._lock:
                 await self._flush()
-        self._writer.close()
-        with contextlib.suppress(ConnectionError):
-            await self._writer.wait_closed()
-        if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+        await _shut(self._writer, self._pump)
 
 
 class WebSocketConnection(_Sender):
@@ -307,10 +312,4 @@ class WebSocketConnection(_Sender):
             async with self._lock:
                 self._writer.write(self._ws.send(CloseConnection(code=1000)))
                 await self._writer.drain()
-        self._writer.close()
-        with contextlib.suppress(ConnectionError):
-            await self._writer.wait_closed()
-        if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+        await _shut(self._writer, self._pump)
