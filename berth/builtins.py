@@ -116,10 +116,11 @@ def _transfer(ctx: InitContext) -> Any:
 
 
 def _resolvers(config_path: list[str]) -> Callable[[bool, dict[str, tuple[str, str]]], Any]:
-    from berth.remotes.hosts import HostsConfig
-    from berth.remotes.resolver import RegistryResolver
-
     def make(plain_http: bool, auth: dict[str, tuple[str, str]]) -> Any:
+        # Imported on the first pull: the HTTP stack is not loaded until it is needed.
+        from berth.remotes.hosts import HostsConfig
+        from berth.remotes.resolver import RegistryResolver
+
         def credentials(host: str) -> tuple[str, str] | None:
             if host in auth:
                 return auth[host]

@@ -11,16 +11,19 @@ import signal
 import socket
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import grpc
 
 from berth import builtins, errdefs, fsmode
 from berth import mount as mountlib
-from berth.metrics.metrics import DaemonMetrics, MetricsServer
 from berth.plugin import registry as p
 from berth.plugin.config import Config
 from berth.plugin.registry import Registry
 from berth.services.server import new_server
+
+if TYPE_CHECKING:
+    from berth.metrics.metrics import MetricsServer
 
 log = logging.getLogger("berthd")
 
@@ -76,10 +79,16 @@ class Daemon:
         self.registry = builtins.registry()
         self.registry.init_all(cfg.root, cfg.state, cfg.plugins, cfg.disabled_plugins,
                                address=cfg.address, ttrpc_address=cfg.address + ".ttrpc")
-        self.metrics = DaemonMetrics()
+        # Request metrics are kept only when something can read them (as with the HTTP stack
+        # and prometheus_client they need, loaded only then).
+        metrics = None
+        if cfg.metrics_address:
+            from berth.metrics.metrics import DaemonMetrics
+
+            metrics = DaemonMetrics()
         server = new_server()
         for name, svc in self.registry.get_all(p.GRPC).items():
-            svc.register(server, self.metrics.observe)
+            svc.register(server, metrics.observe if metrics is not None else None)
             log.debug("grpc service %s registered", name)
         address = cfg.address
         # Only a directory made here gets a mode: the socket may live in a shared one (/run).
@@ -93,11 +102,13 @@ class Daemon:
         if cfg.grpc_gid:
             os.chown(address, 0, cfg.grpc_gid)
         self.server = server
-        if cfg.metrics_address:
+        if metrics is not None:
+            from berth.metrics.metrics import MetricsServer
+
             runtime = self.registry.get_all(p.RUNTIME).get("task")
             if runtime is not None:
-                self.metrics.add_containers(runtime.all_stats)
-            self.metrics_server = MetricsServer(cfg.metrics_address, self.metrics.registry)
+                metrics.add_containers(runtime.all_stats)
+            self.metrics_server = MetricsServer(cfg.metrics_address, metrics.registry)
             log.info("metrics on http://%s:%d/v1/metrics", cfg.metrics_address.rpartition(":")[0]
                      or "127.0.0.1", self.metrics_server.port)
         # Sweep what an earlier crash may have left (orphan snapshots, unreferenced blobs).
