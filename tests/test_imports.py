@@ -43,3 +43,16 @@ def test_lazy_names_are_the_modules_own() -> None:
             "try:\n    r.missing\nexcept AttributeError:\n    pass\n"
             "else:\n    raise SystemExit('no AttributeError')")
     loaded_after(code)
+
+
+def test_the_cli_loads_no_http_stack_and_no_pydantic() -> None:
+    # Every berth command imports the whole app; what only one command needs (login's HTTP
+    # client, stats' live table) waits for it. typer 0.29 imports pydantic (~100 ms) to parse
+    # any option: the pin stays on a typer that does not.
+    code = "import berth.cli.app"
+    script = (f"import sys, json\n{code}\n"
+              "print(json.dumps([m for m in ('urllib3', 'pydantic', 'rich.live') "
+              "if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert json.loads(out.splitlines()[-1]) == []

@@ -18,11 +18,8 @@ import typer
 
 from berth import errdefs
 from berth.cli.state import console, err_console
-from berth.remotes.auth import Authorizer
 from berth.remotes.dockerconfig import DockerConfig, normalize_host
-from berth.remotes.errors import RedirectedUnauthorized
 from berth.remotes.hosts import HostsConfig
-from berth.remotes.session import RegistrySession, RetryPolicy, raise_for_status
 
 DEFAULT_REGISTRY = "docker.io"
 
@@ -30,6 +27,12 @@ DEFAULT_REGISTRY = "docker.io"
 def verify(host: str, username: str, secret: str, *, plain_http: bool = False) -> None:
     """Raise unless the registry ``host`` accepts the credentials (``username`` empty: an
     identity token)."""
+    # Here, not at the top: every berth command loads this module, and the HTTP stack costs
+    # each of them some 50 ms.
+    from berth.remotes.auth import Authorizer
+    from berth.remotes.errors import RedirectedUnauthorized
+    from berth.remotes.session import RegistrySession, RetryPolicy, raise_for_status
+
     servers = [h for h in HostsConfig().with_plain_http(plain_http).hosts(host)
                if not h.is_mirror]
     if not servers:

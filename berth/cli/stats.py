@@ -14,11 +14,9 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.live import Live
-from rich.table import Table
 
 from berth import errdefs
 from berth.cli import humanize
@@ -26,7 +24,9 @@ from berth.cli.containers import STATUS, name_of, resolve
 from berth.cli.state import console, state
 from berth.client import Client
 from berth.containers import AnyValue
-from berth.proxy.tasks import cgroup_stats
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 INTERVAL = 1.0
 NO_STREAM_INTERVAL = 0.5
@@ -54,6 +54,8 @@ def host_memory() -> int:
 def decode(task_id: str, at: int, data: AnyValue) -> Sample | None:
     """The numbers of one task's statistics taken at ``at``; None for a type Berth does not
     know."""
+    from berth.proxy.tasks import cgroup_stats  # here: every berth command loads this module
+
     stats = cgroup_stats(data)
     if stats is None:
         return None
@@ -94,6 +96,8 @@ def _cells(r: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _rich_table(rows: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(box=None, pad_edge=False, header_style="bold")
     for h in HEADERS:
         table.add_column(h, no_wrap=True)
@@ -148,6 +152,8 @@ def stats(
             emit(rows(sample(client, ids)))
             return
         if fmt == "table" and console.is_terminal:
+            from rich.live import Live
+
             with Live(_rich_table(rows(previous)), console=console, auto_refresh=False) as live:
                 while True:
                     time.sleep(INTERVAL)

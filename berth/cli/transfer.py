@@ -11,7 +11,6 @@ from typing import Annotated
 
 import typer
 
-from berth.cli import progress
 from berth.cli.state import console, find_image, state
 from berth.images import platforms
 from berth.remotes import reference
@@ -55,6 +54,8 @@ def pull(
     quiet: Quiet = False,
 ) -> None:
     """Pull an image from a registry and unpack it (credentials: see `berth login`)."""
+    from berth.cli import progress  # rich.progress: only pull and push pay for it
+
     parsed = reference.parse(ref)
     updates = state.client().transfer.pull(
         str(parsed), platform=_platform(platform), all_platforms=all_platforms,
@@ -73,6 +74,8 @@ def push(
     quiet: Quiet = False,
 ) -> None:
     """Push a stored image (and everything it references) to a registry."""
+    from berth.cli import progress  # rich.progress: only pull and push pay for it
+
     client = state.client()
     image = find_image(client, name)
     target = reference.parse(ref or image.name)
