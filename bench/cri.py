@@ -13,16 +13,21 @@
 Both daemons use the same pause image (built from Debian's catatonit), busybox from a loopback
 registry, and a bridge + host-local CNI network of their own. Needs root; everything made here is
 removed afterwards.
+
+`collect(argv)` runs it as `main` does and also returns the figures as `summary.Row`s (for
+`bench/all.py`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,11 +37,24 @@ sys.path.insert(0, str(REPO_ROOT / "bench"))
 import images  # noqa: E402
 from cri_fixtures import CRI, container_config, cri_daemons, pod_config  # noqa: E402
 from processes import pids_with_argument, pids_with_argument_pair  # noqa: E402
+from pull import kill_leftover_shims  # noqa: E402
 from reference_containerd import remove_tree  # noqa: E402
 from registry import Registry  # noqa: E402
 from run import memory_kib  # noqa: E402
+from summary import Row, median, spread  # noqa: E402
 
 from berth.api.cri.runtime.v1 import api_pb2 as pb  # noqa: E402
+
+
+@contextlib.contextmanager
+def bench_daemons(work: Path, pause: str, net: int) -> Iterator[dict[str, CRI]]:
+    """``cri_daemons`` (berthd's files under ``work/berthd``), and once both daemons have
+    stopped, any shim berthd left behind killed (containerd's own are reaped on its stop)."""
+    try:
+        with cri_daemons(work, pause, net=net, log_level="info") as daemons:
+            yield daemons
+    finally:
+        kill_leftover_shims(str(work / "berthd" / "berthd.sock"), "berthd")
 
 
 def shims(c: CRI) -> list[int]:
@@ -79,12 +97,17 @@ def memory_per_pod(c: CRI, ref: str, logs: Path, count: int) -> dict[str, float]
             remove_pod(c, pod_id)
 
 
-def summary(values: list[float]) -> str:
-    return (f"median {statistics.median(values) * 1000:6.1f} ms "
-            f"(min {min(values) * 1000:.1f}, max {max(values) * 1000:.1f})")
+@dataclass
+class Results:
+    """What one run measured: step times in seconds, memory in MiB."""
+
+    runs: int
+    pods: int
+    times: dict[str, dict[str, list[float]]]  # daemon -> step ("pod", "container") -> times
+    mem: dict[str, dict[str, float]]  # daemon -> memory_per_pod()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
@@ -92,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root")
+    if min(args.runs, args.pods) < 1:
+        parser.error("--runs and --pods must be at least 1")
+    return args
+
+
+def measure(args: argparse.Namespace) -> Results:
     work = Path(tempfile.mkdtemp(prefix="berth-cri-bench-"))
     logs = work / "logs"
     logs.mkdir()
@@ -99,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         with Registry() as registry:
             pause = images.pause(registry, work / "layouts")
             ref = images.busybox(registry, work / "layouts").ref
-            with cri_daemons(work, pause, net=9, log_level="info") as daemons:
+            with bench_daemons(work, pause, net=9) as daemons:
                 for c in daemons.values():
                     c.pull(ref)
                     remove_pod(c, start_pod(c, ref, logs, 999)[2])  # warm up
@@ -116,25 +145,63 @@ def main(argv: list[str] | None = None) -> int:
                        for name, c in daemons.items()}
     finally:
         remove_tree(work)
-    print(f"\nCRI pod start, {args.runs} runs each")
-    for step, title in (("pod", "RunPodSandbox"), ("container", "Create+Start container")):
+    return Results(args.runs, args.pods, runs, mem)
+
+
+STEPS = (("pod", "RunPodSandbox"), ("container", "Create+Start container"))
+
+
+def totals(r: Results) -> dict[str, list[float]]:
+    """Per daemon, each run's pod + container time."""
+    return {name: [a + b for a, b in zip(t["pod"], t["container"], strict=True)]
+            for name, t in r.times.items()}
+
+
+def report(r: Results) -> None:
+    print(f"\nCRI pod start, {r.runs} runs each")
+    for step, title in STEPS:
         print(f"  {title}")
-        for name in runs:
-            print(f"    {name:10} {summary(runs[name][step])}")
-        ratio = statistics.median(runs["berthd"][step]) / statistics.median(
-            runs["containerd"][step])
+        for name in r.times:
+            print(f"    {name:10} {spread(r.times[name][step])}")
+        ratio = median(r.times["berthd"][step]) / median(r.times["containerd"][step])
         print(f"    ratio berthd/containerd: {ratio:.2f}")
-    total = {name: [a + b for a, b in zip(r["pod"], r["container"], strict=True)]
-             for name, r in runs.items()}
+    total = totals(r)
     print(f"  pod + container: ratio berthd/containerd "
-          f"{statistics.median(total['berthd']) / statistics.median(total['containerd']):.2f}")
-    print(f"\n{args.pods} running pods (pause + one sleeping container each)")
-    for name, m in mem.items():
+          f"{median(total['berthd']) / median(total['containerd']):.2f}")
+    print(f"\n{r.pods} running pods (pause + one sleeping container each)")
+    for name, m in r.mem.items():
         print(f"  {name:10} {m['per_pod']:.1f} MiB per pod: shims {m['shim_pss']:.1f} MiB PSS "
               f"({m['shims']:.0f} processes), daemon growth {m['daemon_growth']:.1f} MiB; "
               f"daemon RSS {m['daemon_rss']:.0f} MiB")
     print(f"  ratio per pod berthd/containerd: "
-          f"{mem['berthd']['per_pod'] / mem['containerd']['per_pod']:.2f}")
+          f"{r.mem['berthd']['per_pod'] / r.mem['containerd']['per_pod']:.2f}")
+
+
+def rows(r: Results) -> list[Row]:
+    """The summary rows: each step's times (ms) and the memory per running pod (MiB, one
+    sample per daemon)."""
+    def ms(values: list[float]) -> list[float]:
+        return [v * 1000 for v in values]
+
+    out = [Row(f"CRI {title}", "ms", ms(r.times["containerd"][step]),
+               ms(r.times["berthd"][step]), "≤ 1.0") for step, title in STEPS]
+    total = totals(r)
+    out.append(Row("CRI pod + container", "ms", ms(total["containerd"]), ms(total["berthd"])))
+    out.append(Row(f"CRI memory per running pod ({r.pods} pods)", "MiB",
+                   [r.mem["containerd"]["per_pod"]], [r.mem["berthd"]["per_pod"]],
+                   "≤ 1 (memory)"))
+    return out
+
+
+def collect(argv: Sequence[str] | None = None) -> list[Row]:
+    """Run the benchmark with these command-line arguments, print its report, return its rows."""
+    results = measure(parse(argv))
+    report(results)
+    return rows(results)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    collect(argv)
     return 0
 
 

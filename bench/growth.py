@@ -30,6 +30,9 @@ At the end one table sums it all up. Needs root. Only loopback is used; only pro
 here are signalled, by PID; every task, container and image made here is deleted, both daemons
 are stopped and the temporary directory (``berth-growth-bench-*``) is removed, however the run
 ends (Ctrl-C, SIGTERM and SIGHUP included).
+
+`collect(argv)` runs it as `main` does and also returns the summary table's rows as
+`summary.Row`s (for `bench/all.py`); a growth factor's row is held to linear growth.
 """
 
 from __future__ import annotations
@@ -38,8 +41,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,10 +59,11 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 import images  # noqa: E402
-from processes import children_of, loopback_env, pids_with_argument_pair  # noqa: E402
-from pull import Berthd, interrupts_as_exceptions  # noqa: E402
+from processes import loopback_env  # noqa: E402
+from pull import Berthd, interrupts_as_exceptions, kill_leftover_shims  # noqa: E402
 from reference_containerd import ReferenceContainerd, remove_tree  # noqa: E402
 from registry import Registry  # noqa: E402
+from summary import Row, median, print_table, spread_seconds  # noqa: E402
 
 from berth.api.services.containers.v1 import containers_pb2, containers_pb2_grpc  # noqa: E402
 from berth.api.services.images.v1 import images_pb2, images_pb2_grpc  # noqa: E402
@@ -170,12 +172,7 @@ def stop_daemon(name: str, service: ReferenceContainerd | Berthd, address: str,
 
 
 def reap_shims(name: str, address: str, namespaces: Sequence[str]) -> None:
-    shims = pids_with_argument_pair("-address", address)
-    if shims:
-        log(f"{name}: killing {len(shims)} leftover shim(s) {shims}")
-        for pid in [*children_of(shims), *shims]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    kill_leftover_shims(address, name)
     for namespace in namespaces:  # our own namespaces: only our containers are there
         root = Path(RUNC_ROOTS[name]) / namespace
         if not root.is_dir():
@@ -272,18 +269,6 @@ def forgiving(call: Rpc, requests: Mapping[str, object],
 # -- statistics -----------------------------------------------------------------------------
 
 
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
-
-def spread(values: Sequence[float]) -> str:
-    """``median (min-max)`` in seconds or milliseconds, whichever reads better."""
-    if median(values) >= 1:
-        return f"{median(values):.2f} s ({min(values):.2f}-{max(values):.2f})"
-    return (f"{median(values) * 1000:.1f} ms "
-            f"({min(values) * 1000:.1f}-{max(values) * 1000:.1f})")
-
-
 def ratio(results: dict[str, list[float]]) -> float:
     return median(results["berthd"]) / median(results["containerd"])
 
@@ -292,10 +277,10 @@ def alternate(round_index: int) -> tuple[str, ...]:
     return NAMES if round_index % 2 == 0 else tuple(reversed(NAMES))
 
 
-def report(title: str, results: dict[str, list[float]]) -> None:
+def report_times(title: str, results: dict[str, list[float]]) -> None:
     print(f"\n{title}", flush=True)
     for name in NAMES:
-        print(f"  {name:10} {spread(results[name])}")
+        print(f"  {name:10} {spread_seconds(results[name])}")
     print(f"  ratio berthd/containerd: {ratio(results):.2f}", flush=True)
 
 
@@ -513,13 +498,33 @@ def print_growth(listings: dict[int, dict[str, dict[str, list[float]]]], small: 
     return flags
 
 
-def print_summary(rows: list[tuple[str, dict[str, list[float]]]]) -> None:
-    width = max(len(title) for title, _ in rows)
-    print("\nSummary (median (min-max); ratio = berthd/containerd of the medians)")
-    print(f"  {'measurement':{width}}  {'containerd':>28}  {'berthd':>28}  {'ratio':>6}")
-    for title, results in rows:
-        print(f"  {title:{width}}  {spread(results['containerd']):>28}  "
-              f"{spread(results['berthd']):>28}  {ratio(results):6.2f}")
+def growth_samples(small: Sequence[float], large: Sequence[float]) -> list[float]:
+    """Each large-size time over the small size's median: their median is the growth factor
+    median(large)/median(small), and their min and max carry the large size's noise."""
+    reference = median(small)
+    return [t / reference for t in large]
+
+
+def rows(r: Results) -> list[Row]:
+    """The summary rows: times in ms; growth factors (unit x) held to linear growth."""
+    def ms(results: dict[str, list[float]]) -> tuple[list[float], list[float]]:
+        return ([t * 1000 for t in results["containerd"]], [t * 1000 for t in results["berthd"]])
+
+    out = [Row(f"{PULLS} pulls at once", "ms", *ms(r.pulls)),
+           Row(f"{r.tasks} ctr run -d, {CONCURRENCY} at a time", "ms", *ms(r.starts)),
+           Row(f"{r.tasks} kill + delete, {CONCURRENCY} at a time", "ms", *ms(r.removals))]
+    size_ratio = r.large / r.small
+    for label, _, _ in LISTINGS:
+        extra = f", {r.tasks} tasks" if label == "tasks ls" else ""
+        for size in (r.small, r.large):
+            out.append(Row(f"ctr {label}, {size} stored{extra}", "ms",
+                           *ms(r.listings[size][label])))
+        small, large = r.listings[r.small][label], r.listings[r.large][label]
+        out.append(Row(f"ctr {label} growth {r.small} -> {r.large}", "x",
+                       growth_samples(small["containerd"], large["containerd"]),
+                       growth_samples(small["berthd"], large["berthd"]),
+                       f"berthd ≤ {size_ratio:.1f} (linear)"))
+    return out
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -545,10 +550,23 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse(argv)
+@dataclass
+class Results:
+    """What one run measured, in seconds."""
+
+    small: int
+    large: int
+    runs: int
+    start_rounds: int
+    tasks: int
+    pulls: dict[str, list[float]]
+    starts: dict[str, list[float]]
+    removals: dict[str, list[float]]
+    listings: dict[int, dict[str, dict[str, list[float]]]]  # size -> listing -> daemon -> times
+
+
+def measure(args: argparse.Namespace) -> Results:
     work = Path(tempfile.mkdtemp(prefix="berth-growth-bench-"))
-    started = time.monotonic()
     try:
         with interrupts_as_exceptions(), Registry() as registry:
             log("building and pushing images")
@@ -574,21 +592,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                         daemons[name], NS_RUN, list(daemons[name].running.get(NS_RUN, ()))))
     finally:
         remove_tree(work)
-    report(f"{PULLS} pulls of different images at once, {args.runs} rounds", pulls)
-    report(f"{args.tasks} containers started ({CONCURRENCY} at a time), "
-           f"{args.start_rounds} rounds", starts)
-    report(f"{args.tasks} containers killed and deleted ({CONCURRENCY} at a time)", removals)
-    flags = print_growth(listings, args.small, args.large)
-    rows = [(f"{PULLS} pulls at once", pulls),
-            (f"{args.tasks} ctr run -d, {CONCURRENCY} at a time", starts),
-            (f"{args.tasks} kill + delete, {CONCURRENCY} at a time", removals)]
-    for label, _, _ in LISTINGS:
-        for size in (args.small, args.large):
-            extra = f", {args.tasks} tasks" if label == "tasks ls" else ""
-            rows.append((f"ctr {label}, {size} stored{extra}", listings[size][label]))
-    print_summary(rows)
+    return Results(args.small, args.large, args.runs, args.start_rounds, args.tasks, pulls,
+                   starts, removals, listings)
+
+
+def report(r: Results) -> list[Row]:
+    """Print the report (the summary table last); return the summary rows."""
+    report_times(f"{PULLS} pulls of different images at once, {r.runs} rounds", r.pulls)
+    report_times(f"{r.tasks} containers started ({CONCURRENCY} at a time), "
+                 f"{r.start_rounds} rounds", r.starts)
+    report_times(f"{r.tasks} containers killed and deleted ({CONCURRENCY} at a time)",
+                 r.removals)
+    flags = print_growth(r.listings, r.small, r.large)
+    summary_rows = rows(r)
+    print_table(summary_rows)
     print("\nWorse than linear: " + ("; ".join(flags) if flags else "none"))
+    return summary_rows
+
+
+def collect(argv: Sequence[str] | None = None) -> list[Row]:
+    """Run the benchmark with these command-line arguments, print its report, return its rows."""
+    args = parse(argv)
+    started = time.monotonic()
+    summary_rows = report(measure(args))
     print(f"(whole benchmark: {time.monotonic() - started:.0f} s)")
+    return summary_rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    collect(argv)
     return 0
 
 

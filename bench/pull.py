@@ -22,6 +22,9 @@ as `/work/main/.venv/bin/berthd --root DIR --state DIR --address SOCK`. Only pro
 here are signalled, by PID; Ctrl-C or a failure still stops them and unmounts their leftovers.
 Needs root. Nothing reaches beyond loopback, except debootstrap, once, to the Debian mirror
 configured in /etc/apt.
+
+`collect(argv)` runs it as `main` does and also returns the figures as `summary.Row`s (for
+`bench/all.py`).
 """
 
 from __future__ import annotations
@@ -33,15 +36,14 @@ import os
 import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -54,13 +56,16 @@ from images import push_layout  # noqa: E402
 from processes import (  # noqa: E402
     ManagedProcess,
     accepts_connections,
+    children_of,
     loopback_env,
     peak_rss_kib,
+    pids_with_argument_pair,
     spawn,
     stop_process,
 )
 from reference_containerd import ReferenceContainerd, remove_tree  # noqa: E402
 from registry import Registry  # noqa: E402
+from summary import Row, median  # noqa: E402
 
 DEFAULT_CACHE = Path("/var/tmp/berth-bench")
 BERTHD_BINARY = REPO_ROOT / ".venv/bin/berthd"
@@ -450,12 +455,28 @@ class Berthd(ManagedProcess):
         raise RuntimeError("berthd socket did not appear in time")
 
     def stop(self) -> None:
-        """Stop the process we started (SIGTERM, then SIGKILL), unmount leftovers, delete base."""
+        """Stop the process we started (SIGTERM, then SIGKILL), kill any shim of it still
+        alive, unmount leftovers, delete base."""
         if self._proc is not None:
             stop_process(self._proc)
             self._proc = None
+            kill_leftover_shims(self.address, "berthd")
         if self.base.exists():
             remove_tree(self.base)
+
+
+def kill_leftover_shims(address: str, name: str) -> list[int]:
+    """A safety net once the daemon serving ``address`` has stopped: SIGKILL the shims still
+    carrying ``-address ADDRESS`` and their children (container processes), and say so (a shim
+    that outlives its daemon is worth knowing about). Returns the shims' PIDs."""
+    shims = pids_with_argument_pair("-address", address)
+    if shims:
+        print(f"[{name} {time.strftime('%H:%M:%S')}] killing {len(shims)} shim(s) left after "
+              f"the daemon stopped: {shims}", flush=True)
+        for pid in [*children_of(shims), *shims]:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return shims
 
 
 # The contenders: which daemon, and which client pulls.
@@ -644,13 +665,13 @@ def report(samples: list[Sample], daemons: list[str], stats: ImageStats) -> None
     medians = {}
     for d in daemons:
         mine = [s for s in samples if s.daemon == d]
-        medians[d] = statistics.median(s.seconds for s in mine)
+        medians[d] = median([s.seconds for s in mine])
         print(
             f"{d}: median {medians[d]:.2f} s "
             f"({stats.uncompressed_bytes / 1e6 / medians[d]:.0f} MB/s unpacked), "
             f"peak RSS (VmHWM) max {max(s.peak_rss_kib for s in mine) / 1024:.0f} MiB, "
             f"with children {max(s.tree_peak_rss_kib for s in mine) / 1024:.0f} MiB, "
-            f"daemon CPU median {statistics.median(s.daemon_cpu_seconds for s in mine):.2f} s"
+            f"daemon CPU median {median([s.daemon_cpu_seconds for s in mine]):.2f} s"
         )
     for contender in ("berthd", "berth"):
         if "containerd" in medians and contender in medians:
@@ -658,7 +679,7 @@ def report(samples: list[Sample], daemons: list[str], stats: ImageStats) -> None
             print(f"ratio {contender}/containerd (median pull time): {ratio:.2f}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -674,15 +695,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (mounts, drop_caches, debootstrap)")
-    daemons = args.only or list(CONTENDERS)
-    args.cache.mkdir(parents=True, exist_ok=True)
+    return args
 
+
+def measure(args: argparse.Namespace, daemons: Sequence[str]) -> tuple[list[Sample], ImageStats]:
+    """Build (or find) the image, then pull it `args.rounds` times into each daemon; no samples
+    with `--build-only`."""
+    args.cache.mkdir(parents=True, exist_ok=True)
     samples: list[Sample] = []
     with interrupts_as_exceptions():
         layout, stats = build_image(args.cache)
         log(f"image: {stats.describe()}")
         if args.build_only:
-            return 0
+            return samples, stats
         workdir = Path(tempfile.mkdtemp(prefix="run-", dir=args.cache))
         try:
             with Registry(root=args.cache / "registry") as registry:
@@ -701,9 +726,49 @@ def main(argv: list[str] | None = None) -> int:
                         samples.append(sample)
         finally:
             remove_tree(workdir)
+    return samples, stats
+
+
+# What each contender is called in the summary rows.
+CLIENTS = {"berthd": "ctr images pull", "berth": "berth pull"}
+
+
+def rows(samples: list[Sample]) -> list[Row]:
+    """For each Berth contender measured beside containerd: pull time (s) and the daemon's peak
+    RSS (VmHWM, MiB), one sample per round."""
+    def of(name: str) -> list[Sample]:
+        return [s for s in samples if s.daemon == name]
+
+    reference = of("containerd")
+    out: list[Row] = []
+    for contender, client in CLIENTS.items():
+        mine = of(contender)
+        if not reference or not mine:
+            continue
+        out.append(Row(f"pull time, {client} on berthd", "s",
+                       [s.seconds for s in reference], [s.seconds for s in mine], "≤ 0.3"))
+        out.append(Row(f"pull peak daemon RSS (VmHWM), {client}", "MiB",
+                       [s.peak_rss_kib / 1024 for s in reference],
+                       [s.peak_rss_kib / 1024 for s in mine], "≤ 1 (memory)"))
+    return out
+
+
+def collect(argv: Sequence[str] | None = None) -> list[Row]:
+    """Run the benchmark with these command-line arguments, print its report (and write
+    `--json`), return its rows (none with `--build-only`)."""
+    args = parse(argv)
+    daemons = args.only or list(CONTENDERS)
+    samples, stats = measure(args, daemons)
+    if args.build_only:
+        return []
     report(samples, daemons, stats)
     if args.json:
         args.json.write_text(json.dumps([s.__dict__ for s in samples], indent=2))
+    return rows(samples)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    collect(argv)
     return 0
 
 

@@ -11,6 +11,9 @@
 
 Prints medians with min and max, and the ratios berthd/containerd (time: lower is better;
 throughput: higher is better). Needs root; everything started here is stopped afterwards.
+
+`collect(argv)` runs it as `main` does and also returns the figures as `summary.Row`s (for
+`bench/all.py`).
 """
 
 from __future__ import annotations
@@ -18,21 +21,24 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import statistics
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 import images  # noqa: E402
-from cri_fixtures import CRI, container_config, cri_daemons, pod_config  # noqa: E402
+from cri import bench_daemons  # noqa: E402
+from cri_fixtures import CRI, container_config, pod_config  # noqa: E402
 from kube_stub import Container, KubeStub, kubectl_binaries  # noqa: E402
 from reference_containerd import remove_tree  # noqa: E402
 from registry import Registry  # noqa: E402
+from summary import Row, median, spread  # noqa: E402
 
 PORT = 8080
 
@@ -58,12 +64,17 @@ def fetch(port: int, deadline: float = 30) -> int:
             time.sleep(0.05)
 
 
-def summary(values: list[float], unit: str = "ms", scale: float = 1000) -> str:
-    return (f"median {statistics.median(values) * scale:7.1f} {unit} "
-            f"(min {min(values) * scale:.1f}, max {max(values) * scale:.1f})")
+@dataclass
+class Results:
+    """What one run measured: exec times in seconds, throughput in MB/s."""
+
+    runs: int
+    megabytes: int
+    exec_times: dict[str, dict[str, list[float]]]  # kubectl version -> daemon -> times
+    throughput: dict[str, list[float]]  # daemon -> MB/s of each fetch
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
@@ -71,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root")
+    if min(args.runs, args.megabytes) < 1:
+        parser.error("--runs and --megabytes must be at least 1")
+    return args
+
+
+def measure(args: argparse.Namespace) -> Results:
     work = Path(tempfile.mkdtemp(prefix="berth-streaming-bench-"))
     logs = work / "logs"
     logs.mkdir()
@@ -81,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         with Registry() as registry, KubeStub() as kube:
             pause = images.pause(registry, work / "layouts")
             ref = images.busybox(registry, work / "layouts").ref
-            with cri_daemons(work, pause, net=8, log_level="info") as daemons:
+            with bench_daemons(work, pause, net=8) as daemons:
                 for name, c in daemons.items():
                     c.pull(ref)
                     pod_id, cid = serve(c, ref, logs, args.megabytes)
@@ -95,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                             started = time.monotonic()
                             done = kube.kubectl(binary, "exec", name, "--", "true")
                             runs[name].append(time.monotonic() - started)
-                            assert done.returncode == 0, done.stderr
+                            if done.returncode != 0:
+                                raise RuntimeError(f"kubectl {version} exec on {name} failed "
+                                                   f"({done.returncode}): {done.stderr!r}")
                 binary = kubectls[min(kubectls)]
                 for name in daemons:
                     throughput[name] = []
@@ -110,18 +129,46 @@ def main(argv: list[str] | None = None) -> int:
                             throughput[name].append(size / (time.monotonic() - started) / 1e6)
     finally:
         remove_tree(work)
-    for version, runs in exec_times.items():
-        print(f"\nkubectl {version} exec POD -- true, {args.runs} runs each")
+    return Results(args.runs, args.megabytes, exec_times, throughput)
+
+
+def report(r: Results) -> None:
+    for version, runs in r.exec_times.items():
+        print(f"\nkubectl {version} exec POD -- true, {r.runs} runs each")
         for name, values in runs.items():
-            print(f"  {name:10} {summary(values)}")
-        ratio = statistics.median(runs["berthd"]) / statistics.median(runs["containerd"])
+            print(f"  {name:10} {spread(values, width=7)}")
+        ratio = median(runs["berthd"]) / median(runs["containerd"])
         print(f"  ratio berthd/containerd: {ratio:.2f}")
-    print(f"\nport-forward, a {args.megabytes} MiB file over HTTP, 3 fetches each")
-    for name, values in throughput.items():
-        print(f"  {name:10} median {statistics.median(values):7.1f} MB/s "
-              f"(min {min(values):.1f}, max {max(values):.1f})")
-    ratio = statistics.median(throughput["berthd"]) / statistics.median(throughput["containerd"])
+    print(f"\nport-forward, a {r.megabytes} MiB file over HTTP, 3 fetches each")
+    for name, values in r.throughput.items():
+        print(f"  {name:10} {spread(values, 'MB/s', scale=1, width=7)}")
+    ratio = median(r.throughput["berthd"]) / median(r.throughput["containerd"])
     print(f"  ratio berthd/containerd (throughput): {ratio:.2f}")
+
+
+def rows(r: Results) -> list[Row]:
+    """The summary rows: exec times (ms) per kubectl, the oldest (SPDY on both daemons) held to
+    the target; port-forward throughput (MB/s, higher is better)."""
+    out = []
+    for version, runs in sorted(r.exec_times.items()):
+        target = "≤ 1.0" if version == min(r.exec_times) else ""
+        out.append(Row(f"kubectl {version} exec -- true", "ms",
+                       [v * 1000 for v in runs["containerd"]],
+                       [v * 1000 for v in runs["berthd"]], target))
+    out.append(Row(f"port-forward throughput ({r.megabytes} MiB)", "MB/s",
+                   r.throughput["containerd"], r.throughput["berthd"], "≥ 1.0"))
+    return out
+
+
+def collect(argv: Sequence[str] | None = None) -> list[Row]:
+    """Run the benchmark with these command-line arguments, print its report, return its rows."""
+    results = measure(parse(argv))
+    report(results)
+    return rows(results)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    collect(argv)
     return 0
 
 
