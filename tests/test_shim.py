@@ -902,8 +902,7 @@ def test_shims_are_forked_by_the_zygote(workdir: Path, busybox_rootfs: Path,
 def test_zygote_leaves_when_idle(workdir: Path) -> None:
     """A zygote of our own: it forks a shim on request, and exits once that shim is gone and
     no request came for a while."""
-    from berth.shim import main as shim_main
-    from berth.shim import zygote
+    from berth.shim import launch, zygote
 
     path = str(workdir / "zygote.sock")
     listener = socket.socket(socket.AF_UNIX)
@@ -917,7 +916,7 @@ def test_zygote_leaves_when_idle(workdir: Path) -> None:
         shim_pid = zygote.fork_shim(
             path, ["-namespace", NAMESPACE, "-id", "zygote-test", "-address", "x"],
             cwd=str(workdir), env={"PATH": "/usr/bin:/bin"}, listen_fd=listener.fileno(),
-            log_fd=None, python=shim_main._python_command())
+            log_fd=None, python=launch.python_command())
         listener.close()
         zygote_pid = next(pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
                           if path in read_cmdline_safe(pid))

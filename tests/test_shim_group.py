@@ -136,9 +136,12 @@ def test_containers_share_shims_up_to_the_group_size(groups_of_two: Group) -> No
     assert g.c("tasks", "exec", "--exec-id", "e1", "g4", "echo", "in-g4").stdout == "in-g4\n"
 
     # berthd joined g2 and g4 to their running shims itself: no shim binary ran for them.
-    log = g.daemon.log()
+    log = g.daemon.log_path.read_text(errors="replace")  # whole (log() is its tail)
     assert all(f"task {cid} joins the running shim" in log for cid in ("g2", "g4"))
     assert not any(f"task {cid} joins the running shim" in log for cid in ("g1", "g3", "g5"))
+    # and started g1, g3 and g5's shims itself, through the zygote: no shim binary ran either
+    assert all(f"task {cid}: shim started by berthd through the zygote" in log
+               for cid in ("g1", "g3", "g5"))
 
     # g1 leaves: the next container takes its place beside g2, in the first slot with room
     g.remove("g1")
@@ -242,6 +245,27 @@ def test_container_grouping_gives_every_container_a_shim(tmp_path: Path,
                 group.run(cid)
             assert len({group.address(cid) for cid in group.ids}) == 3
             assert len(_shims(daemon.address)) == 3
+        finally:
+            group.close()
+
+
+def test_without_the_zygote_berthd_runs_the_shim_binary(tmp_path: Path, image: ImageInfo,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """berthd starts its own shim in-process only through the zygote; with the zygote off
+    (BERTH_SHIM_ZYGOTE=off in its environment, which its shims inherit) it runs the shim
+    binary's ``start``, which starts the shim as an interpreter of its own."""
+    monkeypatch.setenv("BERTH_SHIM_ZYGOTE", "off")
+    with _daemon(tmp_path, "") as daemon:
+        group = Group(daemon, image)
+        try:
+            group.run("plain")
+            assert group.c("tasks", "exec", "--exec-id", "e", "plain", "echo", "hi").stdout \
+                == "hi\n"
+            log = daemon.log()
+            assert "task plain: no shim zygote" in log, log
+            assert "shim started by berthd" not in log
+            with open(f"/proc/{group.shim_pid('plain')}/cmdline", "rb") as f:
+                assert b"serve_main" in f.read()  # a new interpreter, not a zygote's fork
         finally:
             group.close()
 

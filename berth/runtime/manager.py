@@ -206,7 +206,8 @@ class TaskManager:
             and opts.runtime_options.type_url else container.runtime.options
         try:
             started = time.monotonic()
-            address = self._join_group_shim(binary, bundle, options) or binary.start(bundle)
+            address = self._join_group_shim(binary, bundle, options) \
+                or self._start_own_shim(binary, bundle, options) or binary.start(bundle)
             shim_started = time.monotonic()
             shim = TaskClient.connect(address, ns, self.loop)
             io = opts.io
@@ -244,6 +245,33 @@ class TaskManager:
             bundle.write(BINARY_FILE, binary.path)
         log.debug("task %s joins the running shim at %s (no shim start)", bundle.id, path)
         return path
+
+    def _start_own_shim(self, binary: ShimBinary, bundle: Bundle,
+                        options: AnyValue | None) -> str:
+        """The socket of the shim serving the task, reached by doing in berthd what the shim
+        binary's ``start`` would do (berth.shim.launch: pick the group, bind its socket, have
+        the zygote fork a shim on it), without the binary's new interpreter (20-40 ms).
+
+        Only for Berth's shim installed beside this berthd (the same code), and only through
+        the zygote: "" when it cannot be had (then ``start`` runs, and may start the shim as an
+        interpreter of its own, in the bundle)."""
+        if os.path.basename(binary.path) != BERTH_SHIM_BINARY \
+                or os.path.dirname(binary.path) != os.path.dirname(binary.daemon_binary):
+            return ""
+        from berth.shim import launch
+
+        try:
+            address = launch.start(bundle.id, bundle.namespace, self.grpc_address, bundle.path,
+                                   binary.env(bundle), shim_cgroup=_shim_cgroup(options),
+                                   group_size=binary.group_size, fallback=False)
+        except launch.NoZygote as err:
+            log.debug("task %s: no shim zygote (%s): running the shim binary", bundle.id, err)
+            return ""
+        except (OSError, RuntimeError, launch.Unanswered) as err:
+            raise errdefs.Internal(f"starting the shim for task {bundle.id}: {err}") from err
+        bundle.write(BINARY_FILE, binary.path)
+        log.debug("task %s: shim started by berthd through the zygote", bundle.id)
+        return socket_path(address)
 
     def _track(self, task: ShimTask) -> None:
         with self._lock:

@@ -73,7 +73,8 @@ class ShimBinary:
                                 address=self.grpc_address, publish_binary=self.daemon_binary,
                                 task_id=bundle.id)
 
-    def _env(self, bundle: Bundle) -> dict[str, str]:
+    def env(self, bundle: Bundle) -> dict[str, str]:
+        """The environment the binary (and the shim it starts) gets."""
         env = {**os.environ, contract.TTRPC_ADDRESS_ENV: self.ttrpc_address,
                contract.GRPC_ADDRESS_ENV: self.grpc_address,
                contract.NAMESPACE_ENV: bundle.namespace,
@@ -87,7 +88,7 @@ class ShimBinary:
     def start(self, bundle: Bundle) -> str:
         """Start the shim for ``bundle``; its ttrpc socket path."""
         proc = subprocess.run(self._command(bundle, contract.ACTION_START), cwd=bundle.path,
-                              env=self._env(bundle), capture_output=True, timeout=START_TIMEOUT,
+                              env=self.env(bundle), capture_output=True, timeout=START_TIMEOUT,
                               stdin=subprocess.DEVNULL, check=False)
         if proc.returncode != 0:
             raise errdefs.Internal(
@@ -101,7 +102,7 @@ class ShimBinary:
     def delete(self, bundle: Bundle) -> Exit:
         """Clean up after a dead shim with the binary's ``delete`` action."""
         proc = subprocess.run(self._command(bundle, contract.ACTION_DELETE), cwd=bundle.path,
-                              env=self._env(bundle), capture_output=True, timeout=START_TIMEOUT,
+                              env=self.env(bundle), capture_output=True, timeout=START_TIMEOUT,
                               stdin=subprocess.DEVNULL, check=False)
         if proc.returncode != 0:
             raise errdefs.Internal(

@@ -6,7 +6,9 @@ and reaps their exits.
   the daemon in :mod:`berth.shimcontract`; :mod:`~berth.shim.cmdline`: parsing it.
 * :mod:`berth.shimgroups` (shared with berthd): which shim a task joins (its socket
   address), when a shim leaves.
-* :mod:`~berth.shim.zygote`: the fork server ``start`` has fork each shim (shared memory).
+* :mod:`~berth.shim.launch`: starting a task's shim (the group's socket, a fork from the
+  zygote), for ``start`` and for berthd, which starts its own shim without the binary.
+* :mod:`~berth.shim.zygote`: the fork server that forks each shim (shared memory).
 * :mod:`~berth.shim.server`: the shim process's loop, ttrpc on the socket ``start`` bound.
 * :mod:`~berth.shim.service`: the ``containerd.task.v2.Task`` RPCs.
 * :mod:`~berth.shim.container`, :mod:`~berth.shim.process`: a container, its init and exec
@@ -20,7 +22,8 @@ and reaps their exits.
 * :mod:`~berth.shim.events`: events forwarded to the daemon.
 * :mod:`~berth.shim.lean`: what the shim process does without, to stay small.
 
-Nothing here is imported by the daemon: the modules load in the shim's own process, and they
+Nothing here but :mod:`~berth.shim.launch` (and the zygote's client side it uses) is imported by
+the daemon: the modules load in the shim's own process, and they
 import only the bottom of Berth (errdefs, identifiers, namespaces, logfmt, mount, ttrpc, the
 generated API) and :mod:`berth.shimcontract`. Within the package, imports form no cycle.
 """

@@ -37,86 +37,16 @@ from __future__ import annotations
 
 # Only what ``start`` needs, and only cheap modules (see berth.shim.lean): ``start`` runs on
 # the path of every container start.
-import _socket
 import os
 import sys
 import time
 
 from berth import shimcontract as contract
-from berth.shim.cmdline import LISTEN_FD, Flags, UsageError, parse_flags
-from berth.shim.lean import unix_socket
-from berth.shimgroups import SOCKET_DIR, Lock, group_address
+from berth.shim import launch
+from berth.shim.cmdline import Flags, UsageError, parse_flags
+from berth.shimgroups import SOCKET_DIR, Lock
 
 VERSION = "berth shim v2"
-
-
-def _write_atomically(path: str, data: str) -> None:
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}")
-    with open(tmp, "w") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def _can_connect(path: str) -> bool:
-    """Whether a shim serves ``path``. One too busy to accept within a second (its backlog
-    full) is alive: better to join it than to take its socket."""
-    probe = unix_socket()
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except TimeoutError:
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
-
-
-def _listen(path: str) -> _socket.socket | None:
-    """A listening socket at ``path``; None if a live shim already serves it."""
-    os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
-    for _attempt in range(2):
-        sock = unix_socket()
-        try:
-            sock.bind(path)
-        except OSError as err:
-            sock.close()
-            if err.errno != 98:  # EADDRINUSE
-                raise
-            if _can_connect(path):
-                return None
-            os.unlink(path)  # a dead shim's socket
-            continue
-        os.chmod(path, 0o600)
-        sock.listen(128)
-        return sock
-    raise OSError(f"cannot bind {path}")
-
-
-def _python_command() -> list[str]:
-    """How to run the shim process: this interpreter without site initialisation (which
-    costs the long-running process memory and start-up time) but with today's import path."""
-    import berth
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(berth.__file__)))
-    paths = [root, *[p for p in sys.path if p and os.path.isdir(p) and p != root]]
-    bootstrap = (f"import sys; sys.path[:0] = {paths!r}; "
-                 "from berth.shim.main import serve_main; sys.exit(serve_main(sys.argv[1:]))")
-    return [sys.executable, "-I", "-S", "-c", bootstrap]
-
-
-def _log_fd() -> int | None:
-    """The bundle's ``log`` FIFO, opened read-write so that opening never blocks and writes
-    cannot fail for want of a reader (they are dropped when it is full: see serve)."""
-    import stat
-
-    try:
-        if not stat.S_ISFIFO(os.stat(contract.LOG_FIFO).st_mode):
-            return None
-        return os.open(contract.LOG_FIFO, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
 
 
 def _read_start_options() -> bytes:
@@ -126,22 +56,6 @@ def _read_start_options() -> bytes:
         return sys.stdin.buffer.read()
     except OSError:
         return b""
-
-
-def _join_cgroup(pid: int, cgroup: str) -> None:
-    """Move ``pid`` into ``cgroup`` in every hierarchy that has it (the shim_cgroup option)."""
-    with open("/proc/self/mountinfo") as f:
-        mountpoints = [line.split(" - ")[0].split()[4] for line in f
-                       if " - cgroup " in line or " - cgroup2 " in line]
-    joined = False
-    for mountpoint in mountpoints:
-        procs = os.path.join(mountpoint, cgroup.lstrip("/"), "cgroup.procs")
-        if os.path.exists(procs):
-            with open(procs, "w") as f:
-                f.write(str(pid))
-            joined = True
-    if not joined:
-        raise OSError(f"shim cgroup {cgroup} does not exist")
 
 
 def _shim_cgroup(data: bytes) -> str:
@@ -158,73 +72,13 @@ def _shim_cgroup(data: bytes) -> str:
     return str(oci_pb2.Options.FromString(options.value).shim_cgroup)
 
 
-def _adjust_oom_score(pid: int) -> None:
-    """As containerd does: the shim is a little likelier to be OOM-killed than its daemon
-    (whose score we inherited), never less."""
-    try:
-        with open("/proc/self/oom_score_adj") as f:
-            score = int(f.read().strip())
-        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
-            f.write(str(min(score + 1, 1000)))
-    except (OSError, ValueError):
-        pass
-
-
-def _start_shim(shim_flags: list[str], sock: _socket.socket, log_fd: int | None) -> int:
-    """Start the shim process on ``sock``: forked by the zygote (see berth.shim.zygote), or,
-    if that fails or ``BERTH_SHIM_ZYGOTE=off``, as a new interpreter of its own."""
-    from berth.shim.spawn import spawn_process
-
-    python = _python_command()
-    if os.environ.get(contract.ZYGOTE_ENV, "").lower() not in ("off", "0", "false", "no"):
-        from berth.shim import zygote
-
-        try:
-            return zygote.fork_shim(zygote.zygote_path(SOCKET_DIR), shim_flags,
-                                    cwd=os.getcwd(), env=dict(os.environ),
-                                    listen_fd=sock.fileno(), log_fd=log_fd, python=python)
-        except (OSError, RuntimeError, ValueError):
-            pass
-    return spawn_process([*python, *shim_flags], stderr=log_fd, fds={LISTEN_FD: sock.fileno()},
-                         setsid=True)
-
-
-def _start_serving(flags: Flags, sock: _socket.socket, path: str, shim_cgroup: str) -> None:
-    log_fd = _log_fd()
-    shim_flags = [f"-{contract.FLAG_NAMESPACE}", flags.namespace, f"-{contract.FLAG_ID}", flags.id,
-                  f"-{contract.FLAG_ADDRESS}", flags.address]
-    if flags.debug:
-        shim_flags.append(f"-{contract.FLAG_DEBUG}")
-    try:
-        pid = _start_shim(shim_flags, sock, log_fd)
-        # Not waited for: it outlives us. (Our own exit hands it to init.)
-        if shim_cgroup:
-            _join_cgroup(pid, shim_cgroup)
-        _adjust_oom_score(pid)
-    except BaseException:
-        os.unlink(path)
-        raise
-    finally:
-        sock.close()
-        if log_fd is not None:
-            os.close(log_fd)
-
-
 def start(flags: Flags) -> int:
     from berth.shim.spawn import close_on_exec_all
 
     close_on_exec_all()
     options = _read_start_options()
-    bundle = os.getcwd()
-    shim_cgroup = _shim_cgroup(options)
-    with Lock(os.path.dirname(bundle)):
-        address = group_address(flags.id, bundle, flags.address, flags.namespace,
-                                bool(shim_cgroup))
-        path = address.removeprefix(contract.UNIX_SCHEME)
-        sock = _listen(path)
-        if sock is not None:
-            _start_serving(flags, sock, path, shim_cgroup)
-        _write_atomically(contract.ADDRESS_FILE, address)
+    address = launch.start(flags.id, flags.namespace, flags.address, os.getcwd(), os.environ,
+                           debug=flags.debug, shim_cgroup=_shim_cgroup(options))
     sys.stdout.write(address)
     sys.stdout.flush()
     return 0
@@ -240,7 +94,7 @@ def _remove_dead_socket(bundle: str) -> None:
     except OSError:
         return
     with Lock(os.path.dirname(os.path.abspath(bundle))):
-        if path.startswith(SOCKET_DIR + "/") and not _can_connect(path):
+        if path.startswith(SOCKET_DIR + "/") and not launch.can_connect(path):
             try:
                 os.unlink(path)
             except FileNotFoundError:

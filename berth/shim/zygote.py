@@ -6,7 +6,8 @@ modules). Started one by one, every shim holds its own copy (~13 MiB private eac
 a preloaded process, they share those pages copy-on-write and each keeps only what it changes
 (~4 MiB), and a new shim answers at once instead of importing first.
 
-Contract (``start`` is the only client):
+Contract (the clients: the shim binary's ``start``, and berthd for its own shim, both through
+berth.shim.launch):
 
 * The zygote listens on ``/run/berth/s/zygote-<identity>`` (mode 0600), where the identity
   hashes the interpreter, the Berth installation and its shim code's files (an upgraded Berth
@@ -196,7 +197,16 @@ def _decode(data: bytes) -> dict[str, Any]:
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)
+    """This process's umask, read without changing it (berthd calls this from one of its
+    threads: setting and restoring it would race with the others)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: the only other way
     os.umask(mask)
     return mask
 
