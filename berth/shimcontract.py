@@ -58,6 +58,7 @@ GROUP_SIZE_ENV = "BERTH_SHIM_GROUP_SIZE"  # tasks one shared shim serves at most
 DEFAULT_GROUP_SIZE = 16
 LINGER_ENV = "BERTH_SHIM_LINGER"  # seconds an idle group shim waits for a next task
 DEFAULT_LINGER = 2.0
+LISTEN_FD = 3  # the shim process's listening socket, as ``start`` (or the zygote) hands it over
 ZYGOTE_ENV = "BERTH_SHIM_ZYGOTE"  # "off": start each shim as a new interpreter, no fork server
 
 # -- the bundle directory ------------------------------------------------------------------------

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 
-def _sha256_hex(data: bytes) -> str:
+def sha256_hex(data: bytes) -> str:
     """sha256 in hex, from CPython's built-in implementation where it has one (the shim's
     ``start`` should not load OpenSSL for one short digest)."""
     try:
@@ -65,7 +65,7 @@ def _sha256_hex(data: bytes) -> str:
 
 
 def socket_address(daemon_address: str, namespace: str, key: str) -> str:
-    digest = _sha256_hex(f"{daemon_address}/{namespace}/{key}".encode())
+    digest = sha256_hex(f"{daemon_address}/{namespace}/{key}".encode())
     return f"{UNIX_SCHEME}{SOCKET_DIR}/{digest}"
 
 

@@ -35,7 +35,7 @@ BERTH = Path(__file__).resolve().parent.parent / "berth"
 LAYERS: list[set[str]] = [
     {"errdefs"},
     {"identifiers", "namespaces", "labels", "digest", "filters", "clock", "logfmt", "fsmode",
-     "rootpath", "leases", "shimcontract", "shimgroups", "crilog"},
+     "rootpath", "leases", "shimcontract", "shimgroups", "shimlaunch", "spawn", "crilog"},
     {"oci", "ttrpc", "mount", "images", "containers"},
     {"content", "snapshots", "diff", "remotes", "events"},
     {"metadata", "runtime", "plugin", "shim"},

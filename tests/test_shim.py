@@ -902,7 +902,8 @@ def test_shims_are_forked_by_the_zygote(workdir: Path, busybox_rootfs: Path,
 def test_zygote_leaves_when_idle(workdir: Path) -> None:
     """A zygote of our own: it forks a shim on request, and exits once that shim is gone and
     no request came for a while."""
-    from berth.shim import launch, zygote
+    from berth import shimlaunch
+    from berth.shim import zygote
 
     path = str(workdir / "zygote.sock")
     listener = socket.socket(socket.AF_UNIX)
@@ -913,10 +914,10 @@ def test_zygote_leaves_when_idle(workdir: Path) -> None:
 
     async def main() -> None:
         nonlocal zygote_pid, shim_pid
-        shim_pid = zygote.fork_shim(
+        shim_pid = shimlaunch.fork_shim(
             path, ["-namespace", NAMESPACE, "-id", "zygote-test", "-address", "x"],
             cwd=str(workdir), env={"PATH": "/usr/bin:/bin"}, listen_fd=listener.fileno(),
-            log_fd=None, python=launch.python_command())
+            log_fd=None, python=shimlaunch.python_command())
         listener.close()
         zygote_pid = next(pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
                           if path in read_cmdline_safe(pid))
@@ -1227,7 +1228,7 @@ def test_start_imports_only_cheap_modules(tmp_path: Path) -> None:
     # and what a start that has a shim forked loads besides (the zygote's client side)
     root = str(Path(__file__).resolve().parent.parent)
     code = (f"import sys; sys.path.insert(0, {root!r}); "
-            "import berth.shim.zygote, berth.shim.spawn, resource; "
+            "import berth.shimlaunch, berth.spawn, resource; "
             "print(' '.join(sorted(sys.modules)))")
     forking = set(subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True,
                                  text=True, check=True).stdout.split())
@@ -1237,15 +1238,15 @@ def test_start_imports_only_cheap_modules(tmp_path: Path) -> None:
 def test_zygote_messages_are_framed(tmp_path: Path) -> None:
     """A message of the zygote's protocol arrives whole, with its fds, however large (a
     request carries the caller's environment)."""
-    from berth.shim import zygote
+    from berth import shimlaunch
 
     message = {"env": {f"VAR{i}": "x" * 100 for i in range(3000)}, "argv": ["-id", "big"]}
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with left, right, open(tmp_path / "passed", "w") as passed:
-        sender = threading.Thread(target=zygote.send, args=(left, message, [passed.fileno()]))
+        sender = threading.Thread(target=shimlaunch.send, args=(left, message, [passed.fileno()]))
         sender.start()
         data, fds, _flags, _addr = socket.recv_fds(right, 1 << 16, 2)
-        got = zygote.receive(right, data)
+        got = shimlaunch.receive(right, data)
         sender.join()
         assert got == message and len(fds) == 1
         os.write(fds[0], b"through the passed fd")
@@ -1258,7 +1259,7 @@ def test_zygote_messages_are_checked() -> None:
     makes ``start`` fall back to starting the shim itself)."""
     import marshal
 
-    from berth.shim.zygote import _decode
+    from berth.shimlaunch import _decode
 
     assert _decode(marshal.dumps({"pid": 7})) == {"pid": 7}
     for bad in (b"", b"\x00garbage", marshal.dumps([1, 2]), marshal.dumps({"pid": 1})[:-2]):

@@ -249,7 +249,7 @@ class TaskManager:
     def _start_own_shim(self, binary: ShimBinary, bundle: Bundle,
                         options: AnyValue | None) -> str:
         """The socket of the shim serving the task, reached by doing in berthd what the shim
-        binary's ``start`` would do (berth.shim.launch: pick the group, bind its socket, have
+        binary's ``start`` would do (berth.shimlaunch: pick the group, bind its socket, have
         the zygote fork a shim on it), without the binary's new interpreter (20-40 ms).
 
         Only for Berth's shim installed beside this berthd (the same code), and only through
@@ -258,16 +258,16 @@ class TaskManager:
         if os.path.basename(binary.path) != BERTH_SHIM_BINARY \
                 or os.path.dirname(binary.path) != os.path.dirname(binary.daemon_binary):
             return ""
-        from berth.shim import launch
+        from berth import shimlaunch
 
         try:
-            address = launch.start(bundle.id, bundle.namespace, self.grpc_address, bundle.path,
+            address = shimlaunch.start(bundle.id, bundle.namespace, self.grpc_address, bundle.path,
                                    binary.env(bundle), shim_cgroup=_shim_cgroup(options),
                                    group_size=binary.group_size, fallback=False)
-        except launch.NoZygote as err:
+        except shimlaunch.NoZygote as err:
             log.debug("task %s: no shim zygote (%s): running the shim binary", bundle.id, err)
             return ""
-        except (OSError, RuntimeError, launch.Unanswered) as err:
+        except (OSError, RuntimeError, shimlaunch.Unanswered) as err:
             raise errdefs.Internal(f"starting the shim for task {bundle.id}: {err}") from err
         bundle.write(BINARY_FILE, binary.path)
         log.debug("task %s: shim started by berthd through the zygote", bundle.id)

@@ -1,6 +1,6 @@
 """The shim binary's command line as it parses it (the names are :mod:`berth.shimcontract`'s),
-and the one thing ``start`` hands the shim process it starts besides: the listening socket, as
-fd :data:`LISTEN_FD`.
+(the listening socket it hands the shim process besides is fd
+:data:`berth.shimcontract.LISTEN_FD`).
 
 Used by ``start`` (berth.shim.main), the fork server (berth.shim.zygote) and the shim process
 (berth.shim.server), none of which imports another's module for it. Cheap to import (see
@@ -10,8 +10,6 @@ berth.shim.lean).
 from __future__ import annotations
 
 from berth.shimcontract import BOOL_FLAGS, FLAG_VERSION, STRING_FLAGS
-
-LISTEN_FD = 3
 
 
 class Flags:

@@ -42,9 +42,10 @@ import sys
 import time
 
 from berth import shimcontract as contract
-from berth.shim import launch
 from berth.shim.cmdline import Flags, UsageError, parse_flags
 from berth.shimgroups import SOCKET_DIR, Lock
+from berth.shimlaunch import can_connect
+from berth.shimlaunch import start as start_shim
 
 VERSION = "berth shim v2"
 
@@ -73,12 +74,12 @@ def _shim_cgroup(data: bytes) -> str:
 
 
 def start(flags: Flags) -> int:
-    from berth.shim.spawn import close_on_exec_all
+    from berth.spawn import close_on_exec_all
 
     close_on_exec_all()
     options = _read_start_options()
-    address = launch.start(flags.id, flags.namespace, flags.address, os.getcwd(), os.environ,
-                           debug=flags.debug, shim_cgroup=_shim_cgroup(options))
+    address = start_shim(flags.id, flags.namespace, flags.address, os.getcwd(), os.environ,
+                         debug=flags.debug, shim_cgroup=_shim_cgroup(options))
     sys.stdout.write(address)
     sys.stdout.flush()
     return 0
@@ -94,7 +95,7 @@ def _remove_dead_socket(bundle: str) -> None:
     except OSError:
         return
     with Lock(os.path.dirname(os.path.abspath(bundle))):
-        if path.startswith(SOCKET_DIR + "/") and not launch.can_connect(path):
+        if path.startswith(SOCKET_DIR + "/") and not can_connect(path):
             try:
                 os.unlink(path)
             except FileNotFoundError:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from berth.shim.spawn import spawn_process
+from berth.spawn import spawn_process
 
 PR_SET_CHILD_SUBREAPER = 36
 UNCLAIMED_LIMIT = 1024

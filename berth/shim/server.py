@@ -16,11 +16,10 @@ import signal
 import socket
 import time
 
-from berth.shim.cmdline import LISTEN_FD
 from berth.shim.reaper import Reaper, set_subreaper
-from berth.shim.spawn import close_on_exec_all
-from berth.shimcontract import TTRPC_ADDRESS_ENV
+from berth.shimcontract import LISTEN_FD, TTRPC_ADDRESS_ENV
 from berth.shimgroups import Lock, joining
+from berth.spawn import close_on_exec_all
 
 log = logging.getLogger("berth.shim")
 

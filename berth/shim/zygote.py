@@ -7,7 +7,7 @@ a preloaded process, they share those pages copy-on-write and each keeps only wh
 (~4 MiB), and a new shim answers at once instead of importing first.
 
 Contract (the clients: the shim binary's ``start``, and berthd for its own shim, both through
-berth.shim.launch):
+berth.shimlaunch):
 
 * The zygote listens on ``/run/berth/s/zygote-<identity>`` (mode 0600), where the identity
   hashes the interpreter, the Berth installation and its shim code's files (an upgraded Berth
@@ -21,7 +21,7 @@ berth.shim.launch):
   (SCM_RIGHTS). The answer is ``{"pid": N}`` or ``{"error": "..."}``, the same way. Only
   root can connect (mode 0600).
 * A zygote that took a request but gave no answer may have forked the shim: ``start`` then
-  fails (:class:`Unanswered`) rather than start a second shim on the same socket.
+  fails (:class:`berth.shimlaunch.Unanswered`) rather than start a second shim on the same socket.
 * The shim is forked twice (a new session, not the zygote's child: it is re-parented as a
   directly started shim would be), gets the socket as fd 3, /dev/null as stdin and stdout, the
   log fd (or /dev/null) as stderr, the bundle as working directory, exactly the request's
@@ -36,26 +36,20 @@ Anything going wrong on the way makes ``start`` fall back to starting the shim d
 
 from __future__ import annotations
 
-# The client side runs in the shim's ``start``: cheap modules only (see berth.shim.lean).
-import _socket
-import marshal
 import os
-import sys
 import time
 
-from berth.shim.cmdline import LISTEN_FD
-from berth.shim.lean import unix_socket
+from berth.shimcontract import LISTEN_FD
+from berth.shimlaunch import CONNECT_TIMEOUT, _connect, receive, send
+from berth.shimlaunch import ZYGOTE_FLAG as ZYGOTE_FLAG  # the zygote's command line
 
-TYPE_CHECKING = False  # typing's own costs ``start`` 8 ms
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
     from collections.abc import Sequence
     from typing import Any
 
-ZYGOTE_FLAG = "--berth-shim-zygote"
 IDLE_EXIT = 10.0
-CONNECT_TIMEOUT = 5.0  # a new zygote imports everything first
-_MAX_MESSAGE = 1 << 20  # an environment can be large
 # Modules a shim process uses; the zygote imports them all before forking.
 _PRELOAD = (
     "asyncio", "ctypes", "berth.ttrpc.server", "berth.ttrpc.client", "berth.logfmt",
@@ -67,186 +61,6 @@ _PRELOAD = (
     "berth.api.services.ttrpc.events.v1.events_pb2", "google.protobuf.empty_pb2",
     "urllib.parse",
 )
-
-
-def _berth_root() -> str:
-    import berth
-
-    return os.path.dirname(os.path.dirname(os.path.abspath(berth.__file__)))
-
-
-def identity() -> str:
-    """What the zygote's code is: the interpreter, and every shim source file's stat."""
-    from berth.shim.lean import sha256_hex
-
-    root = _berth_root()
-    parts = [f"{sys.executable}\0{sys.version}\0{root}\0{os.getuid()}".encode()]
-    try:
-        with open("/proc/self/cgroup", "rb") as f:
-            parts.append(f.read())
-        for ns in sorted(os.listdir("/proc/self/ns")):
-            parts.append(os.readlink(f"/proc/self/ns/{ns}").encode() + b"\0")
-    except OSError:
-        pass  # no /proc: the code's identity alone
-    for sub in ("berth/shim", "berth/ttrpc", "berth/api/runtime/task/v2", "berth/api/events"):
-        directory = os.path.join(root, sub)
-        for name in sorted(_listdir(directory)):
-            if name.endswith(".py"):
-                st = os.stat(os.path.join(directory, name))
-                parts.append(f"{sub}/{name}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
-    for name in ("errdefs.py", "identifiers.py", "namespaces.py", "mount.py", "logfmt.py",
-                 "shimcontract.py"):
-        try:
-            st = os.stat(os.path.join(root, "berth", name))
-        except OSError:
-            continue
-        parts.append(f"{name}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
-    return sha256_hex(b"".join(parts))[:32]
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
-
-
-def zygote_path(socket_dir: str) -> str:
-    return os.path.join(socket_dir, f"zygote-{identity()}")
-
-
-# -- the client side: ``start`` ----------------------------------------------------------------
-
-
-def fork_shim(path: str, argv: Sequence[str], *, cwd: str, env: dict[str, str],
-              listen_fd: int, log_fd: int | None, python: Sequence[str]) -> int:
-    """Have the zygote at ``path`` fork a shim; its pid. Starts the zygote (with the
-    ``python`` command) when none answers. OSError or RuntimeError when it cannot be had."""
-    sock = _connect(path)
-    if sock is None:
-        _spawn_zygote(path, python)
-        deadline = time.monotonic() + CONNECT_TIMEOUT
-        while sock is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-            sock = _connect(path)
-        if sock is None:
-            raise RuntimeError(f"shim zygote at {path} did not come up")
-    try:
-        sock.settimeout(CONNECT_TIMEOUT)
-        request = {"argv": list(argv), "env": env, "cwd": cwd, "umask": _umask(),
-                   "rlimits": _rlimits()}
-        send(sock, request, [listen_fd] + ([log_fd] if log_fd is not None else []))
-        try:
-            answer = receive(sock)
-        except (OSError, RuntimeError) as err:
-            raise Unanswered(f"shim zygote at {path} took the request but did not answer "
-                             f"({err}); it may have started the shim") from None
-    finally:
-        sock.close()
-    if "pid" not in answer:
-        raise RuntimeError(f"shim zygote: {answer.get('error', 'no answer')}")
-    return int(answer["pid"])
-
-
-class Unanswered(Exception):
-    """The zygote took a request and gave no answer: whether it forked the shim is unknown.
-    (Not an OSError or RuntimeError: ``start`` must not fall back to starting another.)"""
-
-
-def send(sock: _socket.socket | socket.socket, message: dict[str, Any],
-         fds: Sequence[int] = ()) -> None:
-    """One message of the protocol, with ``fds`` attached."""
-    data = marshal.dumps(message)
-    data = len(data).to_bytes(4, "big") + data
-    if fds:
-        # C ints in native order (``array`` would do, but it imports collections: see lean)
-        ints = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
-        sent = sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, ints)])
-    else:
-        sent = sock.send(data)
-    if sent < len(data):
-        sock.sendall(data[sent:])
-
-
-def receive(sock: _socket.socket | socket.socket, start: bytes = b"") -> dict[str, Any]:
-    """One message of the protocol (``start``: what was read of it already); RuntimeError if
-    what comes is not one."""
-    data = start
-    while True:
-        if len(data) >= 4:
-            size = int.from_bytes(data[:4], "big")
-            if size > _MAX_MESSAGE:
-                raise RuntimeError(f"shim zygote: message of {size} bytes refused")
-            if len(data) >= 4 + size:
-                return _decode(data[4:4 + size])
-        chunk = sock.recv(1 << 16)
-        if not chunk:
-            raise RuntimeError("shim zygote: message cut short")
-        data += chunk
-
-
-def _decode(data: bytes) -> dict[str, Any]:
-    """One message of the protocol; RuntimeError if it is not one."""
-    try:
-        message = marshal.loads(data)
-    except (EOFError, ValueError, TypeError) as err:
-        raise RuntimeError(f"shim zygote: unreadable message ({err})") from None
-    if not isinstance(message, dict):
-        raise RuntimeError("shim zygote: unreadable message (not a dict)")
-    return message
-
-
-def _umask() -> int:
-    """This process's umask, read without changing it (berthd calls this from one of its
-    threads: setting and restoring it would race with the others)."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # no /proc: the only other way
-    os.umask(mask)
-    return mask
-
-
-def _rlimits() -> dict[str, list[int]]:
-    import resource
-
-    return {name: list(resource.getrlimit(getattr(resource, name)))
-            for name in dir(resource) if name.startswith("RLIMIT_")}
-
-
-def _apply_rlimits(limits: dict[str, list[int]]) -> None:
-    """Take the caller's limits where we may (raising a hard limit needs a privilege)."""
-    import resource
-
-    for name, (soft, hard) in limits.items():
-        try:
-            resource.setrlimit(getattr(resource, name), (soft, hard))
-        except (AttributeError, ValueError, OSError):
-            continue  # unknown here, or beyond what we may raise it to: keep ours
-
-
-def _connect(path: str) -> _socket.socket | None:
-    sock = unix_socket()
-    try:
-        sock.connect(path)
-    except OSError:
-        sock.close()
-        return None
-    return sock
-
-
-def _spawn_zygote(path: str, python: Sequence[str]) -> None:
-    from berth.shim.spawn import spawn_process
-
-    # The padding leaves room in the zygote's argument area for the shims' command lines. Its
-    # environment is almost empty: shims show it in /proc/PID/environ (theirs is the
-    # request's), and one daemon's variables must not seem to be another's shim's.
-    spawn_process([*python, ZYGOTE_FLAG, path, " " * 512], setsid=True,
-                  env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
 
 
 # -- the zygote --------------------------------------------------------------------------------
@@ -405,3 +219,14 @@ def _set_command_line(args: Sequence[str]) -> None:
     area = end - start
     text = b"\0".join(a.encode() for a in args) + b"\0"
     ctypes.memmove(start, text[:area].ljust(area, b"\0"), area)
+
+
+def _apply_rlimits(limits: dict[str, list[int]]) -> None:
+    """Take the caller's limits where we may (raising a hard limit needs a privilege)."""
+    import resource
+
+    for name, (soft, hard) in limits.items():
+        try:
+            resource.setrlimit(getattr(resource, name), (soft, hard))
+        except (AttributeError, ValueError, OSError):
+            continue  # unknown here, or beyond what we may raise it to: keep ours

@@ -49,7 +49,7 @@ from images import ImageInfo
 from processes import argument_after, read_argv
 from test_ctr_tasks import Session, wait_until
 
-from berth.shim.zygote import ZYGOTE_FLAG
+from berth.shimlaunch import ZYGOTE_FLAG
 
 pytestmark = pytest.mark.needs_root
 

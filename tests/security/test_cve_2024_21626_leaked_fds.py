@@ -10,7 +10,7 @@ stack (here: berthd, Berth's shim, runc) lets through to the container's process
 
 What holds the line, layer by layer:
 
-* Berth's shim starts runc with exactly its stdio (``berth/shim/spawn.py``: every fd of ours
+* Berth's shim starts runc with exactly its stdio (``berth.spawn.py``: every fd of ours
   is close-on-exec, the child gets 0-2 only). A wrapper around runc (``ctr run
   --runc-binary``) records what each runc command inherits.
 * Debian's runc (1.1.5+ds1-1+deb12u1) carries the upstream fix: its internal fds are
