@@ -120,9 +120,23 @@ class TaskService:
                   exit_.status)
         if self.containers.get(container.id) is not container:
             return  # deleted before it exited (a created container's init)
-        process.set_exited(exit_)
         if process is container.init and container.kill_all_on_exit:
-            in_background(self._kill_all(container))
+            # As containerd's shim: the rest of the container is killed before the exit is
+            # known. A daemon that deletes the task once it sees the exit must not find runc
+            # freezing the cgroup for the kill ("cannot delete container ... paused").
+            in_background(self._kill_all_then_exit(container, process, exit_))
+            return
+        self._finish_exit(container, process, exit_)
+
+    async def _kill_all_then_exit(self, container: Container, process: Process,
+                                  exit_: Exit) -> None:
+        try:
+            await self._kill_all(container)
+        finally:
+            self._finish_exit(container, process, exit_)
+
+    def _finish_exit(self, container: Container, process: Process, exit_: Exit) -> None:
+        process.set_exited(exit_)
         event = events.TaskExit(container_id=container.id, id=process.id, pid=exit_.pid,
                                 exit_status=exit_.status)
         _timestamp(event.exited_at, exit_.at)
@@ -169,7 +183,7 @@ class TaskService:
     async def _kill_all(self, container: Container) -> None:
         try:
             await container.ctx.runc.kill(self.reaper, container.id, 9, all_processes=True)
-        except errdefs.BerthError as err:
+        except (errdefs.BerthError, OSError) as err:
             log.debug("kill --all after init exit of %s: %s", container.id, err)
 
     # -- RPCs ------------------------------------------------------------------------------
