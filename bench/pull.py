@@ -465,11 +465,21 @@ class Berthd(ManagedProcess):
             remove_tree(self.base)
 
 
+# An idle group shim lingers this long after its last task (berthd's shim_linger, 2 s by
+# default), daemon or no daemon; a shim still there after it has outlived its daemon.
+LINGER_GRACE = 5.0
+
+
 def kill_leftover_shims(address: str, name: str) -> list[int]:
-    """A safety net once the daemon serving ``address`` has stopped: SIGKILL the shims still
-    carrying ``-address ADDRESS`` and their children (container processes), and say so (a shim
-    that outlives its daemon is worth knowing about). Returns the shims' PIDs."""
+    """A safety net once the daemon serving ``address`` has stopped: the shims still carrying
+    ``-address ADDRESS`` after LINGER_GRACE seconds are SIGKILLed with their children (container
+    processes), and named (a shim that outlives its daemon is worth knowing about). Returns
+    the shims' PIDs."""
+    deadline = time.monotonic() + LINGER_GRACE
     shims = pids_with_argument_pair("-address", address)
+    while shims and time.monotonic() < deadline:
+        time.sleep(0.1)
+        shims = pids_with_argument_pair("-address", address)
     if shims:
         print(f"[{name} {time.strftime('%H:%M:%S')}] killing {len(shims)} shim(s) left after "
               f"the daemon stopped: {shims}", flush=True)
