@@ -574,3 +574,25 @@ def test_pull_and_push_with_login(berthd: Berthd, auth_registry: Registry,
     pulled = berth_process(berthd.address, "pull", "--plain-http", target, env=env)
     assert pulled.returncode == 0, pulled.stderr
     assert target in c("images", "ls", "-q").stdout.split()
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["run", "--rm", "busybox", "true"], "run"),
+    (["-a", "/x.sock", "-n", "ns", "pull", "busybox"], "pull"),
+    (["--address", "/x.sock", "--snapshotter", "native", "image", "ls"], "image"),
+    (["--namespace=ns", "ps"], "ps"),
+    (["--help"], None),
+    ([], None),
+    (["bogus"], None),
+    (["-a", "run"], None),  # "run" is the address here; no command follows
+])
+def test_only_the_named_command_is_built(argv: list[str], named: str | None) -> None:
+    """The CLI builds the command it runs, not all of them (typer reads every command's
+    parameters when it builds one: about 100 ms for all of berth's)."""
+    from berth.cli.app import build, command_named
+
+    assert command_named(argv) == named
+    if named is not None:
+        names = {c.name for c in build(named).registered_commands} \
+            | {g.name for g in build(named).registered_groups}
+        assert names == {named}

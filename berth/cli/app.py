@@ -24,16 +24,7 @@ from berth.cli import run as run_cmd
 from berth.cli.state import console, err_console, state
 from berth.plugin.config import DEFAULT_ADDRESS
 
-app = typer.Typer(no_args_is_help=True, add_completion=True, rich_markup_mode="markdown",
-                  help="Berth: pull, store and run containers (talks to berthd).")
-image_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Manage images.")
-app.add_typer(image_app, name="image")
-container_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
-                            help="Manage containers.")
-app.add_typer(container_app, name="container")
 
-
-@app.callback()
 def main(
     address: Annotated[str, typer.Option(
         "--address", "-a", envvar="BERTH_ADDRESS", help="berthd's socket.")] = DEFAULT_ADDRESS,
@@ -49,7 +40,6 @@ def main(
     state.snapshotter = snapshotter
 
 
-@app.command()
 def version() -> None:
     """Show berth's and berthd's versions."""
     from berth import __version__
@@ -71,10 +61,6 @@ _COMMANDS: list[tuple[Callable[..., Any], str, tuple[str, ...]]] = [
     (login.login, "login", ()),
     (login.logout, "logout", ()),
 ]
-for _fn, _name, _aliases in _COMMANDS:
-    app.command(_name)(_fn)
-    for _i, _alias in enumerate(_aliases):
-        image_app.command(_alias, hidden=_i > 0)(_fn)
 
 # Commands that take a command line after their arguments stop reading options there
 # (`berth run busybox ls -l`).
@@ -92,17 +78,67 @@ _CONTAINER_COMMANDS: list[tuple[Callable[..., Any], str, tuple[str, ...], dict[s
     (stats.stats, "stats", ("stats",), {}),
     (events.events, "events", (), {}),
 ]
-for _fn, _name, _aliases, _settings in _CONTAINER_COMMANDS:
-    app.command(_name, context_settings=_settings)(_fn)
-    for _i, _alias in enumerate(_aliases):
-        container_app.command(_alias, hidden=_i > 0 and _alias != _name,
-                              context_settings=_settings)(_fn)
+_NAMES = frozenset({"version", "image", "container", *(c[1] for c in _COMMANDS),
+                    *(c[1] for c in _CONTAINER_COMMANDS)})
+# The global options that take a value (see main).
+_VALUE_OPTIONS = frozenset({"--address", "-a", "--namespace", "-n", "--snapshotter"})
+
+
+def build(only: str | None = None) -> typer.Typer:
+    """The app; with ``only`` (a top-level name), the global options and that command (or
+    ``image``/``container`` group) alone. typer builds every command its app has on each run,
+    reading their parameters from their annotations (about 100 ms for all of berth's), so
+    :func:`run` builds only the one asked for."""
+    app = typer.Typer(no_args_is_help=True, add_completion=only is None,
+                      rich_markup_mode="markdown",
+                      help="Berth: pull, store and run containers (talks to berthd).")
+    app.callback()(main)
+    if only in (None, "version"):
+        app.command()(version)
+    if only in (None, "image"):
+        image_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+                                help="Manage images.")
+        app.add_typer(image_app, name="image")
+        for fn, _name, aliases in _COMMANDS:
+            for i, alias in enumerate(aliases):
+                image_app.command(alias, hidden=i > 0)(fn)
+    if only in (None, "container"):
+        container_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+                                    help="Manage containers.")
+        app.add_typer(container_app, name="container")
+        for fn, name, aliases, settings in _CONTAINER_COMMANDS:
+            for i, alias in enumerate(aliases):
+                container_app.command(alias, hidden=i > 0 and alias != name,
+                                      context_settings=settings)(fn)
+    for fn, name, _aliases in _COMMANDS:
+        if only in (None, name):
+            app.command(name)(fn)
+    for fn, name, _aliases, settings in _CONTAINER_COMMANDS:
+        if only in (None, name):
+            app.command(name, context_settings=settings)(fn)
+    return app
+
+
+def command_named(argv: list[str]) -> str | None:
+    """The top-level command ``argv`` names after the global options, if it is one of ours
+    (None: the whole app is needed, for help, completion or a usage error)."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in _VALUE_OPTIONS:
+            i += 2
+        elif word.startswith("-"):
+            i += 1
+        else:
+            return word if word in _NAMES else None
+    return None
 
 
 def run(argv: list[str]) -> int:
     """Run the CLI on ``argv``; the exit status. Every failure becomes one line on stderr."""
     try:
         # Without standalone mode, a command's typer.Exit comes back as its code.
+        app = build(command_named(argv))
         code = app(argv, standalone_mode=False, prog_name="berth")
         sys.stdout.flush()  # here, where a closed pipe is still ours to handle
     except errdefs.BerthError as err:
