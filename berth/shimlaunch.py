@@ -396,5 +396,17 @@ def _spawn_zygote(path: str, python: Sequence[str]) -> None:
     # The padding leaves room in the zygote's argument area for the shims' command lines. Its
     # environment is almost empty: shims show it in /proc/PID/environ (theirs is the
     # request's), and one daemon's variables must not seem to be another's shim's.
-    spawn_process([*python, ZYGOTE_FLAG, path, " " * 512], setsid=True,
-                  env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
+    pid = spawn_process([*python, ZYGOTE_FLAG, path, " " * 512], setsid=True,
+                        env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
+    # It is our child until we exit: a long-lived caller (berthd) must reap it when it leaves
+    # (idle), or keep a zombie. (``_thread``: built in, nothing to import for ``start``.)
+    import _thread
+
+    _thread.start_new_thread(_reap, (pid,))
+
+
+def _reap(pid: int) -> None:
+    try:  # noqa: SIM105 (contextlib costs ``start`` an import: see berth.shim.lean)
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # reaped elsewhere

@@ -938,6 +938,12 @@ def test_zygote_leaves_when_idle(workdir: Path) -> None:
             await asyncio.sleep(0.1)
         assert not is_running(zygote_pid)
         assert not os.path.exists(path)
+        # The zygote is our child (we started it, as berthd does): it was reaped, not left a
+        # zombie for as long as we live.
+        deadline = time.monotonic() + 5
+        while os.path.exists(f"/proc/{zygote_pid}") and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not os.path.exists(f"/proc/{zygote_pid}")
 
     try:
         run(main(), timeout=zygote.IDLE_EXIT + 30)
