@@ -470,7 +470,14 @@ def test_ids_prefixes_and_ambiguity(env: Env) -> None:
 
 
 def test_events(env: Env) -> None:
-    proc = env.popen("events")
+    # A process started with SIGINT ignored keeps it ignored (Python too), and a shell's
+    # background job starts so: give `berth events` a Ctrl-C that reaches it wherever the
+    # tests run, as a terminal would. (A caught signal is reset to its default on exec.)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = env.popen("events")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     lines: list[str] = []
     assert proc.stdout is not None
     stdout = proc.stdout
