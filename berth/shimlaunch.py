@@ -69,13 +69,11 @@ def start(task_id: str, namespace: str, daemon_address: str, bundle: str,
     none). Raises :class:`NoZygote` (``fallback=False`` only), OSError or RuntimeError, or
     :class:`Unanswered` (the zygote may have forked a shim: nothing is retried)."""
     if group_size is None:
-        grouped = env.get(contract.GROUP_ENV) == contract.GROUP_BY_NAMESPACE
-    else:
-        grouped = group_size > 0
-    with Lock(os.path.dirname(bundle), enabled=grouped):
+        by_namespace = env.get(contract.GROUP_ENV) == contract.GROUP_BY_NAMESPACE
+        group_size = _group_size(env) if by_namespace else 0
+    with Lock(os.path.dirname(bundle), enabled=group_size > 0):
         address = group_address(task_id, bundle, daemon_address, namespace, bool(shim_cgroup),
-                                group_size=_group_size(env) if group_size is None and grouped
-                                else (group_size or 0))
+                                group_size=group_size)
         path = address.removeprefix(contract.UNIX_SCHEME)
         sock = _listen(path)
         if sock is not None:
@@ -220,7 +218,8 @@ def _serve(flags: list[str], sock: _socket.socket, path: str, bundle: str,
     log_fd = _log_fd(bundle)
     try:
         pid = _fork_or_spawn(flags, sock, log_fd, bundle, env, fallback)
-        # Not waited for: it outlives us. (Our own exit hands it to init.)
+        # Not waited for: it outlives us. (A fork from the zygote is not our child; a new
+        # interpreter is ``start``'s, handed to init when ``start`` exits.)
         if shim_cgroup:
             _join_cgroup(pid, shim_cgroup)
         _adjust_oom_score(pid)
