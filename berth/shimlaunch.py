@@ -63,8 +63,9 @@ class NoZygote(Exception):
 
 def start(task_id: str, namespace: str, daemon_address: str, bundle: str,
           env: Mapping[str, str], *, debug: bool = False, shim_cgroup: str = "",
-          group_size: int | None = None, fallback: bool = True) -> str:
-    """The address of the shim serving the task in ``bundle``, started if need be.
+          group_size: int | None = None, fallback: bool = True) -> tuple[str, bool]:
+    """The address of the shim serving the task in ``bundle``, and whether it was started
+    for it (False: the task joins a running shim).
     ``group_size``: namespace grouping's bound (None: from ``env``, as ``start`` has it; 0:
     none). Raises :class:`NoZygote` (``fallback=False`` only), OSError or RuntimeError, or
     :class:`Unanswered` (the zygote may have forked a shim: nothing is retried)."""
@@ -83,7 +84,7 @@ def start(task_id: str, namespace: str, daemon_address: str, bundle: str,
                 flags.append(f"-{contract.FLAG_DEBUG}")
             _serve(flags, sock, path, bundle, env, shim_cgroup, fallback)
         _write_atomically(os.path.join(bundle, contract.ADDRESS_FILE), address)
-    return address
+    return address, sock is not None
 
 
 def _group_size(env: Mapping[str, str]) -> int:

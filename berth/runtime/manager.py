@@ -206,8 +206,10 @@ class TaskManager:
             and opts.runtime_options.type_url else container.runtime.options
         try:
             started = time.monotonic()
-            address = self._join_group_shim(binary, bundle, options) \
-                or self._start_own_shim(binary, bundle, options) or binary.start(bundle)
+            if self._is_own_shim(binary):
+                address = self._start_own_shim(binary, bundle, options) or binary.start(bundle)
+            else:
+                address = self._join_group_shim(binary, bundle, options) or binary.start(bundle)
             shim_started = time.monotonic()
             shim = TaskClient.connect(address, ns, self.loop)
             io = opts.io
@@ -226,8 +228,9 @@ class TaskManager:
 
     def _join_group_shim(self, binary: ShimBinary, bundle: Bundle,
                          options: AnyValue | None) -> str:
-        """The socket of the running Berth shim the task joins, reached without running the
-        shim binary's ``start`` (a new interpreter: 20-40 ms): berthd applies the shims' own
+        """The socket of the running Berth shim (installed elsewhere than beside berthd: see
+        :meth:`_start_own_shim` for that one) the task joins, reached without running the shim
+        binary's ``start`` (a new interpreter: 20-40 ms): berthd applies the shims' own
         grouping rules (berth.shimgroups) under their lock, and writes the bundle's address as
         ``start`` would. "" when it cannot (not Berth's shim, no namespace grouping, a shim
         cgroup asked for, or no shim serves the group yet): then ``start`` runs."""
@@ -246,32 +249,37 @@ class TaskManager:
         log.debug("task %s joins the running shim at %s (no shim start)", bundle.id, path)
         return path
 
+    def _is_own_shim(self, binary: ShimBinary) -> bool:
+        """Whether ``binary`` is Berth's shim installed beside this berthd (the same code)."""
+        return os.path.basename(binary.path) == BERTH_SHIM_BINARY \
+            and os.path.dirname(binary.path) == os.path.dirname(binary.daemon_binary)
+
     def _start_own_shim(self, binary: ShimBinary, bundle: Bundle,
                         options: AnyValue | None) -> str:
         """The socket of the shim serving the task, reached by doing in berthd what the shim
-        binary's ``start`` would do (berth.shimlaunch: pick the group, bind its socket, have
-        the zygote fork a shim on it), without the binary's new interpreter (20-40 ms).
-
-        Only for Berth's shim installed beside this berthd (the same code), and only through
-        the zygote: "" when it cannot be had (then ``start`` runs, and may start the shim as an
-        interpreter of its own, in the bundle)."""
-        if os.path.basename(binary.path) != BERTH_SHIM_BINARY \
-                or os.path.dirname(binary.path) != os.path.dirname(binary.daemon_binary):
-            return ""
+        binary's ``start`` would do (berth.shimlaunch: pick the group and join its running
+        shim, or bind its socket and have the zygote fork a shim on it), without the binary's
+        new interpreter (20-40 ms). "" when a shim is needed and the zygote cannot be had:
+        then ``start`` runs, and may start the shim as an interpreter of its own, in the
+        bundle."""
         from berth import shimlaunch
 
         try:
-            address = shimlaunch.start(bundle.id, bundle.namespace, self.grpc_address, bundle.path,
-                                   binary.env(bundle), shim_cgroup=_shim_cgroup(options),
-                                   group_size=binary.group_size, fallback=False)
+            address, started = shimlaunch.start(
+                bundle.id, bundle.namespace, self.grpc_address, bundle.path, binary.env(bundle),
+                shim_cgroup=_shim_cgroup(options), group_size=binary.group_size, fallback=False)
         except shimlaunch.NoZygote as err:
             log.debug("task %s: no shim zygote (%s): running the shim binary", bundle.id, err)
             return ""
         except (OSError, RuntimeError, shimlaunch.Unanswered) as err:
             raise errdefs.Internal(f"starting the shim for task {bundle.id}: {err}") from err
         bundle.write(BINARY_FILE, binary.path)
-        log.debug("task %s: shim started by berthd through the zygote", bundle.id)
-        return socket_path(address)
+        path = socket_path(address)
+        if started:
+            log.debug("task %s: shim started by berthd through the zygote", bundle.id)
+        else:
+            log.debug("task %s joins the running shim at %s (no shim start)", bundle.id, path)
+        return path
 
     def _track(self, task: ShimTask) -> None:
         with self._lock:

@@ -78,8 +78,9 @@ def start(flags: Flags) -> int:
 
     close_on_exec_all()
     options = _read_start_options()
-    address = start_shim(flags.id, flags.namespace, flags.address, os.getcwd(), os.environ,
-                         debug=flags.debug, shim_cgroup=_shim_cgroup(options))
+    address, _started = start_shim(flags.id, flags.namespace, flags.address, os.getcwd(),
+                                   os.environ, debug=flags.debug,
+                                   shim_cgroup=_shim_cgroup(options))
     sys.stdout.write(address)
     sys.stdout.flush()
     return 0
