@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 import images  # noqa: E402
+import summary  # noqa: E402
 from cri_fixtures import CRI, container_config, cri_daemons, pod_config  # noqa: E402
 from processes import pids_with_argument, pids_with_argument_pair  # noqa: E402
 from pull import kill_leftover_shims  # noqa: E402
@@ -195,9 +196,7 @@ def rows(r: Results) -> list[Row]:
 
 def collect(argv: Sequence[str] | None = None) -> list[Row]:
     """Run the benchmark with these command-line arguments, print its report, return its rows."""
-    results = measure(parse(argv))
-    report(results)
-    return rows(results)
+    return summary.collect(argv, parse, measure, report, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

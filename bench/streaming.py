@@ -33,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 import images  # noqa: E402
+import summary  # noqa: E402
 from cri import bench_daemons  # noqa: E402
 from cri_fixtures import CRI, container_config, pod_config  # noqa: E402
 from kube_stub import Container, KubeStub, kubectl_binaries  # noqa: E402
@@ -162,9 +163,7 @@ def rows(r: Results) -> list[Row]:
 
 def collect(argv: Sequence[str] | None = None) -> list[Row]:
     """Run the benchmark with these command-line arguments, print its report, return its rows."""
-    results = measure(parse(argv))
-    report(results)
-    return rows(results)
+    return summary.collect(argv, parse, measure, report, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

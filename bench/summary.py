@@ -18,12 +18,26 @@ import json
 import re
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 _TARGET = re.compile(r"(?P<subject>berthd )?(?P<op>[≤≥]) ?(?P<bound>\d+(?:\.\d+)?)")
+
+
+_Args = TypeVar("_Args")
+_Results = TypeVar("_Results")
+
+
+def collect(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | None], _Args],
+            measure: Callable[[_Args], _Results], report: Callable[[_Results], object],
+            rows: Callable[[_Results], list[Row]]) -> list[Row]:
+    """A benchmark run with these command-line arguments: measured, its report printed, its
+    rows returned (each bench's ``collect``, which bench/all.py calls)."""
+    results = measure(parse(argv))
+    report(results)
+    return rows(results)
 
 
 def median(values: Sequence[float]) -> float:
