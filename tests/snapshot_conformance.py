@@ -306,7 +306,8 @@ class SnapshotterConformance:
         assert grown.size >= empty.size + 256 * 1024
         assert grown.inodes >= empty.inodes + 2
         snapshotter.commit("A", "a")
-        assert snapshotter.usage("A") == grown  # measured at commit time, then kept
+        assert snapshotter.usage("A") == grown  # measured once committed, then kept
+        assert snapshotter.usage("A") == grown
         snapshotter.view("v", "A")
         assert snapshotter.usage("v").size >= 0
 

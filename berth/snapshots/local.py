@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from berth import errdefs, fsmode
 from berth.mount import Mount
 from berth.snapshots.snapshotter import Info, Kind, Snapshotter, Usage
-from berth.snapshots.storage import MetaStore, Snapshot
+from berth.snapshots.storage import UNMEASURED, MetaStore, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +156,13 @@ class LocalSnapshotter(Snapshotter):
     def usage(self, key: str) -> Usage:
         with self._ms.transaction() as tx:
             snapshot_id, info, usage = tx.get_info(key)
-        if info.kind == Kind.ACTIVE:
+        if info.kind == Kind.ACTIVE or (info.kind == Kind.COMMITTED and usage == UNMEASURED):
+            # Walked outside the transaction: other snapshots need not wait for it.
             with os_errors(f"cannot measure snapshot {key!r}"):
-                return disk_usage(self._data_dir(snapshot_id))
+                usage = disk_usage(self._data_dir(snapshot_id))
+            if info.kind == Kind.COMMITTED:
+                with self._ms.transaction(write=True) as tx:
+                    tx.set_usage(snapshot_id, usage)
         return usage
 
     def mounts(self, key: str) -> list[Mount]:
@@ -196,11 +200,7 @@ class LocalSnapshotter(Snapshotter):
 
     def commit(self, name: str, key: str, labels: dict[str, str] | None = None) -> None:
         with self._ms.transaction(write=True) as tx:
-            snapshot_id, info, usage = tx.get_info(key)
-            if info.kind == Kind.ACTIVE:
-                with os_errors(f"cannot measure snapshot {key!r}"):
-                    usage = disk_usage(self._data_dir(snapshot_id))
-            tx.commit(key, name, usage, labels)
+            tx.commit(key, name, UNMEASURED, labels)
 
     def remove(self, key: str) -> None:
         """Remove ``key``; its disk space is freed before returning when possible.

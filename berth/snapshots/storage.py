@@ -10,7 +10,8 @@
     ├── parent_id   INTEGER -> snapshots.id             -- NULL: no parent; always a committed one
     ├── labels      TEXT                                -- JSON object, string -> string
     ├── created_ns  INTEGER, updated_ns INTEGER         -- nanoseconds since the epoch
-    └── size, inodes INTEGER                            -- usage, cached when committed
+    └── size, inodes INTEGER                            -- usage of a committed snapshot:
+                                                           -1 until first asked for, then kept
 
 Ids are never reused once a row holding them has been committed (AUTOINCREMENT), so a
 directory named after an id that has no row is always a leftover. An id handed out inside a
@@ -52,6 +53,10 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);
 """
+
+UNMEASURED = Usage(size=-1, inodes=-1)
+"""The usage a snapshot is committed with: measured when first asked for (its files no longer
+change), which keeps the walk over its files off the path of a pull."""
 
 _KIND_NAMES = {Kind.VIEW: "view", Kind.ACTIVE: "active", Kind.COMMITTED: "committed"}
 
@@ -140,7 +145,8 @@ class Transaction:
     def get_info(self, key: str) -> tuple[int, Info, Usage]:
         """The id, info and cached usage of ``key``; NotFound if there is no such snapshot.
 
-        The usage is only meaningful for committed snapshots (zero for the others).
+        The usage is only meaningful for committed snapshots (zero for the others, and
+        :data:`UNMEASURED` until :meth:`set_usage` records it).
         """
         row = self._row(key)
         return row["id"], self._info(row), Usage(size=row["size"], inodes=row["inodes"])
@@ -215,6 +221,14 @@ class Transaction:
              usage.size, usage.inodes, row["id"]),
         )
         return int(row["id"])
+
+    def set_usage(self, snapshot_id: int, usage: Usage) -> None:
+        """Record the measured usage of the committed snapshot ``snapshot_id`` (nothing if it
+        was removed meanwhile)."""
+        self._need_write()
+        self._conn.execute(
+            "UPDATE snapshots SET size = ?, inodes = ? WHERE id = ? AND kind = ?",
+            (usage.size, usage.inodes, snapshot_id, int(Kind.COMMITTED)))
 
     def reparent(self, key: str, parent: str) -> Snapshot:
         """Give the parentless active snapshot ``key`` the committed parent ``parent``."""
