@@ -396,8 +396,9 @@ class Berthd(ManagedProcess):
     """berthd with its own root, state and socket under `base`, started and stopped by PID."""
 
     def __init__(self, base: Path, binary: Path = BERTHD_BINARY, start_timeout: float = 30.0,
-                 config: str = ""):
+                 config: str = "", keep_files: bool = False):
         self.base = base
+        self.keep_files = keep_files  # stop() leaves base for the caller to delete
         self.binary = binary
         self.start_timeout = start_timeout
         self.config = config  # config.toml text, if any
@@ -461,7 +462,7 @@ class Berthd(ManagedProcess):
             stop_process(self._proc)
             self._proc = None
             kill_leftover_shims(self.address, "berthd")
-        if self.base.exists():
+        if self.base.exists() and not self.keep_files:
             remove_tree(self.base)
 
 
@@ -498,9 +499,14 @@ BERTH_CLI = REPO_ROOT / ".venv" / "bin" / "berth"
 
 
 def make_daemon(name: str, base: Path) -> Daemon:
+    """The daemon `name` with its files under `base`, which its stop() leaves in place: the
+    benchmark deletes all rounds' files at its end. Deleting 35k files between rounds makes
+    ext4 slow to create the next round's: for a while after a delete, it skips the freed inodes
+    as recently deleted, one inode-table lookup each (`recently_deleted` was 25-65% of a pull's
+    CPU in perf), which penalised whichever daemon pulled next."""
     if name == "containerd":
-        return ReferenceContainerd(base)
-    return Berthd(base)
+        return ReferenceContainerd(base, keep_files=True)
+    return Berthd(base, keep_files=True)
 
 
 def pull_command(name: str, address: str, ref: str) -> list[str]:
@@ -599,7 +605,8 @@ class Sample:
 def measure_pull(
     name: str, round_number: int, ref: str, workdir: Path, timeout: float = 900.0
 ) -> Sample:
-    """One pull into a fresh daemon; the daemon is stopped and its root deleted afterwards.
+    """One pull into a fresh daemon, which is stopped afterwards (its files stay until the
+    benchmark ends: see `make_daemon`).
 
     A pull running longer than `timeout` seconds is killed and reported as a failure.
     """

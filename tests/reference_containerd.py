@@ -137,8 +137,10 @@ class ReferenceContainerd(ManagedProcess):
         log_level: str = "warn",
         cri: bool = False,
         cri_config: str = "",
+        keep_files: bool = False,
     ) -> None:
-        """``cri=True`` keeps containerd's CRI plugin (off otherwise: it is slow to start and
+        """``keep_files=True`` leaves a given ``base_dir``'s files for the caller to delete.
+        ``cri=True`` keeps containerd's CRI plugin (off otherwise: it is slow to start and
         wants a network) with a CNI configuration directory of its own, left empty, and
         containerd's ``restrict_oom_score_adj`` (root here lacks CAP_SYS_RESOURCE).
         ``cri_config``: more TOML for the CRI plugin's table (its keys, then any sub-tables
@@ -146,6 +148,7 @@ class ReferenceContainerd(ManagedProcess):
         self.cri = cri
         self.cri_config = cri_config
         self._given_base = Path(base_dir) if base_dir is not None else None
+        self._keep_files = keep_files and self._given_base is not None
         self.binary = binary
         self.start_timeout = start_timeout
         self.log_level = log_level
@@ -311,7 +314,9 @@ disabled_plugins = [{disabled}]
         if self.base is None:
             return
         self._stop_shims()
-        if self._given_base is None:
+        if self._keep_files:
+            pass
+        elif self._given_base is None:
             remove_tree(self.base)
         else:
             for name in ("root", "state"):

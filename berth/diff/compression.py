@@ -1,9 +1,12 @@
 """Layer (de)compression, digesting, and a read-ahead thread, as readable streams.
 
-The readers here compose: ``PrefetchReader(DigestingReader(decompressed_reader(blob, c)))``
-decompresses and hashes in a background thread while the caller writes files. isal, zstd and
+The readers here compose: ``DigestingReader(PrefetchReader(decompressed_reader(blob, c)))``
+decompresses in a background thread while the caller hashes and writes files. isal, zstd and
 hashlib release the GIL while they work, so on a machine with two cores this overlaps
-decompression with extraction (measured: see ``bench/unpack_micro.py``).
+decompression with extraction (measured: see ``bench/unpack_micro.py``). Hashing on the
+caller's side balances the two threads: with the hash in the read-ahead thread, a layer of
+large files waited on that thread (1.2 s against 0.7 s for 526 MB on a fresh ext4), and a
+layer of small files, bound by creating them, is no slower either way.
 """
 
 from __future__ import annotations

@@ -132,12 +132,15 @@ class WalkingDiff:
         started = time.monotonic()
         blob: BinaryIO = open_blob(desc)
         try:
-            digesting = DigestingReader(decompressed_reader(blob, compression))
+            decompressed = decompressed_reader(blob, compression)
             if self._prefetch:
-                with PrefetchReader(digesting) as stream:
-                    apply(stream)
-                    _drain(stream)
+                # The read-ahead thread only decompresses; this one hashes what it writes.
+                with PrefetchReader(decompressed) as stream:
+                    digesting = DigestingReader(stream)
+                    apply(digesting)
+                    _drain(digesting)
             else:
+                digesting = DigestingReader(decompressed)
                 apply(digesting)
                 _drain(digesting)
         finally:
