@@ -41,7 +41,7 @@ from berth.transfer.unpack import Unpacker
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
+CHUNK = 256 << 10  # per read from the registry: more buys no speed, only peak memory
 
 
 def _check_document_size(desc: Descriptor, kind: str) -> None:
