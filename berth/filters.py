@@ -45,11 +45,10 @@ receives the components (``["labels", "containerd.io/gc.root"]``); an unquoted `
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 
 from berth import errdefs
 
@@ -61,14 +60,16 @@ and value together), so any label value can still be matched literally. RE2 boun
 its compiled program must fit ``max_mem`` (8 MiB, RE2's default), and matching is linear."""
 
 
-def _re2_options() -> Any:
+@functools.cache
+def _re2() -> tuple[Any, Any]:
+    """The re2 module and the options every expression is compiled with, loaded with the first
+    ``~=`` (1 MiB of a daemon that never sees one)."""
+    import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
+
     options = re2.Options()
     options.log_errors = False  # the error reaches the caller; RE2 would also print it to stderr
     options.never_capture = True  # only "does it match" is asked: no groups to keep
-    return options
-
-
-_RE2_OPTIONS = _re2_options()
+    return re2, options
 
 Adaptor = Callable[[Sequence[str]], tuple[str, bool]]
 """Answers ``(value, present)`` for a field path of the object being matched."""
@@ -372,8 +373,9 @@ class _Parser:
         if len(pattern) > MAX_REGEX:
             raise self._error(pos, f"regular expression of {len(pattern)} bytes is over the "
                                    f"limit of {MAX_REGEX} bytes")
+        re2, options = _re2()
         try:
-            return re2.compile(pattern, _RE2_OPTIONS)
+            return re2.compile(pattern, options)
         except re2.error as err:
             # RE2 reports bytes (b'missing ): ('); say it as text.
             reason = err.args[0] if err.args else err

@@ -1,5 +1,6 @@
 """berthd loads what a feature needs only when the feature is used: an idle daemon (or one
-that only runs containers) does not carry the HTTP stack or prometheus_client. A subprocess
+that only runs containers) does not carry the HTTP stack, prometheus_client, the layer codecs
+(isal, zstandard) or RE2 (for ``~=`` filters). A subprocess
 imports what berthd imports at start-up and reports which heavy modules came with it."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import subprocess
 import sys
 
 # (ssl is not among them: asyncio, which gRPC and ttrpc need, imports it.)
-HEAVY = ("urllib3", "http.client", "email", "prometheus_client")
+HEAVY = ("urllib3", "http.client", "email", "prometheus_client", "re2", "isal", "zstandard")
 
 
 def loaded_after(code: str) -> set[str]:
@@ -56,3 +57,12 @@ def test_the_cli_loads_no_http_stack_and_no_pydantic() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert json.loads(out.splitlines()[-1]) == []
+
+
+def test_the_codecs_and_re2_come_with_their_first_use() -> None:
+    code = ("from berth.diff.compression import CompressingWriter, GZIP, ZSTD\n"
+            "CompressingWriter(open('/dev/null', 'wb'), GZIP)\n"
+            "CompressingWriter(open('/dev/null', 'wb'), ZSTD)\n"
+            "from berth import filters\n"
+            "filters.parse(['name~=^a'])")
+    assert loaded_after(code) == {"re2", "isal", "zstandard"}

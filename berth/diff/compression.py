@@ -12,14 +12,13 @@ layer of small files, bound by creating them, is no slower either way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import queue
 import threading
+from types import ModuleType
 from typing import Any, BinaryIO, cast
-
-import zstandard
-from isal import igzip, isal_zlib
 
 from berth import errdefs
 from berth.diff.diff import LayerSink, Readable
@@ -36,8 +35,26 @@ _CHUNK = 1 << 20
 # of three layers at once for no measurable speed.
 PREFETCH_CHUNK = 256 << 10
 PREFETCH_DEPTH = 4
-_DECOMPRESSION_ERRORS = cast(tuple[type[Exception], ...], (
-    igzip.BadGzipFile, EOFError, isal_zlib.error, zstandard.ZstdError))
+
+
+# The codecs load with the first layer that needs one (1 MiB of an idle daemon).
+@functools.cache
+def _isal() -> tuple[ModuleType, ModuleType]:
+    from isal import igzip, isal_zlib
+    return igzip, isal_zlib
+
+
+@functools.cache
+def _zstd() -> ModuleType:
+    import zstandard
+    return zstandard
+
+
+def _decompression_errors(kind: str) -> tuple[type[Exception], ...]:
+    if kind == GZIP:
+        igzip, isal_zlib = _isal()
+        return cast(tuple[type[Exception], ...], (igzip.BadGzipFile, EOFError, isal_zlib.error))
+    return cast(tuple[type[Exception], ...], (_zstd().ZstdError, EOFError))
 
 
 def detect_compression(head: bytes) -> str:
@@ -83,11 +100,12 @@ class _Decompressing:
     def __init__(self, inner: Any, kind: str) -> None:
         self._inner = inner
         self._kind = kind
+        self._errors = _decompression_errors(kind)
 
     def read(self, size: int = -1, /) -> bytes:
         try:
             data: bytes = self._inner.read(size)
-        except _DECOMPRESSION_ERRORS as exc:
+        except self._errors as exc:
             raise errdefs.InvalidArgument(f"layer is not valid {self._kind}: {exc}") from exc
         return data
 
@@ -115,10 +133,11 @@ def decompressed_reader(stream: Readable, compression: str) -> Readable:
     source = _Source(head, stream)
     kind = detect_compression(head)
     if kind == GZIP:
-        gzip_reader = igzip.IGzipFile(fileobj=source, mode="rb")  # type: ignore[no-untyped-call]
+        igzip, _ = _isal()
+        gzip_reader = igzip.IGzipFile(fileobj=source, mode="rb")
         return _Decompressing(gzip_reader, kind)
     if kind == ZSTD:
-        reader = zstandard.ZstdDecompressor().stream_reader(
+        reader = _zstd().ZstdDecompressor().stream_reader(
             cast(BinaryIO, source), read_size=_CHUNK, read_across_frames=True, closefd=False)
         return _Decompressing(reader, kind)
     return source
@@ -232,11 +251,12 @@ class CompressingWriter:
         self._closed = False
         self._compressor: Any
         if compression == GZIP:
+            _, isal_zlib = _isal()
             self._compressor = isal_zlib.compressobj(
                 isal_zlib.ISAL_DEFAULT_COMPRESSION if level is None else level,
                 isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS)
         elif compression == ZSTD:
-            self._compressor = zstandard.ZstdCompressor(level=3 if level is None else level) \
+            self._compressor = _zstd().ZstdCompressor(level=3 if level is None else level) \
                 .compressobj()
         elif compression == UNCOMPRESSED:
             self._compressor = None
