@@ -3,9 +3,11 @@ packages; this module only wires them (as containerd's ``builtins`` does)."""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
-from typing import Any
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
@@ -13,6 +15,8 @@ from berth import errdefs, fsmode
 from berth.plugin import registry as p
 from berth.plugin.registry import InitContext, Registration, Registry
 from berth.services.server import Edge, Observer
+
+log = logging.getLogger(__name__)
 
 TRANSFER = "io.containerd.transfer.v1"
 DEFAULT_CERTS_D = "/etc/berth/certs.d"
@@ -40,6 +44,66 @@ class GRPCServices:
     def register(self, server: grpc.Server, observe: Observer | None = None) -> None:
         for service in self.services:
             service.register(server, observe)
+
+
+class LazyGRPCServices:
+    """The gRPC services ``names``, built by ``build`` on the first call to any of them: a
+    plugin that would cost an idle daemon memory and threads for callers that may never come
+    (the CRI without a kubelet). If ``build`` fails, the error is logged once and the services
+    stay unimplemented, as a plugin that failed to load at start."""
+
+    def __init__(self, names: tuple[str, ...], build: Callable[[], GRPCServices]) -> None:
+        self.names = names
+        self._build = build
+        self._lock = threading.Lock()
+        self._handlers: list[_Handler] | None = None
+        self._observe: Observer | None = None
+
+    def register(self, server: grpc.Server, observe: Observer | None = None) -> None:
+        self._observe = observe
+        server.add_generic_rpc_handlers((cast("_Handler", self),))
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails
+                ) -> _Method | None:
+        name = handler_call_details.method.split("/")[1:2]  # "/<service>/<method>"
+        if not name or name[0] not in self.names:
+            return None
+        for handler in self._built():
+            method = handler.service(handler_call_details)
+            if method is not None:
+                return method
+        return None
+
+    def _built(self) -> list[_Handler]:
+        with self._lock:
+            if self._handlers is None:
+                capture = _Capture()
+                try:
+                    self._build().register(capture, self._observe)  # type: ignore[arg-type]
+                except Exception:
+                    log.exception("services %s failed to start; they stay unimplemented",
+                                  ", ".join(self.names))
+                self._handlers = capture.handlers
+            return self._handlers
+
+
+if TYPE_CHECKING:
+    _Handler = grpc.GenericRpcHandler[Any, Any]
+    _Method = grpc.RpcMethodHandler[Any, Any]
+
+
+class _Capture:
+    """Stands in for a server to the generated ``add_*_to_server`` functions, keeping their
+    generic handlers (the registered method handlers they also add are the same methods)."""
+
+    def __init__(self) -> None:
+        self.handlers: list[_Handler] = []
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[_Handler]) -> None:
+        self.handlers.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        pass
 
 
 def _exchange(ctx: InitContext) -> Any:
@@ -155,7 +219,8 @@ def _tasks(ctx: InitContext) -> Any:
     return manager
 
 
-def _grpc(name: str, make: Callable[[InitContext], GRPCService | GRPCServices],
+def _grpc(name: str,
+          make: Callable[[InitContext], GRPCService | GRPCServices | LazyGRPCServices],
           *requires: str) -> Registration:
     """A gRPC service over the plugins of the types it ``requires`` (and only those: a
     disabled runtime leaves the image services up)."""
@@ -270,9 +335,38 @@ def _introspection_service(ctx: InitContext) -> GRPCService:
                        "containerd.services.introspection.v1.Introspection")
 
 
-def _cri(ctx: InitContext) -> GRPCServices:
-    import logging
+def _cri(ctx: InitContext) -> GRPCServices | LazyGRPCServices:
+    """The CRI plugin. Its configuration is checked at start; the plugin itself (its stream
+    server, CNI and exit monitor, 5 MiB and two threads) starts then only if ``k8s.io`` holds
+    containers, whose pods it must recover, and otherwise with the first CRI call."""
+    from berth import namespaces
+    from berth.cri import NAMESPACE
+    from berth.cri import config as cri_config
 
+    config = cri_config.load(ctx.config)
+    cri_log = logging.getLogger("berth.cri")
+    for key in config.unknown:
+        cri_log.warning("cri config: unknown key %r (ignored: containerd 1.6 has no such key)",
+                        key)
+    for key in config.ignored:
+        cri_log.info("cri config: %r is accepted but has no effect in Berth yet", key)
+    md = ctx.get(p.METADATA)
+    if config.snapshotter not in md.snapshotters:
+        raise errdefs.InvalidArgument(
+            f"cri config: snapshotter {config.snapshotter!r} is not loaded")
+
+    def build() -> GRPCServices:
+        return _cri_services(ctx, config)
+
+    with namespaces.use(NAMESPACE):
+        recorded = any(True for _ in md.containers.list())
+    if recorded:
+        return build()
+    cri_log.info("cri: no pods recorded; the CRI starts with its first call")
+    return LazyGRPCServices(("runtime.v1.RuntimeService", "runtime.v1.ImageService"), build)
+
+
+def _cri_services(ctx: InitContext, config: Any) -> GRPCServices:
     from berth.api.cri.runtime.v1 import api_pb2_grpc
     from berth.cri import config as cri_config
     from berth.cri.base import Core, Paths
@@ -287,16 +381,7 @@ def _cri(ctx: InitContext) -> GRPCServices:
     from berth.cri.streaming.server import StreamServer
     from berth.cri.streams import Streaming
 
-    config = cri_config.load(ctx.config)
-    log = logging.getLogger("berth.cri")
-    for key in config.unknown:
-        log.warning("cri config: unknown key %r (ignored: containerd 1.6 has no such key)", key)
-    for key in config.ignored:
-        log.info("cri config: %r is accepted but has no effect in Berth yet", key)
     md = ctx.get(p.METADATA)
-    if config.snapshotter not in md.snapshotters:
-        raise errdefs.InvalidArgument(
-            f"cri config: snapshotter {config.snapshotter!r} is not loaded")
     fs_path = next((pl.exports.get("root", "") for pl in ctx.registry.plugins()
                     if pl.registration.type == p.SNAPSHOTTER
                     and pl.registration.id == config.snapshotter), "")
