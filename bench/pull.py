@@ -746,8 +746,11 @@ def measure(args: argparse.Namespace, daemons: Sequence[str]) -> tuple[list[Samp
     return samples, stats
 
 
-# What each contender is called in the summary rows.
+# What each contender is called in the summary rows, and its pull-time target (issue 12:
+# `berth pull` at most 0.3 x containerd's time; `ctr images pull` through berthd no slower than
+# the 0.41 x it was when the target was set).
 CLIENTS = {"berthd": "ctr images pull", "berth": "berth pull"}
+TARGETS = {"berthd": "≤ 0.41", "berth": "≤ 0.3"}
 
 
 def rows(samples: list[Sample]) -> list[Row]:
@@ -763,7 +766,8 @@ def rows(samples: list[Sample]) -> list[Row]:
         if not reference or not mine:
             continue
         out.append(Row(f"pull time, {client} on berthd", "s",
-                       [s.seconds for s in reference], [s.seconds for s in mine], "≤ 0.3"))
+                       [s.seconds for s in reference], [s.seconds for s in mine],
+                       TARGETS[contender]))
         out.append(Row(f"pull peak daemon RSS (VmHWM), {client}", "MiB",
                        [s.peak_rss_kib / 1024 for s in reference],
                        [s.peak_rss_kib / 1024 for s in mine], "≤ 1 (memory)"))
