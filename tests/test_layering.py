@@ -35,7 +35,8 @@ BERTH = Path(__file__).resolve().parent.parent / "berth"
 LAYERS: list[set[str]] = [
     {"errdefs"},
     {"identifiers", "namespaces", "labels", "digest", "filters", "clock", "logfmt", "fsmode",
-     "rootpath", "leases", "shimcontract", "shimgroups", "shimlaunch", "spawn", "crilog"},
+     "rootpath", "leases", "shimcontract", "shimgroups", "shimlaunch", "spawn", "crilog",
+     "heap"},
     {"oci", "ttrpc", "mount", "images", "containers"},
     {"content", "snapshots", "diff", "remotes", "events"},
     {"metadata", "runtime", "plugin", "shim"},

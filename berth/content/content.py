@@ -206,7 +206,8 @@ class _ReaderAtStream(io.RawIOBase):
         super().close()
 
 
-def open_stream(reader: ReaderAt, buffer_size: int = 1 << 20) -> BinaryIO:
+def open_stream(reader: ReaderAt, buffer_size: int = 256 << 10) -> BinaryIO:
     """A sequential, buffered stream over ``reader`` from its start; closing it closes
-    ``reader``."""
+    ``reader``. (A layer's decompressor reads 128 KiB at a time and several layers are read at
+    once: a larger buffer buys no speed, only peak memory.)"""
     return io.BufferedReader(_ReaderAtStream(reader), buffer_size)

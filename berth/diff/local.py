@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import BinaryIO
 
-from berth import errdefs
+from berth import errdefs, heap
 from berth.content.content import Store, open_stream
 from berth.diff.walking import WalkingDiff
 from berth.mount import Mount
@@ -29,7 +29,10 @@ class LocalDiff:
         if not mounts:
             raise errdefs.InvalidArgument("apply needs the mounts of an active snapshot")
         self.content.info(desc.digest)  # NotFound, before anything is mounted
-        return self.differ.apply(desc, mounts, self._open)
+        try:
+            return self.differ.apply(desc, mounts, self._open)
+        finally:
+            heap.release()  # clients apply one layer at a time: its buffers are done with
 
     def compare(self, lower: Sequence[Mount], upper: Sequence[Mount], *, media_type: str = "",
                 ref: str = "", labels: Mapping[str, str] | None = None) -> Descriptor:

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from berth import errdefs, labels, leases, namespaces
+from berth import errdefs, heap, labels, leases, namespaces
 from berth.content.content import Info, Provider, Store, Writer
 from berth.diff.diff import Applier
 from berth.images import Image, manifest, platforms
@@ -276,9 +276,12 @@ class Puller:
         expire = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1))
         lease = self.leases.create(labels={labels.GC_EXPIRE: expire.strftime(
             "%Y-%m-%dT%H:%M:%SZ")})
-        with leases.use(lease.id):
-            self._pull_root(fetcher, root, opts, progress, source)
-            image = self._name(name, root)
+        try:
+            with leases.use(lease.id):
+                self._pull_root(fetcher, root, opts, progress, source)
+                image = self._name(name, root)
+        finally:
+            heap.release()  # the layers' buffers are done with
         self.leases.delete(lease.id)
         progress(Progress("image", "done", root, name=name))
         return image

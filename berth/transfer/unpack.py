@@ -43,10 +43,6 @@ from berth.snapshots.snapshotter import Kind, Reparenting, Snapshotter
 
 log = logging.getLogger(__name__)
 
-# Read-ahead of a layer's blob: the decompressor asks for 128 KiB at a time, and several
-# layers are read at once; more buys no speed, only peak memory.
-BLOB_BUFFER = 256 << 10
-
 def _fsync_dirs(root: str, relative: Sequence[str]) -> None:
     for rel in relative:
         try:
@@ -117,7 +113,7 @@ class Unpacker:
         return index >= self.first_missing
 
     def _open(self, desc: Descriptor) -> BinaryIO:
-        return open_stream(self.content.reader(desc.digest), BLOB_BUFFER)
+        return open_stream(self.content.reader(desc.digest))
 
     def _check(self, index: int, applied: Descriptor) -> None:
         if applied.digest != self.diff_ids[index]:
