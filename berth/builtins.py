@@ -79,7 +79,8 @@ class LazyGRPCServices:
             if self._handlers is None:
                 capture = _Capture()
                 try:
-                    self._build().register(capture, self._observe)  # type: ignore[arg-type]
+                    # The generated functions call only the two methods _Capture has.
+                    self._build().register(cast(grpc.Server, capture), self._observe)
                 except Exception:
                     log.exception("services %s failed to start; they stay unimplemented",
                                   ", ".join(self.names))
@@ -88,6 +89,8 @@ class LazyGRPCServices:
 
 
 if TYPE_CHECKING:
+    from berth.cri.config import Config as CRIConfig
+
     _Handler = grpc.GenericRpcHandler[Any, Any]
     _Method = grpc.RpcMethodHandler[Any, Any]
 
@@ -366,7 +369,7 @@ def _cri(ctx: InitContext) -> GRPCServices | LazyGRPCServices:
     return LazyGRPCServices(("runtime.v1.RuntimeService", "runtime.v1.ImageService"), build)
 
 
-def _cri_services(ctx: InitContext, config: Any) -> GRPCServices:
+def _cri_services(ctx: InitContext, config: CRIConfig) -> GRPCServices:
     from berth.api.cri.runtime.v1 import api_pb2_grpc
     from berth.cri import config as cri_config
     from berth.cri.base import Core, Paths
