@@ -68,7 +68,8 @@ class LazyGRPCServices:
         name = handler_call_details.method.split("/")[1:2]  # "/<service>/<method>"
         if not name or name[0] not in self.names:
             return None
-        for handler in self._built():
+        handlers = self._handlers  # set once: no lock once the services are built
+        for handler in handlers if handlers is not None else self._built():
             method = handler.service(handler_call_details)
             if method is not None:
                 return method

@@ -314,11 +314,9 @@ disabled_plugins = [{disabled}]
         if self.base is None:
             return
         self._stop_shims()
-        if self._keep_files:
-            pass
-        elif self._given_base is None:
+        if self._given_base is None:
             remove_tree(self.base)
-        else:
+        elif not self._keep_files:
             for name in ("root", "state"):
                 remove_tree(self.base / name)
         self.base = None
