@@ -38,8 +38,10 @@ other shims (:mod:`berth.cri.logs`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -312,10 +314,17 @@ class LogFile:
 
     Opening creates the file (``O_APPEND|O_CREAT|O_WRONLY``, mode 0640 before the umask) and
     its directory (0755) if missing, as containerd's CRI does; failure raises BerthError.
-    :meth:`write` first checks that the path still names the open file (device and inode): when
-    the kubelet has renamed it away (or it was removed, or replaced), the path is opened anew,
-    created if needed (not its directory: a directory removed with its pod stays removed), and
-    the records go there; if that fails, they go on to the old file and the failure is logged.
+    :meth:`write` first checks that the name still names the open file (device and inode): when
+    the kubelet has renamed it away (or it was removed, or replaced), the name is opened anew in
+    the same directory, created if needed (not the directory: a directory removed with its pod
+    stays removed), and the records go there; if that fails, they go on to the old file and the
+    failure is logged.
+
+    The log directory is writable by more than the kubelet (log agents mount it), so what is
+    found there is not trusted: the file is opened relative to the directory opened at start
+    (a directory swapped for a symlink later is not followed), never through a symlink
+    (``O_NOFOLLOW``), and only a regular file is written to. Whoever can write in the directory
+    can only make the records go nowhere, never into another file.
     A failed write is logged and its records dropped, as containerd's CRI does, so that the
     container's output keeps draining. :meth:`reopen` opens the path anew unconditionally
     (ReopenContainerLog). Safe to share between threads; each :meth:`write` lands whole and
@@ -325,28 +334,31 @@ class LogFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._name = os.path.basename(path)
         self._fd = -1
         self._id = (0, 0)
         # The last failure logged, of following the path and of writing, so that a lasting
         # trouble (a full disk) is logged once, not per write.
         self._troubles = {"follow": "", "write": ""}
-        self._fd, self._id = self._open(create_dir=True)
+        self._dir_fd = _open_log_dir(path)
+        try:
+            self._fd, self._id = self._open()
+        except BaseException:
+            os.close(self._dir_fd)
+            raise
 
     @property
     def closed(self) -> bool:
         return self._fd < 0
 
-    def _open(self, *, create_dir: bool) -> tuple[int, tuple[int, int]]:
+    def _open(self, dir_fd: int | None = None) -> tuple[int, tuple[int, int]]:
+        """Open (creating) the log's name in its directory (``dir_fd``, by default the one
+        opened at start): a regular file, not reached through a symlink."""
         try:
-            if create_dir:
-                os.makedirs(os.path.dirname(self.path), mode=LOG_DIR_MODE, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                         LOG_FILE_MODE)
+            return open_log_in(self._dir_fd if dir_fd is None else dir_fd, self._name)
         except OSError as err:
             raise errdefs.BerthError(f"failed to create and open log file {self.path}: "
                                      f"{err.strerror or err}") from None
-        st = os.fstat(fd)
-        return fd, (st.st_dev, st.st_ino)
 
     def write(self, data: bytes) -> None:
         if not data:
@@ -368,7 +380,7 @@ class LogFile:
     def _follow(self) -> None:
         """Reopen the path if it no longer names the open file (see the class)."""
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._name, dir_fd=self._dir_fd, follow_symlinks=False)
             if (st.st_dev, st.st_ino) == self._id:
                 self._troubles["follow"] = ""
                 return
@@ -378,7 +390,7 @@ class LogFile:
             self._report("follow", f"cannot check log file {self.path}: {err.strerror}")
             return
         try:
-            fd, ident = self._open(create_dir=False)
+            fd, ident = self._open()
         except errdefs.BerthError as err:
             self._report("follow", f"{err}; writing on to the file it named before")
             return
@@ -392,21 +404,57 @@ class LogFile:
             self._troubles[what] = message
 
     def reopen(self) -> None:
-        """Open the path anew (and its directory if missing), whatever it names now; the old
-        file is closed. Raises BerthError (the old file stays in use) if that fails."""
+        """Open the path anew (and its directory if missing), as at start; the old file is
+        closed. Raises BerthError (the old file stays in use) if that fails."""
         with self._lock:
             if self._fd < 0:
                 raise errdefs.FailedPrecondition(f"log file {self.path} is closed")
-            fd, ident = self._open(create_dir=True)
+            dir_fd = _open_log_dir(self.path)
+            try:
+                fd, ident = self._open(dir_fd)
+            except BaseException:
+                os.close(dir_fd)
+                raise
             os.close(self._fd)
-            self._fd, self._id = fd, ident
+            os.close(self._dir_fd)
+            self._fd, self._id, self._dir_fd = fd, ident, dir_fd
 
     def close(self) -> None:
         """Close the file (idempotent)."""
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
-                self._fd = -1
+                os.close(self._dir_fd)
+                self._fd = self._dir_fd = -1
+
+
+def _open_log_dir(path: str) -> int:
+    """The directory of the log ``path``, created (0755) if missing, opened."""
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, mode=LOG_DIR_MODE, exist_ok=True)
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise errdefs.BerthError(f"failed to create and open log file {path}: "
+                                 f"{err.strerror or err}") from None
+
+
+def open_log_in(dir_fd: int, name: str) -> tuple[int, tuple[int, int]]:
+    """Open (creating, mode :data:`LOG_FILE_MODE`) the log file ``name`` in the directory
+    ``dir_fd`` for appending: never through a symlink, never anything but a regular file (a FIFO
+    or device planted there is not written to; opening does not wait for a FIFO's reader).
+    Returns the descriptor and the file's (device, inode); OSError on failure."""
+    fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                 | os.O_CLOEXEC, LOG_FILE_MODE, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, (st.st_dev, st.st_ino)
 
 
 # -- attach ------------------------------------------------------------------------------------

@@ -463,6 +463,85 @@ def test_log_file_keeps_writing_when_the_path_cannot_be_reopened(
     assert len(errors) == 1
 
 
+# The log directory is writable by log agents (a pod with /var/log mounted): what they plant
+# there must never turn root's appends into writes elsewhere.
+
+
+def test_log_file_never_follows_a_planted_symlink(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The log renamed away and a symlink to a host file put in its place: the records go on
+    to the file already open, the target is untouched, and the refusal is logged once."""
+    victim = tmp_path / "ld.so.preload"
+    victim.write_bytes(b"")
+    logs = tmp_path / "logs"
+    path = logs / "0.log"
+    log = crilog.LogFile(str(path))
+    try:
+        log.write(b"one\n")
+        path.rename(logs / "0.log.old")
+        path.symlink_to(victim)
+        log.write(b"/tmp/evil.so\n")
+        log.write(b"two\n")
+        with pytest.raises(errdefs.BerthError, match="failed to create and open log file"):
+            log.reopen()  # ReopenContainerLog does not follow it either
+        log.write(b"three\n")
+    finally:
+        log.close()
+    assert victim.read_bytes() == b""
+    assert (logs / "0.log.old").read_bytes() == b"one\n/tmp/evil.so\ntwo\nthree\n"
+    errors = [r for r in caplog.records if "writing on to the file" in r.getMessage()]
+    assert len(errors) == 1
+    with pytest.raises(errdefs.BerthError, match="failed to create and open log file"):
+        crilog.LogFile(str(path))  # nor does a first open
+    assert victim.read_bytes() == b""
+
+
+def test_log_file_stays_in_its_directory_when_the_directory_is_swapped(tmp_path: Path) -> None:
+    """The container's log directory renamed away and replaced by a symlink to a host
+    directory: a new log file is made in the directory opened at start, never in the
+    symlink's target."""
+    host_dir = tmp_path / "etc"
+    host_dir.mkdir()
+    logs = tmp_path / "pod" / "c"
+    path = logs / "0.log"
+    log = crilog.LogFile(str(path))
+    try:
+        log.write(b"one\n")
+        path.unlink()
+        logs.rename(tmp_path / "pod" / "moved")
+        logs.symlink_to(host_dir)
+        log.write(b"two\n")
+    finally:
+        log.close()
+    assert list(host_dir.iterdir()) == []
+    assert (tmp_path / "pod" / "moved" / "0.log").read_bytes() == b"two\n"
+
+
+def test_log_file_writes_to_regular_files_only(tmp_path: Path) -> None:
+    """A FIFO planted at the log's name is neither waited on (no reader) nor written to (with
+    one); nor is a file already open for reading."""
+    path = tmp_path / "0.log"
+    log = crilog.LogFile(str(path))
+    try:
+        log.write(b"one\n")
+        path.rename(tmp_path / "0.log.old")
+        os.mkfifo(path)
+        log.write(b"two\n")  # ENXIO: no reader; must not block
+        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            log.write(b"three\n")
+            assert os.read(reader, 100) == b""
+        finally:
+            os.close(reader)
+    finally:
+        log.close()
+    assert (tmp_path / "0.log.old").read_bytes() == b"one\ntwo\nthree\n"
+    os.unlink(path)
+    os.mkfifo(path)
+    with pytest.raises(errdefs.BerthError, match="failed to create and open log file"):
+        crilog.LogFile(str(path))
+
+
 def test_log_file_writes_from_threads_stay_whole(tmp_path: Path) -> None:
     path = tmp_path / "0.log"
     log = crilog.LogFile(str(path))

@@ -198,7 +198,7 @@ class Containers:
         handler = core.config.handler(handler_name)
         log_path = ""
         if config.log_path and sandbox_config.log_directory:
-            log_path = os.path.join(sandbox_config.log_directory, config.log_path)
+            log_path = _log_path(sandbox_config.log_directory, config.log_path)
         inner = image.config.get("config") or {}
         stop_signal = str(inner.get("StopSignal") or "") if isinstance(inner, dict) else ""
         c = Container(container_id, name, sandbox_id, config, image.image.id,
@@ -598,16 +598,26 @@ def _mkfifo(path: str) -> None:
         os.mkfifo(path, 0o600)
 
 
+def _log_path(directory: str, name: str) -> str:
+    """A container's log file: the sandbox's ``log_directory`` joined with the container's
+    ``log_path`` and cleaned, as containerd joins them (so an absolute ``log_path`` is still
+    inside the directory). Stricter than containerd, a path that climbs out of the directory
+    with ``..`` is refused (InvalidArgument): the kubelet always names a file within it."""
+    if not os.path.isabs(directory):
+        raise errdefs.InvalidArgument(f"log directory {directory!r} must be absolute")
+    directory = os.path.normpath(directory)
+    path = os.path.normpath(directory + "/" + name)
+    if not path.startswith(directory.rstrip("/") + "/"):
+        raise errdefs.InvalidArgument(
+            f"log path {name!r} must name a file inside the log directory {directory!r}")
+    return path
+
+
 def _check_log_path(path: str) -> None:
     """Create (or open) the log file and its directory, as containerd does before starting a
-    container, so a bad path is a clear error of the start."""
-    if not os.path.isabs(path):
-        raise errdefs.InvalidArgument(f"log path {path!r} must be absolute")
+    container, so a bad path is a clear error of the start. It is opened as the container's
+    output will be (:class:`berth.crilog.LogFile`: no symlink, a regular file only)."""
     try:
-        os.makedirs(os.path.dirname(path), mode=crilog.LOG_DIR_MODE, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
-                     crilog.LOG_FILE_MODE)
-    except OSError as err:
-        raise errdefs.Unknown(
-            f"failed to create and open log file {path!r}: {err.strerror}") from None
-    os.close(fd)
+        crilog.LogFile(path).close()
+    except errdefs.BerthError as err:
+        raise errdefs.Unknown(str(err)) from None

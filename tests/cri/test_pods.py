@@ -460,6 +460,39 @@ def test_log_directory(daemons: dict[str, CRI], tmp_path: Path,
     assert seen["berthd"][:2] == (0, "made\n")
 
 
+def test_log_path_stays_in_the_log_directory(daemons: dict[str, CRI], tmp_path: Path,
+                                             busybox_image: ImageInfo) -> None:
+    """An absolute log_path is joined under the pod's log directory on both daemons (as Go's
+    filepath.Join does), never used as is. A log_path that climbs out with '..' is refused by
+    berthd at create (InvalidArgument); containerd's lexical join lets it out, which is the
+    weaker behaviour berthd does not copy."""
+    seen = {}
+    for name, c in daemons.items():
+        logs = tmp_path / name / "pod"
+        logs.mkdir(parents=True)
+        victim = tmp_path / name / "victim.log"
+        pod = pod_config("logpath", logs)
+        pod_id = c.run_pod(pod)
+        try:
+            cfg = container_config("abs", busybox_image.ref, "echo inside")
+            cfg.log_path = str(victim)
+            cid = c.run(pod_id, cfg, pod)
+            code = c.wait_exited(cid).exit_code
+            inside = logs / str(victim).lstrip("/")
+            written = inside.read_text().split(" ")[-1] if inside.exists() else None
+            seen[name] = (code, written, victim.exists())
+            climbing = container_config("up", busybox_image.ref, "echo out")
+            climbing.log_path = "../escaped.log"
+            if name == "berthd":
+                assert _code(lambda c=c, pod_id=pod_id, pod=pod, cfg=climbing: c.create(
+                    pod_id, cfg, pod))[0] == grpc.StatusCode.INVALID_ARGUMENT
+                assert not (tmp_path / name / "escaped.log").exists()
+        finally:
+            c.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                       timeout=60)
+    assert seen["berthd"] == seen["containerd"] == (0, "inside\n", False)
+
+
 def test_oom_killed(daemons: dict[str, CRI], logs: dict[str, Path],
                     busybox_image: ImageInfo) -> None:
     seen = {}
