@@ -12,6 +12,7 @@ the environment.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 import socket
@@ -219,8 +220,9 @@ class Registry(ManagedProcess):
         headers: dict[str, str] | None = None,
         credentials: tuple[str, str] | bool | None = True,
         timeout: float = 30.0,
+        data: bytes | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
-        """One HTTP request to this registry, never through a proxy.
+        """One HTTP request to this registry, never through a proxy, with `data` as its body.
 
         `credentials`: True sends the registry's own credentials (if it has auth), None or False
         sends none, a (user, password) pair sends those. Returns (status, headers, body) for
@@ -229,7 +231,8 @@ class Registry(ManagedProcess):
         if not path.startswith("/"):
             raise ValueError("path must start with /")
         req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", method=method, headers=dict(headers or {})
+            f"http://127.0.0.1:{self.port}{path}", method=method, headers=dict(headers or {}),
+            data=data,
         )
         pair = self.auth if credentials is True else credentials or None
         if pair:
@@ -259,6 +262,31 @@ class Registry(ManagedProcess):
             raise AssertionError(f"GET manifest {repo}:{reference}: HTTP {status}: {body[:500]!r}")
         media_type = headers.get("Content-Type", "")
         return media_type, json.loads(body)
+
+    def put_blob(self, repo: str, data: bytes) -> str:
+        """Upload `data` as a blob of `repo` (one monolithic upload); returns its digest."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        status, headers, body = self.request(f"/v2/{repo}/blobs/uploads/", method="POST")
+        if status != 202:
+            raise AssertionError(f"start upload to {repo}: HTTP {status}: {body[:500]!r}")
+        location = headers["Location"]
+        location = location.split(f"127.0.0.1:{self.port}", 1)[-1]
+        separator = "&" if "?" in location else "?"
+        status, _, body = self.request(
+            f"{location}{separator}digest={digest}", method="PUT", data=data,
+            headers={"Content-Type": "application/octet-stream"})
+        if status != 201:
+            raise AssertionError(f"upload {digest} to {repo}: HTTP {status}: {body[:500]!r}")
+        return digest
+
+    def put_manifest(self, repo: str, reference: str, document: bytes, media_type: str) -> str:
+        """PUT `document` (a manifest or index, bytes as they are) as `repo:reference`;
+        returns its digest."""
+        status, _, body = self.request(f"/v2/{repo}/manifests/{reference}", method="PUT",
+                                       data=document, headers={"Content-Type": media_type})
+        if status != 201:
+            raise AssertionError(f"PUT manifest {repo}:{reference}: HTTP {status}: {body[:500]!r}")
+        return "sha256:" + hashlib.sha256(document).hexdigest()
 
     def get_blob(self, repo: str, digest: str) -> bytes:
         """GET a blob's bytes (the registry may answer with a redirect, which is followed)."""

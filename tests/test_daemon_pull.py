@@ -971,3 +971,100 @@ def test_unreachable_registry_fails_quickly(daemon: Berthd, plain_http: bool) ->
     assert f"registry {host} is unreachable" in line and "Connection refused" in line, line
     assert took < 10, f"giving up took {took:.1f}s"
     assert image_names(Ctr(daemon.address, "unreachable")) == set()
+
+
+# -- 11. indexes: labels by position, listed twice, documents of two kinds ---------------------
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OTHER_ARCH = "arm64" if images.host_architecture() != "arm64" else "amd64"
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoPlatforms:
+    repo: str
+    host: str  # the host platform's manifest (busybox as pushed)
+    other: str  # a manifest for OTHER_ARCH: the same layers, its own config
+    other_config: str
+
+
+@pytest.fixture(scope="module")
+def two_platforms(reg: LoggedRegistry, bb: ImageInfo) -> TwoPlatforms:
+    """busybox's repository with a second manifest for another architecture beside it."""
+    host, manifest = manifest_of(bb)
+    config = json.loads((bb.layout / "blobs/sha256" /
+                         str(manifest["config"]["digest"])[7:]).read_text())  # type: ignore[index]
+    config["architecture"] = OTHER_ARCH
+    config_data = json.dumps(config).encode()
+    config_digest = reg.put_blob(bb.repo, config_data)
+    other = dict(manifest, config={"mediaType": "application/vnd.oci.image.config.v1+json",
+                                   "digest": config_digest, "size": len(config_data)})
+    other_digest = reg.put_manifest(bb.repo, "other-arch", json.dumps(other).encode(),
+                                    OCI_MANIFEST)
+    return TwoPlatforms(bb.repo, host, other_digest, config_digest)
+
+
+def _index(reg: LoggedRegistry, repo: str, tag: str, entries: list[tuple[str, str]],
+           **extra: object) -> str:
+    """PUT an OCI index of (digest, architecture) entries as repo:tag; returns the reference."""
+    manifests = []
+    for digest, arch in entries:
+        _, _, body = reg.request(f"/v2/{repo}/manifests/{digest}",
+                                 headers={"Accept": OCI_MANIFEST})
+        manifests.append({"mediaType": OCI_MANIFEST, "digest": digest, "size": len(body),
+                          "platform": {"os": "linux", "architecture": arch}})
+    document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests, **extra}
+    reg.put_manifest(repo, tag, json.dumps(document).encode(), OCI_INDEX)
+    return f"{reg.host}/{repo}:{tag}"
+
+
+def collect_now(c: Ctr, ref: str) -> None:
+    """Run the collector to its end: delete a second name of `ref` with --sync."""
+    c("images", "tag", ref, "berth-test/collect:now")
+    c("images", "rm", "--sync", "berth-test/collect:now")
+
+
+def test_every_platform_pulled_stays_referenced_by_its_index(
+        daemon: Berthd, reg: LoggedRegistry, two_platforms: TwoPlatforms) -> None:
+    """`pull --all-platforms`, then a plain pull of the same index: the index's children keep
+    their labels by position in the index (as containerd labels them), so the collector keeps
+    the other platform's manifest and config. Before, the plain pull renumbered the labels of
+    its chosen manifests and the other platform's documents were collected."""
+    ns = "index-labels"
+    ref = _index(reg, two_platforms.repo, "two-platforms",
+                 [(two_platforms.other, OTHER_ARCH), (two_platforms.host,
+                                                      images.host_architecture())])
+    assert succeeded(berth(daemon.address, "pull", "--plain-http", "--all-platforms", ref,
+                           namespace=ns))
+    c = Ctr(daemon.address, ns)
+    kept = {two_platforms.other, two_platforms.other_config, two_platforms.host}
+    assert kept <= content_digests(c)
+    assert succeeded(pull(daemon.address, ref, ns))
+    collect_now(c, ref)
+    assert kept <= content_digests(c)
+    c("images", "rm", "--sync", ref)
+    assert content_digests(c) == set()
+
+
+def test_a_manifest_listed_many_times_is_fetched_once(
+        daemon: Berthd, reg: LoggedRegistry, two_platforms: TwoPlatforms) -> None:
+    """An index naming one manifest 50 times: `pull --all-platforms` fetches it once, and
+    `push --all-platforms` puts it once, not once per listing."""
+    ns = "index-repeats"
+    listed = [(two_platforms.other, OTHER_ARCH)] * 50 + [(two_platforms.host,
+                                                          images.host_architecture())]
+    ref = _index(reg, two_platforms.repo, "repeats", listed)
+    mark = reg.mark()
+    assert succeeded(berth(daemon.address, "pull", "--plain-http", "--all-platforms", ref,
+                           namespace=ns))
+    gets = [h for h in reg.hits(mark) if h.method == "GET"
+            and h.path.endswith(f"/manifests/{two_platforms.other}")]
+    assert len(gets) == 1, gets
+    target = f"{reg.host}/berth-test/repeats:pushed"
+    mark = reg.mark()
+    assert succeeded(berth(daemon.address, "push", "--plain-http", "--all-platforms",
+                           "--ref", target, ref, namespace=ns))
+    puts = [h for h in reg.hits(mark) if h.method == "PUT"
+            and h.path.endswith(f"/manifests/{two_platforms.other}")]
+    assert len(puts) == 1, puts
+    Ctr(daemon.address, ns)("images", "rm", "--sync", ref)

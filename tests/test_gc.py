@@ -266,6 +266,47 @@ def test_blob_shared_by_two_namespaces_stays_on_disk_until_both_drop_it(
     assert daemon.disk() == set()
 
 
+def test_a_blob_recorded_from_disk_is_never_collected_half_way(
+        daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that finds the blob on disk (shared content, as a pull of an image just deleted
+    elsewhere does) records it here and in its lease in one step for the collector: a
+    collection that starts in between waits, and then keeps the leased blob. Before, it could
+    remove the blob between the check and the insert, leaving a record (soon an image) that
+    names bytes no longer on disk."""
+    blob = put(daemon, b"deleted elsewhere just before")
+    daemon.meta.content.delete(blob)  # no record left anywhere: the collector's to take
+    real_info = daemon.local.info
+    calls: list[str] = []
+    collectors: list[threading.Thread] = []
+
+    def info(digest: str) -> Info:
+        found = real_info(digest)
+        calls.append(digest)
+        if len(calls) == 2:  # the record's own look at the blob, just before its row
+            collector = threading.Thread(target=daemon.collect)
+            collector.start()
+            collector.join(0.5)  # done by now, unless it waits for the writer
+            collectors.append(collector)
+        return found
+
+    monkeypatch.setattr(daemon.local, "info", info)
+    with namespaces.use("other"):
+        daemon.meta.leases.create("pull")
+        with leases.use("pull"), pytest.raises(errdefs.AlreadyExists):
+            daemon.meta.content.writer("ref", expected=blob)
+    for collector in collectors:
+        collector.join()
+    monkeypatch.undo()
+    assert collectors, "the writer never recorded the blob"
+    with namespaces.use("other"):
+        assert daemon.rows() == {blob}
+        with daemon.meta.content.reader(blob) as r:
+            assert r.read_at(0, 100) == b"deleted elsewhere just before"
+        daemon.meta.leases.delete("pull")
+    daemon.collect()
+    assert daemon.disk() == set()
+
+
 def test_deleted_record_lets_the_blob_go(daemon: Daemon) -> None:
     blob = put(daemon, b"rooted", {ROOT: "yes"})
     daemon.collect()

@@ -361,11 +361,13 @@ class ConfiguredRegistry(Registry):
         headers: dict[str, str] | None = None,
         credentials: tuple[str, str] | bool | None = True,
         timeout: float = 30.0,
+        data: bytes | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         if self.tls is None:
-            return super().request(
-                path, method=method, headers=headers, credentials=credentials, timeout=timeout
-            )
+            return super().request(path, method=method, headers=headers,
+                                   credentials=credentials, timeout=timeout, data=data)
+        if data is not None:
+            raise ValueError("a request body is only sent to a plain-HTTP registry")
         # Only the readiness probe and test assertions come here: skip verification.
         context = ssl.create_default_context()
         context.check_hostname = False

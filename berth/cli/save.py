@@ -110,7 +110,7 @@ def _plan_oci(client: Client, export: Export, name: str, target: Descriptor,
               want: Platform | None, all_platforms: bool) -> None:
     if target.media_type in manifest.INDEX_TYPES and all_platforms:
         data = documents.read_document(client, target)
-        for entry in manifest.parse_index(data):
+        for entry in manifest.unique_entries(manifest.parse_index(data)):
             if entry.descriptor.media_type in manifest.MANIFEST_TYPES:
                 export.add_image_documents(documents.load(client, entry.descriptor))
         export._document(target, data)

@@ -88,8 +88,26 @@ def _descriptor(value: object, what: str) -> Descriptor:
                       {str(k): str(v) for k, v in annotations.items()})
 
 
+def _one_kind(doc: dict[str, Any], what: str, *, index: bool) -> None:
+    """Refuse a document that is also (or claims to be) the other kind: one digest approved as
+    a manifest must never be readable as an index, nor the other way round (CVE-2021-41190, the
+    check containerd runs since 1.4.12 and 1.5.8). Schema 1 documents are refused too."""
+    if "fsLayers" in doc:
+        raise errdefs.InvalidArgument(f"{what} is a schema 1 manifest, which is not supported")
+    media_type = doc.get("mediaType")
+    if index and ("config" in doc or "layers" in doc or media_type in MANIFEST_TYPES):
+        raise errdefs.InvalidArgument(
+            f"{what} holds a manifest's config, layers or media type ({media_type!r}): "
+            "a document must be an index or a manifest, not both")
+    if not index and ("manifests" in doc or media_type in INDEX_TYPES):
+        raise errdefs.InvalidArgument(
+            f"{what} holds an index's manifests or media type ({media_type!r}): "
+            "a document must be a manifest or an index, not both")
+
+
 def parse_index(data: bytes) -> list[IndexEntry]:
     doc = _load(data, "image index")
+    _one_kind(doc, "image index", index=True)
     manifests = doc.get("manifests")
     if not isinstance(manifests, list):
         raise errdefs.InvalidArgument("image index has no manifests list")
@@ -100,8 +118,21 @@ def parse_index(data: bytes) -> list[IndexEntry]:
     return out
 
 
+def unique_entries(entries: Sequence[IndexEntry]) -> list[IndexEntry]:
+    """``entries`` with each digest once (its first entry). An index may list one manifest any
+    number of times; work done per listed manifest must not multiply with that."""
+    seen: set[str] = set()
+    out = []
+    for e in entries:
+        if e.descriptor.digest not in seen:
+            seen.add(e.descriptor.digest)
+            out.append(e)
+    return out
+
+
 def parse_manifest(data: bytes) -> Manifest:
     doc = _load(data, "image manifest")
+    _one_kind(doc, "image manifest", index=False)
     if doc.get("schemaVersion") != 2:
         raise errdefs.InvalidArgument(
             f"image manifest schemaVersion {doc.get('schemaVersion')!r} is not supported "

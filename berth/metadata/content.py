@@ -90,6 +90,8 @@ class NamespacedContentStore(Store):
 
     def _record(self, ns: str, digest: str, lbls: Mapping[str, str], *,
                 must_be_new: bool, committed_ref: str = "") -> None:
+        """Record the blob ``digest`` (on disk) in ``ns`` and the current lease. The caller
+        holds the GC lock's shared side, from before it saw the blob on disk."""
         size = self.local.info(digest).size
         now = now_ns()
         with self.db.tx() as c:
@@ -137,14 +139,18 @@ class NamespacedContentStore(Store):
         ns = namespaces.current()
         if expected:
             validate_digest(expected)
-            try:
-                self.local.info(expected)
-            except errdefs.NotFound:
-                pass
-            else:
-                # Shared content: the blob is on disk already; make it visible here.
-                self._record(ns, expected, {}, must_be_new=False)
-                raise errdefs.AlreadyExists(f"content {expected} already exists")
+            # Seeing the blob on disk and recording it here is one step for the collector (the
+            # shared GC lock): it cannot remove the blob in between and leave a record (and a
+            # lease, an image) naming bytes that are gone.
+            with self.db.gc_lock.shared():
+                try:
+                    self.local.info(expected)
+                except errdefs.NotFound:
+                    pass
+                else:
+                    # Shared content: the blob is on disk already; make it visible here.
+                    self._record(ns, expected, {}, must_be_new=False)
+                    raise errdefs.AlreadyExists(f"content {expected} already exists")
         with self.db.tx() as c:
             self.db.ensure_namespace(c, ns)
             add_to_current_lease(c, ns, Resource(ref, "ingests"))
@@ -152,7 +158,8 @@ class NamespacedContentStore(Store):
             inner = self.local.writer(f"{ns}/{ref}", total=total, expected=expected)
         except errdefs.AlreadyExists:
             # Committed by someone else since the check above: shared content all the same.
-            self._record(ns, expected, {}, must_be_new=False)
+            with self.db.gc_lock.shared():
+                self._record(ns, expected, {}, must_be_new=False)
             raise
         return NamespacedWriter(self, ns, ref, inner)
 

@@ -30,7 +30,6 @@ from berth.images import Image, manifest, platforms
 from berth.images import Store as ImageStore
 from berth.images.platforms import Platform
 from berth.leases import Manager as LeaseManager
-from berth.leases import Resource
 from berth.oci.image import Descriptor
 from berth.remotes import reference
 from berth.remotes.remotes import MAX_MANIFEST_SIZE, Fetcher, Resolver
@@ -118,24 +117,18 @@ class Puller:
 
     def _have(self, desc: Descriptor) -> bool:
         """Whether ``desc`` is stored (making a blob stored for another namespace visible
-        here), with it added to the current lease."""
-        try:
-            self.content.info(desc.digest)
-        except errdefs.NotFound:
-            pass
-        else:
-            lease = leases.current()
-            if lease:
-                self.leases.add_resource(lease, Resource(desc.digest, "content"))
-            return True
+        here), with it added to the current lease.
+
+        Opening a writer for a blob already on disk records it in this namespace and the lease
+        and answers AlreadyExists (containerd's shared content policy), in one step that the
+        collector cannot come between: a blob found here is never one it removes the moment
+        after (an image deleted just before the same image is pulled again)."""
         if self.shared is not None:
             try:
                 self.shared.info(desc.digest)
             except errdefs.NotFound:
                 return False
         try:
-            # Opening a writer for a blob already on disk records it in this namespace (and
-            # the lease) and answers AlreadyExists: containerd's shared content policy.
             w = self.content.writer(f"pull-{desc.digest}", expected=desc.digest)
         except errdefs.AlreadyExists:
             return True
@@ -291,15 +284,21 @@ class Puller:
         if root.media_type in manifest.INDEX_TYPES:
             data = self._document(fetcher, root, "index")
             entries = manifest.parse_index(data)
+            # Every child is labelled by its position in the index, as containerd labels them
+            # (before choosing platforms): a label never changes meaning when the same index is
+            # pulled again for another platform, so what an earlier pull stored stays referenced.
+            refs = {f"{labels.GC_REF_CONTENT}.m.{i}": e.descriptor.digest
+                    for i, e in enumerate(entries)}
+            runs_here = {e.descriptor.digest for e in entries
+                         if e.platform is not None and platforms.matches(opts.platform, e.platform)}
             if opts.all_platforms:
-                chosen = [e.descriptor for e in entries
+                chosen = [e.descriptor for e in manifest.unique_entries(entries)
                           if e.descriptor.media_type in manifest.MANIFEST_TYPES]
             else:
                 chosen = [manifest.select_manifest(entries, opts.platform)]
-            refs = {f"{labels.GC_REF_CONTENT}.m.{i}": d.digest for i, d in enumerate(chosen)}
             for desc in chosen:
                 self._pull_manifest(fetcher, desc, opts, progress, source,
-                                    unpack=opts.unpack and self._runs_here(entries, desc, opts))
+                                    unpack=opts.unpack and desc.digest in runs_here)
             self._store(root, data, {**refs, **source})
             progress(Progress("index", "done", root, root.size, root.size))
         elif root.media_type in manifest.MANIFEST_TYPES:
@@ -308,14 +307,6 @@ class Puller:
             raise errdefs.InvalidArgument(
                 f"{root.digest} has media type {root.media_type!r}, which is not an image "
                 "manifest or index")
-
-    @staticmethod
-    def _runs_here(entries: list[manifest.IndexEntry], desc: Descriptor,
-                   opts: PullOptions) -> bool:
-        for e in entries:
-            if e.descriptor.digest == desc.digest and e.platform is not None:
-                return platforms.matches(opts.platform, e.platform)
-        return False
 
     def _pull_manifest(self, fetcher: Fetcher, desc: Descriptor, opts: PullOptions,
                        progress: ProgressFn, source: dict[str, str], *, unpack: bool) -> None:

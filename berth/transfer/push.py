@@ -56,7 +56,7 @@ class ImagePusher:
         manifests: list[Descriptor] = []
         blobs: dict[str, Descriptor] = {}
         if root.media_type in manifest.INDEX_TYPES:
-            entries = manifest.parse_index(self._read(root))
+            entries = manifest.unique_entries(manifest.parse_index(self._read(root)))
             want = platform or platforms.host()
             chosen = [e.descriptor for e in entries
                       if e.descriptor.media_type in manifest.MANIFEST_TYPES
