@@ -358,6 +358,10 @@ def _cri(ctx: InitContext) -> GRPCServices | LazyGRPCServices:
     if config.snapshotter not in md.snapshotters:
         raise errdefs.InvalidArgument(
             f"cri config: snapshotter {config.snapshotter!r} is not loaded")
+    if config.stream_tls is not None:
+        from berth.cri.streaming.server import tls_context
+
+        tls_context(*config.stream_tls)  # a key pair that does not load stops berthd now
 
     def build() -> GRPCServices:
         return _cri_services(ctx, config)
@@ -410,7 +414,7 @@ def _cri_services(ctx: InitContext, config: CRIConfig) -> GRPCServices:
     containers.recover(found_containers)
     core.start_monitor()
     stream_server = StreamServer(StreamBackend(core, containers), config.stream_server_address,
-                                 config.stream_server_port)
+                                 config.stream_server_port, tls=config.stream_tls)
     stream_server.start()
     streaming = Streaming(stream_server, sandboxes, containers)
     runtime = Runtime(network.error)

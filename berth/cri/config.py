@@ -31,14 +31,14 @@ _IGNORED_TOP = {
     "device_ownership_from_security_context", "ignore_image_defined_volumes",
     "stats_collect_period",
     "systemd_cgroup", "enable_cdi", "cdi_spec_dirs", "image_pull_progress_timeout",
-    "enable_tls_streaming",
-    "x509_key_pair_streaming", "image_decryption", "tcp_address", "tcp_port", "tcp_tls_cert",
+    "image_decryption", "tcp_address", "tcp_port", "tcp_tls_cert",
     "tcp_tls_key", "drain_exec_sync_io_timeout",
 }
 _KNOWN_TOP = {
     "sandbox_image", "restrict_oom_score_adj", "max_container_log_line_size", "disable_cgroup",
     "enable_unprivileged_ports", "enable_unprivileged_icmp", "netns_mounts_under_state_dir",
     "cni", "containerd", "registry", "stream_server_address", "stream_server_port",
+    "enable_tls_streaming", "x509_key_pair_streaming",
     *_IGNORED_TOP,
 }
 _KNOWN_CNI = {"bin_dir", "conf_dir", "max_conf_num", "conf_template", "ip_pref"}
@@ -53,6 +53,7 @@ _KNOWN_RUNTIME = {
     "base_runtime_spec", "cni_conf_dir", "cni_max_conf_num",
 }
 _KNOWN_REGISTRY = {"config_path", "mirrors", "configs", "auths", "headers"}
+_KNOWN_KEY_PAIR = {"tls_cert_file", "tls_key_file"}
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,9 @@ class Config:
     stream_server_address: str = "127.0.0.1"
     stream_server_port: int = 0
     """0: a port of the kernel's choosing (containerd's default "0")."""
+    stream_tls: tuple[str, str] | None = None
+    """The streaming server's certificate and key files (``enable_tls_streaming`` with
+    ``x509_key_pair_streaming``); None: plain HTTP."""
     ignored: tuple[str, ...] = ()
     """Keys containerd reads that were set but Berth does not act on."""
     unknown: tuple[str, ...] = ()
@@ -158,6 +162,27 @@ def _port(value: object) -> int:
     return port
 
 
+def _stream_tls(enabled: bool, cert: str, key: str) -> tuple[str, str] | None:
+    """The streaming server's key pair, checked as containerd checks it: both files or
+    neither, and only with ``enable_tls_streaming``. containerd makes a self-signed certificate
+    when TLS is on without a key pair; Berth refuses to start instead of serving plain HTTP."""
+    if not enabled:
+        if cert or key:
+            raise errdefs.InvalidArgument(
+                "cri config: x509_key_pair_streaming is set but enable_tls_streaming is not: "
+                "set it, or remove the key pair")
+        return None
+    if not cert and not key:
+        raise errdefs.InvalidArgument(
+            "cri config: enable_tls_streaming needs x509_key_pair_streaming.tls_cert_file and "
+            "tls_key_file (Berth does not make a self-signed certificate)")
+    if not cert or not key:
+        raise errdefs.InvalidArgument(
+            "cri config: enable_tls_streaming needs x509_key_pair_streaming."
+            + ("tls_key_file" if cert else "tls_cert_file"))
+    return cert, key
+
+
 def load(table: Mapping[str, Any]) -> Config:
     """The configuration in ``table`` (the plugin's TOML table), containerd's defaults for what
     it leaves out."""
@@ -180,6 +205,13 @@ def load(table: Mapping[str, Any]) -> Config:
         raise errdefs.InvalidArgument(
             f"cri config: containerd.default_runtime_name {default_runtime!r} names no "
             "[containerd.runtimes] table")
+    key_pair = _table(table.get("x509_key_pair_streaming", {}), "x509_key_pair_streaming")
+    unknown += _unknown(key_pair, _KNOWN_KEY_PAIR, "x509_key_pair_streaming.")
+    stream_address = _get(table, "stream_server_address", str, "127.0.0.1", "")
+    if not stream_address:
+        raise errdefs.InvalidArgument(
+            "cri config: stream_server_address must name the address to listen on "
+            "(containerd's default is 127.0.0.1; Berth does not guess the node's address)")
     max_line = _get(table, "max_container_log_line_size", int, DEFAULT_MAX_LOG_LINE, "")
     if max_line == 0 or max_line < -1:
         raise errdefs.InvalidArgument(
@@ -200,8 +232,13 @@ def load(table: Mapping[str, Any]) -> Config:
         default_runtime_name=default_runtime,
         runtimes=runtimes,
         registry_config_path=_get(registry, "config_path", str, "", "registry."),
-        stream_server_address=_get(table, "stream_server_address", str, "127.0.0.1", ""),
+        stream_server_address=stream_address,
         stream_server_port=_port(table.get("stream_server_port", "0")),
+        stream_tls=_stream_tls(_get(table, "enable_tls_streaming", bool, False, ""),
+                               _get(key_pair, "tls_cert_file", str, "",
+                                    "x509_key_pair_streaming."),
+                               _get(key_pair, "tls_key_file", str, "",
+                                    "x509_key_pair_streaming.")),
         ignored=tuple(sorted(k for k in table if k in _IGNORED_TOP)),
         unknown=tuple(unknown),
     )

@@ -174,9 +174,14 @@ class StreamBackend:
         def connect() -> socket.socket:
             return socket.create_connection(("127.0.0.1", port), timeout=DIAL_TIMEOUT)
 
+        if sb.host_network:
+            return connect()  # the pod's network is the host's
+        if not sb.netns_path:
+            # Never the host's loopback for a pod with a network of its own (containerd: the
+            # namespace is closed).
+            raise errdefs.FailedPrecondition(
+                f"network namespace for sandbox {sb.id} is closed")
         try:
-            if sb.host_network or not sb.netns_path:
-                return connect()
             return NetNS.load(sb.netns_path).run(connect)
         except OSError as err:
             # containerd's words (it dials tcp4 localhost inside the namespace).

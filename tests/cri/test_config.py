@@ -39,12 +39,12 @@ def test_runtimes_and_handlers() -> None:
 
 
 def test_unknown_and_ignored_keys() -> None:
-    c = config.load({"sandbox_imag": "typo", "enable_tls_streaming": False,
+    c = config.load({"sandbox_imag": "typo", "enable_selinux": False,
                      "cni": {"bin_dirr": "/x"},
                      "containerd": {"runtimes": {"runc": {"runtime_tyep": "x"}}}})
     assert set(c.unknown) == {"sandbox_imag", "cni.bin_dirr",
                               "containerd.runtimes.runc.runtime_tyep"}
-    assert c.ignored == ("enable_tls_streaming",)
+    assert c.ignored == ("enable_selinux",)
     assert config.load({"stream_server_port": "10010"}).stream_server_port == 10010
     with pytest.raises(errdefs.InvalidArgument, match="stream_server_port"):
         config.load({"stream_server_port": "http"})
@@ -73,3 +73,27 @@ def test_berthd_warns_about_unknown_keys(tmp_path: Path) -> None:
     with Berthd(tmp_path / "berthd", config=str(conf)) as daemon:
         log = daemon.log()
     assert "unknown key 'sandbox_imag'" in log
+
+
+def test_streaming_tls_and_address() -> None:
+    """The streaming key pair is checked as containerd checks it; without a key pair TLS is
+    refused rather than served as plain HTTP (containerd would make a self-signed certificate);
+    an empty address is refused rather than guessed."""
+    pair = {"tls_cert_file": "/etc/c.pem", "tls_key_file": "/etc/k.pem"}
+    assert config.load({}).stream_tls is None
+    assert config.load({"enable_tls_streaming": True, "x509_key_pair_streaming": pair}
+                       ).stream_tls == ("/etc/c.pem", "/etc/k.pem")
+    for table, words in [
+        ({"enable_tls_streaming": True}, "does not make a self-signed certificate"),
+        ({"enable_tls_streaming": True, "x509_key_pair_streaming": {"tls_cert_file": "/c"}},
+         "needs x509_key_pair_streaming.tls_key_file"),
+        ({"enable_tls_streaming": True, "x509_key_pair_streaming": {"tls_key_file": "/k"}},
+         "needs x509_key_pair_streaming.tls_cert_file"),
+        ({"x509_key_pair_streaming": pair}, "enable_tls_streaming is not"),
+        ({"stream_server_address": ""}, "stream_server_address must name the address"),
+    ]:
+        with pytest.raises(errdefs.InvalidArgument, match=words):
+            config.load(table)
+    c = config.load({"enable_tls_streaming": True,
+                     "x509_key_pair_streaming": {**pair, "tls_ca_file": "x"}})
+    assert c.unknown == ("x509_key_pair_streaming.tls_ca_file",)

@@ -8,21 +8,37 @@ drive it against berthd in test_streaming_reference.py.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import pytest
+from token_server import self_signed_certificate
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection
+from wsproto.events import Message as WsMessage
+from wsproto.events import Request as WsRequest
 
 from berth import errdefs
 from berth.api.cri.runtime.v1 import api_pb2 as pb
 from berth.cri.streaming import spdy
+from berth.cri.streaming.channels import (
+    MAX_MESSAGE,
+    MAX_PENDING_STREAMS,
+    Channel,
+    SpdyConnection,
+)
+from berth.cri.streaming.remotecommand import RemoteCommand
 from berth.cri.streaming.server import StreamServer
 from berth.cri.streaming.tokens import Tokens
 
@@ -257,3 +273,215 @@ def test_silent_clients(server: StreamServer) -> None:
         got = client.read_all()
     assert got[error] == b"timed out waiting for client to create streams"
     assert started_processes(server) == 0
+
+
+# -- what one client may hold --------------------------------------------------------------------
+
+
+def _spdy_session(url: str) -> tuple[socket.socket, SpdyClient, dict[str, int]]:
+    """An exec session over SPDY with its error, stdout and stderr streams open."""
+    sock, path = _connect(url)
+    sock.sendall(_head(path, *SPDY_UPGRADE))
+    status, _, rest = _response(sock)
+    assert status == 101
+    client = SpdyClient(sock, rest)
+    return sock, client, {name: client.open(name) for name in ("error", "stdout", "stderr")}
+
+
+def _sessions_ended() -> None:
+    """Wait (up to 10 s) until no session waits on a process any more."""
+    deadline = time.monotonic() + 10
+    while (any(t.name == "cri-stream-call" for t in threading.enumerate())
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+
+
+def test_sessions_waiting_on_their_processes_hold_no_shared_worker(
+        server: StreamServer) -> None:
+    """Twelve sessions whose processes run on (more than asyncio's default pool has
+    workers): another session still starts and ends at once."""
+    held = [_spdy_session(_exec_url(server, "sleep", "30")) for _ in range(12)]
+    try:
+        deadline = time.monotonic() + 10
+        while started_processes(server) < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started_processes(server) == 12
+        sock, client, streams = _spdy_session(_exec_url(server, "echo", "free"))
+        with sock:
+            sock.settimeout(10)
+            assert client.read_all()[streams["stdout"]] == b"free\n"
+    finally:
+        for sock, _, _ in held:
+            sock.close()  # the server kills their processes, and their waits end
+        _sessions_ended()
+
+
+def test_streams_opened_and_reset_are_not_kept() -> None:
+    """A client opening and resetting streams over and over, then opening streams its session
+    never takes: the connection keeps none of the reset ones, holds at most
+    MAX_PENDING_STREAMS waiting and refuses the rest, and goes on answering."""
+    async def run() -> tuple[int, int, list[int]]:
+        server_sock, client_sock = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=server_sock)
+        conn = SpdyConnection(reader, writer)
+        conn.start()
+        codec, frames = spdy.FrameWriter(), spdy.FrameReader()
+        wire = bytearray()
+        for n in range(2000):
+            sid = 2 * n + 1
+            wire += codec.encode(spdy.SynStreamFrame(sid, spdy.Headers([("streamtype", "x")])))
+            wire += codec.encode(spdy.RstStreamFrame(sid, spdy.RstStatus.CANCEL))
+        for n in range(2000, 2100):  # opened, never reset, never taken
+            wire += codec.encode(spdy.SynStreamFrame(2 * n + 1,
+                                                     spdy.Headers([("streamtype", "x")])))
+        wire += codec.encode(spdy.PingFrame(1))
+        client_sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(client_sock, bytes(wire))
+        refused: list[int] = []
+        answered = False
+        deadline = loop.time() + 20
+        while not answered and loop.time() < deadline:
+            try:
+                chunk = await asyncio.wait_for(loop.sock_recv(client_sock, 1 << 16), 1)
+            except TimeoutError:
+                continue
+            for frame in frames.feed(chunk):
+                if (isinstance(frame, spdy.RstStreamFrame)
+                        and frame.status == spdy.RstStatus.REFUSED_STREAM):
+                    refused.append(frame.stream_id)
+                answered = answered or isinstance(frame, spdy.PingFrame)
+        kept, pending = len(conn._channels), len(conn._opened)
+        client_sock.close()
+        await conn.lost
+        await conn.close()
+        return kept, pending, refused
+
+    kept, pending, refused = asyncio.run(run())
+    assert (kept, pending) == (MAX_PENDING_STREAMS, MAX_PENDING_STREAMS)
+    assert refused == [2 * n + 1 for n in range(2000 + MAX_PENDING_STREAMS, 2100)]
+
+
+def _ws_exec(server: StreamServer, *cmd: str) -> tuple[socket.socket, WSConnection]:
+    url = server.url("exec", pb.ExecRequest(container_id="c", cmd=list(cmd), stdin=True,
+                                            stdout=True, stderr=True))
+    sock, path = _connect(url)
+    ws = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(ws.send(WsRequest(host="x", target=path,
+                                   subprotocols=["v4.channel.k8s.io"])))
+    sock.settimeout(10)
+    while True:
+        ws.receive_data(sock.recv(65536))
+        if any(isinstance(e, AcceptConnection) for e in ws.events()):
+            return sock, ws
+
+
+def test_websocket_message_over_the_limit_closes_the_session(server: StreamServer) -> None:
+    """One WebSocket message may be at most MAX_MESSAGE bytes: a client sending an endless
+    one (in fragments) is closed with 1009, not buffered."""
+    sock, ws = _ws_exec(server, "sleep", "30")
+    with sock:
+        chunk = b"\x00" + b"x" * (256 << 10)
+        code = None
+        with contextlib.suppress(OSError):
+            for _ in range(MAX_MESSAGE // len(chunk) + 4):
+                sock.sendall(ws.send(WsMessage(data=chunk, message_finished=False)))
+        while code is None:
+            data = sock.recv(65536)
+            if not data:
+                break
+            ws.receive_data(data)
+            code = next((e.code for e in ws.events() if isinstance(e, CloseConnection)), None)
+    _sessions_ended()
+    assert code == 1009
+
+
+def test_resize_documents_are_bounded() -> None:
+    """Terminal sizes: the last of a burst is applied; an endless document, or one nested too
+    deep to parse, ends the resizing and nothing else."""
+    class Sizes:
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, int]] = []
+
+        def resize(self, width: int, height: int) -> None:
+            self.seen.append((width, height))
+
+    async def feed(*chunks: bytes) -> list[tuple[int, int]]:
+        channel = Channel("resize", cast(Any, None))
+        for chunk in chunks:
+            channel._deliver(chunk)
+        session = RemoteCommand({"resize": channel}, "v4.channel.k8s.io", exec_=True, cmd=[])
+        sizes = Sizes()
+        await asyncio.wait_for(session._resize(cast(Any, sizes)), 10)
+        return sizes.seen
+
+    burst = b"".join(b'{"Width":%d,"Height":24} ' % w for w in range(1, 2001))
+    assert asyncio.run(feed(burst, b'{"Width":7,', b'"Height":8}', b"")) == [(2000, 24), (7, 8)]
+    assert asyncio.run(feed(b'{"Width":1,"Height":2}', b'"' + b"a" * 10000)) == [(1, 2)]
+    assert asyncio.run(feed(b"[" * 200000, b"")) == []
+
+
+def test_stdin_without_a_reader_is_not_waited_for(tmp_path: Path) -> None:
+    """A stdin FIFO nobody reads (a StdinOnce attach that ended): the session's stdin ends at
+    once instead of a thread waiting forever in open(2); one whose reader never reads holds
+    only the session, and ends with it."""
+    class Stdin:
+        stdin_once = True
+
+        def __init__(self, path: str) -> None:
+            self.stdin = path
+            self.closed = 0
+
+        def close_stdin(self) -> None:
+            self.closed += 1
+
+    async def run(fifo: str, payload: bytes, end: bool) -> int:
+        channel = Channel("stdin", cast(Any, None))
+        channel._deliver(payload)
+        if end:
+            channel._deliver(b"")
+        session = RemoteCommand({"stdin": channel}, "v4.channel.k8s.io", exec_=False, cmd=[])
+        process = Stdin(fifo)
+        task = asyncio.ensure_future(session._stdin(cast(Any, process)))
+        done, _ = await asyncio.wait([task], timeout=1)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return process.closed
+
+    fifo = tmp_path / "stdin"
+    os.mkfifo(fifo)
+    before = threading.active_count()
+    assert asyncio.run(run(str(fifo), b"data", True)) == 1  # ENXIO: no reader
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        asyncio.run(run(str(fifo), b"x" * (1 << 20), False))  # fills the pipe, then waits
+    finally:
+        os.close(reader)
+    assert threading.active_count() == before
+
+
+def test_streaming_over_tls(tmp_path: Path) -> None:
+    """With a key pair (enable_tls_streaming) the server speaks HTTPS only, and its URLs say
+    so."""
+    cert, key = self_signed_certificate(tmp_path, "stream")
+    server = StreamServer(LocalBackend(), tls=(str(cert), str(key)))
+    server.start()
+    try:
+        url = _exec_url(server, "echo", "tls")
+        assert url.startswith("https://127.0.0.1:")
+        context = ssl.create_default_context(cafile=str(cert))
+        raw, path = _connect(url)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(_head(path, *SPDY_UPGRADE))
+            assert _response(sock)[0] == 101
+        plain, path = _connect(_exec_url(server, "echo", "tls"))
+        with plain:
+            plain.settimeout(10)
+            plain.sendall(_head(path, *SPDY_UPGRADE))
+            assert b"HTTP/1.1 101" not in plain.recv(65536)
+    finally:
+        server.close()
+    with pytest.raises(errdefs.InvalidArgument, match="does not load"):
+        StreamServer(LocalBackend(), tls=(str(key), str(cert)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -29,11 +30,13 @@ from wsproto.events import (
     AcceptConnection,
     BytesMessage,
     CloseConnection,
+    Event,
     Message,
     Ping,
     Request,
     TextMessage,
 )
+from wsproto.utilities import LocalProtocolError
 
 from berth import errdefs
 from berth.cri.streaming import spdy
@@ -43,6 +46,11 @@ log = logging.getLogger(__name__)
 READ_SIZE = 1 << 16
 CHANNEL_QUEUE = 256  # chunks a channel holds for a session that has not read them yet
 V5_CLOSE = 255
+MAX_PENDING_STREAMS = 32  # streams a client opened that its session has not taken yet
+MAX_MESSAGE = 1 << 20  # bytes of one WebSocket message (kubectl sends at most 32 KiB)
+# The channels a client writes on: the rest (stdout, stderr, error) only carry to the client,
+# and what a client sends on them is dropped rather than held.
+CLIENT_WRITES = frozenset({"stdin", "resize", "data"})
 
 
 class Channel:
@@ -50,6 +58,7 @@ class Channel:
 
     def __init__(self, name: str, send: _Sender) -> None:
         self.name = name
+        self.readable = name in CLIENT_WRITES
         self._send = send
         self._incoming: asyncio.Queue[bytes] = asyncio.Queue()
         self.room = asyncio.Event()  # set while the channel holds no more than CHANNEL_QUEUE
@@ -58,6 +67,8 @@ class Channel:
         self.closed = False
 
     def _deliver(self, data: bytes) -> None:
+        if data and not self.readable:
+            return
         if not self._ended:
             self._incoming.put_nowait(data)
             if not data:
@@ -110,7 +121,11 @@ class SpdyConnection(_Sender):
         self._initial = initial
         self._channels: dict[int, Channel] = {}
         self._ids: dict[Channel, int] = {}
-        self._opened: asyncio.Queue[tuple[Channel, spdy.Headers] | None] = asyncio.Queue()
+        # Streams opened and not yet taken by accept(), oldest first; a stream reset before it
+        # is taken leaves it. _ready is set while there is one to take or the connection ended.
+        self._opened: collections.deque[tuple[Channel, spdy.Headers]] = collections.deque()
+        self._ready = asyncio.Event()
+        self._ended = False
         self._pump: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -123,9 +138,15 @@ class SpdyConnection(_Sender):
         """The next stream the client opens, with its headers; None when the connection ended
         or no stream came within ``timeout`` seconds."""
         try:
-            return await asyncio.wait_for(self._opened.get(), timeout)
+            await asyncio.wait_for(self._ready.wait(), timeout)
         except TimeoutError:
             return None
+        if not self._opened:
+            return None  # the connection ended
+        opened = self._opened.popleft()
+        if not self._opened and not self._ended:
+            self._ready.clear()
+        return opened
 
     async def _flush(self) -> None:
         out = self._conn.data_to_send()
@@ -141,9 +162,19 @@ class SpdyConnection(_Sender):
             try:
                 self._conn.send_data(stream_id, data, fin=fin)
             except spdy.StreamClosed:
-                return  # reset by the client meanwhile
+                self._forget(stream_id)  # reset by the client meanwhile
+                return
+            if fin and stream_id not in self._conn.streams:
+                self._forget(stream_id)  # both sides ended
             with contextlib.suppress(ConnectionError):
                 await self._flush()
+
+    def _forget(self, stream_id: int) -> None:
+        """Drop a stream that is gone on both sides: a connection holds only live streams
+        (the SPDY layer caps how many), however many a client opens and resets over time."""
+        channel = self._channels.pop(stream_id, None)
+        if channel is not None:
+            self._ids.pop(channel, None)
 
     async def _run(self) -> None:
         try:
@@ -159,7 +190,7 @@ class SpdyConnection(_Sender):
                         self._event(event)
                     async with self._lock:
                         await self._flush()
-                for channel in list(self._channels.values()):
+                for channel in [c for c in self._channels.values() if not c.room.is_set()]:
                     await channel.room.wait()  # back-pressure: a session behind on stdin
                 data = await self._reader.read(READ_SIZE)
                 if not data:
@@ -172,18 +203,28 @@ class SpdyConnection(_Sender):
                     await self._flush()
             for channel in self._channels.values():
                 channel._deliver(b"")
-            self._opened.put_nowait(None)
+            self._ended = True
+            self._ready.set()
             if not self.lost.done():
                 self.lost.set_result(None)
 
     def _event(self, event: spdy.Event) -> None:
         if isinstance(event, spdy.StreamOpened):
-            self._conn.reply(event.stream_id)
+            if len(self._opened) >= MAX_PENDING_STREAMS:
+                # The session takes the streams it needs at once; a client opening more than
+                # it takes is refused rather than remembered.
+                self._conn.reset(event.stream_id, spdy.RstStatus.REFUSED_STREAM)
+                return
+            try:
+                self._conn.reply(event.stream_id)
+            except spdy.StreamClosed:
+                return  # unidirectional, or reset in the same read: nothing to serve
             name = event.headers.first("streamtype", "") or ""
             channel = Channel(name, self)
             self._channels[event.stream_id] = channel
             self._ids[channel] = event.stream_id
-            self._opened.put_nowait((channel, event.headers))
+            self._opened.append((channel, event.headers))
+            self._ready.set()
         elif isinstance(event, spdy.StreamData):
             found = self._channels.get(event.stream_id)
             if found is not None and event.data:
@@ -194,6 +235,10 @@ class SpdyConnection(_Sender):
                 found._deliver(b"")
                 if isinstance(event, spdy.StreamReset):
                     found.closed = True
+                    for pending in [p for p in self._opened if p[0] is found]:
+                        self._opened.remove(pending)  # never taken: nothing to tell anyone
+                if event.stream_id not in self._conn.streams:
+                    self._forget(event.stream_id)
 
     async def close(self) -> None:
         """Flush what is queued and close the connection."""
@@ -282,22 +327,24 @@ class WebSocketConnection(_Sender):
                         # A message may come in fragments: only the first starts with the
                         # channel number.
                         self._fragments += event.data
+                        if len(self._fragments) > MAX_MESSAGE:
+                            await self._refuse_message()
+                            return
                         if event.message_finished:
                             self._message(bytes(self._fragments))
                             self._fragments.clear()
                     elif isinstance(event, TextMessage):
                         self._text += event.data
+                        if len(self._text) > MAX_MESSAGE:
+                            await self._refuse_message()
+                            return
                         if event.message_finished:
                             text, self._text = self._text, ""
-                            if text:
-                                number = ord(text[0]) - ord("0")
-                                self._message(bytes([number]) + base64.b64decode(text[1:]))
+                            self._text_message(text)
                     elif isinstance(event, Ping):
-                        async with self._lock:
-                            self._writer.write(self._ws.send(event.response()))
+                        await self._answer(event.response())
                     elif isinstance(event, CloseConnection):
-                        async with self._lock:
-                            self._writer.write(self._ws.send(event.response()))
+                        await self._answer(event.response())
                         return
         except ConnectionError:
             pass
@@ -307,8 +354,36 @@ class WebSocketConnection(_Sender):
             if not self.lost.done():
                 self.lost.set_result(None)
 
+    def _text_message(self, text: str) -> None:
+        """A ``base64.`` message: the channel as an ASCII digit, then the data in base64;
+        anything else ends nothing but itself (it is dropped, and logged)."""
+        if not text:
+            return
+        number = ord(text[0]) - ord("0")
+        try:
+            data = base64.b64decode(text[1:], validate=True)
+        except ValueError:
+            log.info("cri streaming: a WebSocket message that is not base64 was dropped")
+            return
+        if 0 <= number < 256:
+            self._message(bytes([number]) + data)
+
+    async def _answer(self, event: Event) -> None:
+        """A reply of the protocol's own (pong, close), sent at the pace the client reads."""
+        async with self._lock:
+            self._writer.write(self._ws.send(event))
+            await self._writer.drain()
+
+    async def _refuse_message(self) -> None:
+        log.info("cri streaming: a WebSocket message over %d bytes; closing the session",
+                 MAX_MESSAGE)
+        self._fragments.clear()
+        self._text = ""
+        with contextlib.suppress(ConnectionError, LocalProtocolError):  # closing already
+            await self._answer(CloseConnection(code=1009, reason="message too big"))
+
     async def close(self) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):
+        with contextlib.suppress(ConnectionError, RuntimeError, LocalProtocolError):
             async with self._lock:
                 self._writer.write(self._ws.send(CloseConnection(code=1000)))
                 await self._writer.drain()

@@ -21,7 +21,9 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+import re
+import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from berth import errdefs
@@ -33,6 +35,13 @@ log = logging.getLogger(__name__)
 STREAM_CREATION_TIMEOUT = 30.0  # the kubelet's default: how long the client has to open them
 OUTPUT_DRAIN_TIMEOUT = 2.0  # after the exit, for output still in the pipes
 READ_SIZE = 1 << 16
+MAX_RESIZE_DOCUMENT = 4096  # bytes of one terminal size document not yet complete
+_SPACE = re.compile(r"\s*")
+
+
+def _skip_space(text: str, pos: int) -> int:
+    match = _SPACE.match(text, pos)
+    return match.end() if match else pos
 
 # Protocol versions (X-Stream-Protocol-Version / WebSocket subprotocols), best first.
 V5 = "v5.channel.k8s.io"
@@ -139,8 +148,45 @@ class RemoteCommand:
         self.connection_lost = connection_lost
         self._loop = asyncio.get_running_loop()
 
-    def _blocking(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
-        return self._loop.run_in_executor(None, fn, *args)
+    def _blocking(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """``fn(*args)`` on a thread of its own (a process's wait lasts as long as the
+        process): no session can hold a worker that another one needs, as no goroutine of
+        containerd's does. The thread ends with the call; an abandoned call's result is
+        dropped."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        def run() -> None:
+            try:
+                result: Any = fn(*args)
+                error: BaseException | None = None
+            except BaseException as err:  # handed to the awaiting coroutine
+                result, error = None, err
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                self._loop.call_soon_threadsafe(settle, result, error)
+
+        threading.Thread(target=run, name="cri-stream-call", daemon=True).start()
+        return future
+
+    async def _writable(self, fd: int) -> None:
+        ready: asyncio.Future[None] = self._loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        self._loop.add_writer(fd, wake)
+        try:
+            await ready
+        finally:
+            self._loop.remove_writer(fd)
 
     async def run(self, start: Callable[[], Process]) -> None:
         """Start the process (``start`` blocks) and carry the session to its end."""
@@ -158,7 +204,7 @@ class RemoteCommand:
                 pumps.append(self._loop.create_task(self._stdin(process)))
             if "resize" in self.channels:
                 pumps.append(self._loop.create_task(self._resize(process)))
-            waiter: asyncio.Future[int] = asyncio.ensure_future(self._blocking(process.wait))
+            waiter: asyncio.Future[int] = self._blocking(process.wait)
             watch: list[asyncio.Future[Any]] = [waiter]
             if self.connection_lost is not None:
                 watch.append(self.connection_lost)
@@ -246,19 +292,23 @@ class RemoteCommand:
                 await channel.write(data)
 
     async def _stdin(self, process: Process) -> None:
-        """The client's stdin into the process's stdin FIFO (opened for writing without
-        blocking: the shim holds its read end)."""
+        """The client's stdin into the process's stdin FIFO. Nothing here waits in a thread:
+        the FIFO is opened without blocking (no reader, as after a StdinOnce attach ended: the
+        session's stdin is closed) and written when it has room, so a process that never reads
+        holds nothing but this session."""
         fd = -1
         try:
-            fd = await self._blocking(os.open, process.stdin, os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(process.stdin, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             while True:
                 data = await self.channels["stdin"].read()
                 if not data:
                     break
                 view = memoryview(data)
                 while view:
-                    written = await self._blocking(os.write, fd, view)
-                    view = view[written:]
+                    try:
+                        view = view[os.write(fd, view):]
+                    except BlockingIOError:
+                        await self._writable(fd)
         except OSError as err:
             log.info("cri streaming: stdin of %s: %s", self.cmd or "attach", err)
         finally:
@@ -269,6 +319,10 @@ class RemoteCommand:
                 await self._blocking(process.close_stdin)
 
     async def _resize(self, process: Process) -> None:
+        """Terminal sizes, one JSON document after another; of the documents one read brings,
+        the last is applied. A document is a few dozen bytes: one still incomplete after
+        :data:`MAX_RESIZE_DOCUMENT` bytes ends the resizing (the session goes on), so a client
+        cannot make the daemon hold, or parse again and again, an endless one."""
         decoder = json.JSONDecoder()
         pending = ""
         while True:
@@ -276,13 +330,20 @@ class RemoteCommand:
             if not data:
                 return
             pending += data.decode(errors="replace")
-            while pending.strip():
+            start, size = 0, None
+            while (start := _skip_space(pending, start)) < len(pending):
                 try:
-                    size, end = decoder.raw_decode(pending.lstrip())
-                except ValueError:
+                    document, start = decoder.raw_decode(pending, start)
+                except (ValueError, RecursionError):
                     break  # an incomplete document: wait for the rest
-                pending = pending.lstrip()[end:]
-                if isinstance(size, dict):
-                    with contextlib.suppress(errdefs.BerthError, TypeError, ValueError):
-                        await self._blocking(process.resize, int(size.get("Width", 0)),
-                                             int(size.get("Height", 0)))
+                if isinstance(document, dict):
+                    size = document
+            pending = pending[start:]
+            if len(pending) > MAX_RESIZE_DOCUMENT:
+                log.info("cri streaming: a terminal size of %s is over %d bytes; resizing ends",
+                         self.cmd or "attach", MAX_RESIZE_DOCUMENT)
+                return
+            if size is not None:
+                with contextlib.suppress(errdefs.BerthError, TypeError, ValueError):
+                    await self._blocking(process.resize, int(size.get("Width", 0)),
+                                         int(size.get("Height", 0)))

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -78,14 +79,31 @@ def _response(status: int, reason: str, headers: list[tuple[str, str]] = (),  # 
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
 
 
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server TLS context from a PEM certificate (chain) and its key, as containerd loads
+    ``x509_key_pair_streaming``; InvalidArgument naming the files if they do not load."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as err:
+        raise errdefs.InvalidArgument(
+            f"cri config: the streaming key pair ({cert_file}, {key_file}) does not load: "
+            f"{getattr(err, 'strerror', None) or err}") from None
+    return context
+
+
 class StreamServer:
     """The streaming server (see the module). :meth:`start` binds and serves in a thread;
     :meth:`url` makes a CRI call's answer."""
 
     def __init__(self, backend: Backend, address: str = "127.0.0.1", port: int = 0,
                  tokens: Tokens | None = None, *, head_timeout: float = HEAD_TIMEOUT,
-                 stream_timeout: float = remotecommand.STREAM_CREATION_TIMEOUT) -> None:
+                 stream_timeout: float = remotecommand.STREAM_CREATION_TIMEOUT,
+                 tls: tuple[str, str] | None = None) -> None:
+        """``tls``: the certificate and key files to serve HTTPS with (see
+        :func:`tls_context`)."""
         self.backend = backend
+        self._tls = tls_context(*tls) if tls is not None else None
         self.head_timeout = head_timeout
         self.stream_timeout = stream_timeout
         self.address = address
@@ -96,6 +114,7 @@ class StreamServer:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._connections: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -113,7 +132,8 @@ class StreamServer:
         self._loop = loop
         try:
             self._server = loop.run_until_complete(asyncio.start_server(
-                self._handle, self.address, self.port, limit=MAX_HEAD))
+                self._handle, self.address, self.port, limit=MAX_HEAD, ssl=self._tls,
+                ssl_handshake_timeout=self.head_timeout if self._tls is not None else None))
         except OSError as err:
             self._error = err
             self._ready.set()
@@ -130,7 +150,7 @@ class StreamServer:
     @property
     def base_url(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self._tls is not None else 'http'}://{host}:{self.port}"
 
     def url(self, kind: str, request: Any) -> str:
         """Keep ``request`` under a new token; the absolute URL the client connects to."""
@@ -144,6 +164,11 @@ class StreamServer:
         async def stop() -> None:
             if self._server is not None:
                 self._server.close()
+            # Every connection ends its session (as a client that went away) before the loop
+            # stops: no handler is left half-way.
+            for task in list(self._connections):
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
             loop.stop()
 
         asyncio.run_coroutine_threadsafe(stop(), loop)
@@ -152,6 +177,10 @@ class StreamServer:
     # -- one connection ------------------------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
         try:
             await self._request(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -240,7 +240,7 @@ def encode_header_block(headers: Headers) -> bytes:
 
 def decode_header_block(raw: bytes, max_count: int = MAX_HEADER_COUNT) -> Headers:
     """Parse an uncompressed header block; ProtocolError unless it is exactly one well-formed
-    block: at most ``max_count`` names, non-empty, lower-case, none repeated."""
+    block: at most ``max_count`` names (and values), non-empty, lower-case, none repeated."""
     if len(raw) < 4:
         raise ProtocolError("spdy: header block shorter than its count")
     (count,) = _U32.unpack_from(raw)
@@ -248,6 +248,7 @@ def decode_header_block(raw: bytes, max_count: int = MAX_HEADER_COUNT) -> Header
         raise ProtocolError(f"spdy: header block of {count} names (at most {max_count})")
     items: dict[str, tuple[str, ...]] = {}
     pos = 4
+    values_left = max_count  # values too: a name's value is NUL-separated values
     for _ in range(count):
         name, pos = _length_prefixed(raw, pos)
         value, pos = _length_prefixed(raw, pos)
@@ -256,6 +257,9 @@ def decode_header_block(raw: bytes, max_count: int = MAX_HEADER_COUNT) -> Header
         key = _text(name)
         if key in items:
             raise ProtocolError(f"spdy: header {key!r} repeated")
+        values_left -= value.count(b"\0") + 1
+        if values_left < 0:
+            raise ProtocolError(f"spdy: header block of more than {max_count} values")
         items[key] = tuple(_text(item) for item in value.split(b"\0"))
     if pos != len(raw):
         raise ProtocolError("spdy: bytes after the header block")
