@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -257,10 +258,12 @@ class Core:
                 try:
                     if SANDBOX_EXTENSION in record.extensions:
                         sb = Sandbox.from_extension(record.extensions[SANDBOX_EXTENSION])
+                        _same_id(record.id, sb.id)
                         sb.created_at = record.created_at
                         sandboxes.append(sb)
                     elif CONTAINER_EXTENSION in record.extensions:
                         c = Container.from_extension(record.extensions[CONTAINER_EXTENSION])
+                        _same_id(record.id, c.id)
                         c.image_name = record.image
                         c.status_path = os.path.join(self.paths.container_root(c.id), "status")
                         c.io_dir = os.path.join(self.paths.container_state(c.id), "io")
@@ -270,6 +273,18 @@ class Core:
                 except errdefs.InvalidArgument as err:
                     log.warning("cri: container record %s is not the CRI's: %s", record.id, err)
         return sandboxes, containers
+
+
+def _same_id(record_id: str, extension_id: str) -> None:
+    """A record's CRI metadata must name the record itself, and an id the CRI makes (64 hex
+    digits): the id becomes directory names that are removed with the pod, so a record written
+    through the containers API (``ctr -n k8s.io``) with another one must not steer that."""
+    if extension_id != record_id or not _CRI_ID.fullmatch(extension_id):
+        raise errdefs.InvalidArgument(
+            f"its CRI metadata names {extension_id[:80]!r}, not the record's own id")
+
+
+_CRI_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def remove_tree(path: str) -> None:

@@ -25,8 +25,8 @@ DEFAULT_NETNS_DIR = "/var/run/netns"
 
 # Keys containerd 1.6.20 reads that Berth accepts without acting on them (yet).
 _IGNORED_TOP = {
-    "disable_tcp_service", "stream_idle_timeout", "enable_selinux", "selinux_category_range",
-    "disable_apparmor", "max_concurrent_downloads", "disable_proc_mount", "unset_seccomp_profile",
+    "disable_tcp_service", "stream_idle_timeout", "selinux_category_range",
+    "max_concurrent_downloads", "disable_proc_mount", "unset_seccomp_profile",
     "tolerate_missing_hugetlb_controller", "disable_hugetlb_controller",
     "device_ownership_from_security_context", "ignore_image_defined_volumes",
     "stats_collect_period",
@@ -38,7 +38,7 @@ _KNOWN_TOP = {
     "sandbox_image", "restrict_oom_score_adj", "max_container_log_line_size", "disable_cgroup",
     "enable_unprivileged_ports", "enable_unprivileged_icmp", "netns_mounts_under_state_dir",
     "cni", "containerd", "registry", "stream_server_address", "stream_server_port",
-    "enable_tls_streaming", "x509_key_pair_streaming",
+    "enable_tls_streaming", "x509_key_pair_streaming", "disable_apparmor", "enable_selinux",
     *_IGNORED_TOP,
 }
 _KNOWN_CNI = {"bin_dir", "conf_dir", "max_conf_num", "conf_template", "ip_pref"}
@@ -90,6 +90,9 @@ class Config:
     stream_server_address: str = "127.0.0.1"
     stream_server_port: int = 0
     """0: a port of the kernel's choosing (containerd's default "0")."""
+    disable_apparmor: bool = False
+    """Run containers without AppArmor on a host that enforces it (see
+    :func:`berth.cri.spec.apparmor_profile`)."""
     stream_tls: tuple[str, str] | None = None
     """The streaming server's certificate and key files (``enable_tls_streaming`` with
     ``x509_key_pair_streaming``); None: plain HTTP."""
@@ -212,6 +215,10 @@ def load(table: Mapping[str, Any]) -> Config:
         raise errdefs.InvalidArgument(
             "cri config: stream_server_address must name the address to listen on "
             "(containerd's default is 127.0.0.1; Berth does not guess the node's address)")
+    if _get(table, "enable_selinux", bool, False, ""):
+        raise errdefs.InvalidArgument(
+            "cri config: enable_selinux is not supported by Berth (it does not label processes "
+            "and mounts); remove it to run without SELinux labels")
     max_line = _get(table, "max_container_log_line_size", int, DEFAULT_MAX_LOG_LINE, "")
     if max_line == 0 or max_line < -1:
         raise errdefs.InvalidArgument(
@@ -232,6 +239,7 @@ def load(table: Mapping[str, Any]) -> Config:
         default_runtime_name=default_runtime,
         runtimes=runtimes,
         registry_config_path=_get(registry, "config_path", str, "", "registry."),
+        disable_apparmor=_get(table, "disable_apparmor", bool, False, ""),
         stream_server_address=stream_address,
         stream_server_port=_port(table.get("stream_server_port", "0")),
         stream_tls=_stream_tls(_get(table, "enable_tls_streaming", bool, False, ""),

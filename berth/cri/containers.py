@@ -219,7 +219,8 @@ class Containers:
                 restrict_oom_score_adj=core.config.restrict_oom_score_adj,
                 host_devices=host_devices() if privileged
                 and not handler.privileged_without_host_devices else (),
-                container_annotations=handler.container_annotations)
+                container_annotations=handler.container_annotations,
+                apparmor=not core.config.disable_apparmor and crispec.apparmor_supported())
         os.makedirs(core.paths.container_root(container_id), mode=0o700)
         undo.callback(remove_tree, core.paths.container_root(container_id))
         os.makedirs(c.io_dir, mode=0o700)

@@ -13,7 +13,9 @@ default), ``/dev/shm`` the pod's (a bind of the sandbox's tmpfs, or the host's w
 
 from __future__ import annotations
 
+import errno
 import fnmatch
+import functools
 import json
 import os
 import stat
@@ -49,6 +51,9 @@ PROFILE_RUNTIME_DEFAULT = "runtime/default"
 PROFILE_DOCKER_DEFAULT = "docker/default"
 PROFILE_UNCONFINED = "unconfined"
 PROFILE_LOCALHOST = "localhost/"
+APPARMOR_ENABLED = "/sys/module/apparmor/parameters/enabled"
+APPARMOR_PARSER = "/sbin/apparmor_parser"
+APPARMOR_PROFILES = "/sys/kernel/security/apparmor/profiles"
 
 _PROPAGATION = {pb.PROPAGATION_PRIVATE: "rprivate",
                 pb.PROPAGATION_HOST_TO_CONTAINER: "rslave",
@@ -119,6 +124,74 @@ def clamp_oom_score_adj(value: int, restrict: bool) -> int:
     return max(value, current)
 
 
+def _read_profile(path: str) -> bytes:
+    """A localhost profile's bytes (at most 1 MiB): a regular file only, so a FIFO or device
+    named there cannot hang or feed a CRI call."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(1 << 20)
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def apparmor_supported() -> bool:
+    """Whether this host enforces AppArmor (the kernel has it on and its parser is installed),
+    as containerd decides."""
+    try:
+        with open(APPARMOR_ENABLED) as f:
+            enabled = f.read().strip() == "Y"
+    except OSError:
+        return False
+    return enabled and os.path.exists(APPARMOR_PARSER)
+
+
+def apparmor_profile(security: pb.LinuxContainerSecurityContext, *, enabled: bool,
+                     loaded: str = APPARMOR_PROFILES) -> str | None:
+    """The ``process.apparmorProfile`` a container's security context asks for (None: no
+    profile), as containerd 1.6 decides, with ``enabled`` whether AppArmor is in use (host
+    support and no ``disable_apparmor``):
+
+    * without AppArmor, asking for any profile but ``unconfined`` is an error (containerd:
+      "apparmor is not supported"), never silently dropped;
+    * with it, ``localhost/NAME`` must be loaded (``loaded`` lists the kernel's profiles);
+      containerd applies a default profile of its own to the rest, which Berth does not make:
+      such a container is refused (Unknown) rather than run unconfined. Privileged containers
+      run unconfined."""
+    requested: str | None = security.apparmor_profile or None
+    if security.HasField("apparmor"):
+        profile = security.apparmor
+        requested = {pb.SecurityProfile.RuntimeDefault: PROFILE_RUNTIME_DEFAULT,
+                     pb.SecurityProfile.Unconfined: PROFILE_UNCONFINED}.get(
+            profile.profile_type, PROFILE_LOCALHOST + profile.localhost_ref)
+    if not enabled:
+        if requested not in (None, PROFILE_UNCONFINED):
+            raise errdefs.Unknown(
+                f"apparmor is not supported: this host cannot apply profile {requested!r}")
+        return None
+    if security.privileged or requested == PROFILE_UNCONFINED:
+        return None
+    if requested is None or requested == PROFILE_RUNTIME_DEFAULT:
+        raise errdefs.Unknown(
+            "apparmor is enforced on this host, and Berth has no default profile to apply: "
+            "ask for a localhost/ profile, or set disable_apparmor = true in the CRI "
+            "configuration to run containers without AppArmor")
+    if not requested.startswith(PROFILE_LOCALHOST):
+        raise errdefs.Unknown(f"invalid apparmor profile {requested!r}")
+    name = requested.removeprefix(PROFILE_LOCALHOST)
+    try:
+        with open(loaded) as f:
+            names = {line.rsplit(" (", 1)[0] for line in f}
+    except OSError as err:
+        raise errdefs.Unknown(f"cannot list the loaded apparmor profiles: {err.strerror}") from None
+    if not name or name not in names:
+        raise errdefs.Unknown(f"apparmor profile not found {name!r}")
+    return name
+
+
 def seccomp_profile(security: pb.LinuxContainerSecurityContext | pb.LinuxSandboxSecurityContext,
                     capabilities: Sequence[str]) -> dict[str, Any] | None:
     """The ``linux.seccomp`` a security context asks for (None: unconfined). A profile that
@@ -144,8 +217,7 @@ def seccomp_profile(security: pb.LinuxContainerSecurityContext | pb.LinuxSandbox
             raise errdefs.Unknown(
                 f"seccomp profile {path!r}: the localhost profile path must be absolute")
         try:
-            with open(file, "rb") as f:
-                data = f.read(1 << 20)
+            data = _read_profile(file)
             doc = json.loads(data)
         except OSError as err:
             raise errdefs.Unknown(
@@ -354,9 +426,10 @@ def container_spec(container_id: str, config: pb.ContainerConfig,
                    namespace: str, sandbox_id: str, sandbox_pid: int, rootfs: str | None,
                    sandbox_files: Mapping[str, str], shm_path: str, image_name: str,
                    restrict_oom_score_adj: bool, host_devices: Sequence[Mapping[str, Any]] = (),
-                   container_annotations: Sequence[str] = ()) -> Spec:
+                   container_annotations: Sequence[str] = (), apparmor: bool = False) -> Spec:
     """``sandbox_files``: the sandbox's hostname, hosts and resolv.conf files by their path in
-    the container (ETC_HOSTNAME, ETC_HOSTS, RESOLV_CONF)."""
+    the container (ETC_HOSTNAME, ETC_HOSTS, RESOLV_CONF). ``apparmor``: whether AppArmor is in
+    use (see :func:`apparmor_profile`)."""
     image = _image_config(image_doc)
     spec = _cri_base(oci.default_spec(namespace, container_id))
     process = spec["process"]
@@ -462,6 +535,9 @@ def container_spec(container_id: str, config: pb.ContainerConfig,
     profile = seccomp_profile(security, caps)
     if profile is not None:
         linux["seccomp"] = profile
+    confinement = apparmor_profile(security, enabled=apparmor)
+    if confinement is not None:
+        process["apparmorProfile"] = confinement
     meta = sandbox_config.metadata
     spec["annotations"] = {
         **_passthrough(config.annotations, container_annotations),

@@ -39,12 +39,12 @@ def test_runtimes_and_handlers() -> None:
 
 
 def test_unknown_and_ignored_keys() -> None:
-    c = config.load({"sandbox_imag": "typo", "enable_selinux": False,
+    c = config.load({"sandbox_imag": "typo", "selinux_category_range": 1024,
                      "cni": {"bin_dirr": "/x"},
                      "containerd": {"runtimes": {"runc": {"runtime_tyep": "x"}}}})
     assert set(c.unknown) == {"sandbox_imag", "cni.bin_dirr",
                               "containerd.runtimes.runc.runtime_tyep"}
-    assert c.ignored == ("enable_selinux",)
+    assert c.ignored == ("selinux_category_range",)
     assert config.load({"stream_server_port": "10010"}).stream_server_port == 10010
     with pytest.raises(errdefs.InvalidArgument, match="stream_server_port"):
         config.load({"stream_server_port": "http"})

@@ -172,6 +172,24 @@ def test_bad_input(daemons: dict[str, CRI], logs: dict[str, Path],
         seccomp.linux.security_context.seccomp_profile_path = f"localhost/{bad_profile}"
         got["bad seccomp"] = _code(lambda c=c, pod_id=pod_id, pod=pod, s=seccomp: c.create(
             pod_id, s, pod))[0]
+        # This kernel has no AppArmor: asking for a profile fails on both, never dropped.
+        for label, field, value in (
+                ("apparmor default", "apparmor",
+                 pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault)),
+                ("apparmor localhost", "apparmor",
+                 pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost,
+                                    localhost_ref="berth-test")),
+                ("apparmor old field", "apparmor_profile", "runtime/default")):
+            confined = container_config("aa", busybox_image.ref, "true")
+            if isinstance(value, str):
+                confined.linux.security_context.apparmor_profile = value
+            else:
+                getattr(confined.linux.security_context, field).CopyFrom(value)
+            got[label] = _code(lambda c=c, pod_id=pod_id, pod=pod, s=confined: c.create(
+                pod_id, s, pod))[0]
+        unconfined = container_config("unconfined", busybox_image.ref, "true")
+        unconfined.linux.security_context.apparmor.profile_type = pb.SecurityProfile.Unconfined
+        c.create(pod_id, unconfined, pod)  # no profile asked for: fine anywhere
         cid = c.run(pod_id, container_config("done", busybox_image.ref, "true"), pod)
         assert c.wait_exited(cid).exit_code == 0
         got["start twice"] = _code(lambda c=c, cid=cid: c.start(cid))[0]

@@ -137,3 +137,46 @@ def test_pods_share_shims_whole(berthd: Berthd, busybox_image: ImageInfo,
     finally:
         c.remove_everything()
         c.close()
+
+
+def test_a_record_naming_another_id_is_not_recovered(berthd: Berthd, tmp_path: Path) -> None:
+    """A container record written through the containers API in ``k8s.io`` (any client of
+    berthd's socket can) whose CRI metadata names an id with '..' in it: after a restart it is
+    not taken for a pod (it is logged and left alone), and nothing outside the CRI's directories
+    is touched when the CRI cleans up."""
+    from berth.api.services.containers.v1 import containers_pb2, containers_pb2_grpc
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("mine")
+    record_id = "a" * 64
+    doc = {"Version": "v1", "Metadata": {"ID": f"../../../../../../../../..{victim}",
+                                         "Name": "evil", "Config": {}, "NetNSPath": ""}}
+    channel = grpc.insecure_channel(f"unix:{berthd.address}")
+    try:
+        stub = containers_pb2_grpc.ContainersStub(channel)
+        md = (("containerd-namespace", "k8s.io"),)
+        container = containers_pb2.Container(
+            id=record_id, image="", runtime=containers_pb2.Container.Runtime(
+                name="io.containerd.runc.v2"))
+        container.spec.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+        container.spec.value = b"{}"
+        container.extensions["io.cri-containerd.sandbox.metadata"].type_url = \
+            "github.com/containerd/cri/pkg/store/sandbox/Metadata"
+        container.extensions["io.cri-containerd.sandbox.metadata"].value = \
+            json.dumps(doc).encode()
+        stub.Create(containers_pb2.CreateContainerRequest(container=container), metadata=md,
+                    timeout=30)
+        berthd.restart()
+        client = CRI(berthd.address)
+        try:
+            assert client.runtime.ListPodSandbox(pb.ListPodSandboxRequest(),
+                                                 timeout=30).items == []
+        finally:
+            client.close()
+        stub = containers_pb2_grpc.ContainersStub(channel)
+        stub.Delete(containers_pb2.DeleteContainerRequest(id=record_id), metadata=md, timeout=30)
+    finally:
+        channel.close()
+    assert (victim / "keep").read_text() == "mine"
+    assert "not the record's own id" in berthd.log_path.read_text()
