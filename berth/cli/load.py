@@ -34,6 +34,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
+import posixpath
 import shutil
 import tarfile
 import tempfile
@@ -69,6 +71,11 @@ MAX_EXTENDED_TOTAL = 16 << 20
 # tarfile keeps a header object (~120 bytes, more with a long name) for every member. Image
 # archives have a few per blob or layer; a hundred thousand is far beyond any real one.
 MAX_MEMBERS = 100_000
+MAX_LINK_HOPS = 8  # links followed from one name (docker's archives link a layer once)
+# A gzipped archive is inflated into a temporary file (members are read out of order). Image
+# archives inflate 2-4 times; a bomb inflates a thousand times.
+SPOOL_EXPANSION = 50
+SPOOL_FLOOR = 1 << 30
 _EXTENDED_TYPES = {
     tarfile.XHDTYPE: "PAX header", tarfile.SOLARIS_XHDTYPE: "PAX header",
     tarfile.XGLTYPE: "PAX global header", tarfile.GNUTYPE_LONGNAME: "GNU long name header",
@@ -166,13 +173,19 @@ def _bounded_tarinfo(bounds: _HeaderBounds) -> type[tarfile.TarInfo]:
 
 
 class ArchiveReader:
-    """Members of an archive by normalized path (``./x`` is ``x``), links followed."""
+    """Members of an archive by normalized path (``./x`` is ``x``), links followed.
+
+    A name is resolved once to the regular member it ends at (:meth:`resolve`): symbolic and
+    hard links are followed within the archive, at most :data:`MAX_LINK_HOPS` of them (a loop or
+    a longer chain is InvalidArgument), and never out of it. Work done per member (hashing a
+    layer) is keyed by that member, so many names for one member cost one pass."""
 
     def __init__(self, tar: tarfile.TarFile, source: str) -> None:
         self.tar = tar
         self.source = source
         self.documents_read = 0
         self.members: dict[str, tarfile.TarInfo] = {}
+        self._resolved: dict[str, str | None] = {}
         try:
             every = tar.getmembers()
         except tarfile.TarError as err:
@@ -181,13 +194,40 @@ class ArchiveReader:
             if m.isfile() or m.issym() or m.islnk():
                 self.members[_normalize(m.name)] = m
 
+    def resolve(self, path: str) -> str | None:
+        """The name of the regular member ``path`` ends at, None if it names nothing."""
+        name = _normalize(path)
+        if name in self._resolved:
+            return self._resolved[name]
+        current: str | None = name
+        for _ in range(MAX_LINK_HOPS + 1):
+            member = self.members.get(current) if current is not None else None
+            if member is None or member.isfile():
+                break
+            target = member.linkname
+            if member.issym() and not target.startswith("/"):
+                target = posixpath.join(posixpath.dirname(current or ""), target)
+            target = posixpath.normpath("/" + target).lstrip("/")  # never above the archive
+            current = _normalize(target)
+        else:
+            raise errdefs.InvalidArgument(
+                f"{self.source}: {path} is a chain of more than {MAX_LINK_HOPS} links, or a "
+                "loop; refused")
+        found = current if current is not None and current in self.members else None
+        self._resolved[name] = found
+        return found
+
     def has(self, path: str) -> bool:
-        return _normalize(path) in self.members
+        return self.resolve(path) is not None
+
+    def _member(self, path: str) -> tarfile.TarInfo:
+        name = self.resolve(path)
+        if name is None:
+            raise errdefs.NotFound(f"{self.source} has no {path}")
+        return self.members[name]
 
     def _open(self, path: str) -> IO[bytes]:
-        member = self.members.get(_normalize(path))
-        if member is None:
-            raise errdefs.NotFound(f"{self.source} has no {path}")
+        member = self._member(path)
         try:
             f = self.tar.extractfile(member)
         except (KeyError, tarfile.TarError) as err:
@@ -197,8 +237,7 @@ class ArchiveReader:
         return f
 
     def size(self, path: str) -> int:
-        with self._open(path) as f:
-            return f.seek(0, 2)
+        return int(self._member(path).size)
 
     def read_small(self, path: str, limit: int = MAX_MANIFEST_SIZE) -> bytes:
         """A document, read whole: InvalidArgument over ``limit`` bytes, or when the
@@ -261,6 +300,9 @@ def _image_name(annotations: dict[str, str]) -> str:
 def _add_blob(reader: ArchiveReader, load: _Load, client: Client, desc: Descriptor,
               what: str) -> None:
     """Note ``desc`` for writing; a blob the archive lacks must be in the store already."""
+    known = load.blobs.get(desc.digest)
+    if known is not None and known[0].size == desc.size:
+        return  # checked when first listed
     path = archive.blob_path(desc.digest)
     if reader.has(path):
         size = reader.size(path)
@@ -411,9 +453,10 @@ def _read_docker(reader: ArchiveReader, want: Platform) -> _Load:
                                  len(config_data))
         layers = []
         for path in entry["Layers"]:
-            if path not in load.layers:
-                load.layers[path] = _inspect_layer(reader, path)
-            digest, media_type, size = load.layers[path]
+            member = reader.resolve(path) or path  # one pass per member, whatever its names
+            if member not in load.layers:
+                load.layers[member] = _inspect_layer(reader, path)
+            digest, media_type, size = load.layers[member]
             layers.append(Descriptor(media_type, digest, size))
             load.blobs.setdefault(digest, (layers[-1], path))
         zstd = any(layer.media_type == oci.MEDIA_TYPE_LAYER_ZSTD for layer in layers)
@@ -513,6 +556,15 @@ def _unpack(client: Client, image: _Image, snapshotter: str) -> None:
                                   {f"{labels.GC_REF_SNAPSHOT}{snapshotter}": unpacker.top})
 
 
+def _spool_limit(fd: int, compressed: int) -> int:
+    """How much a gzipped archive of ``compressed`` bytes may inflate to in the temporary file
+    ``fd``: :data:`SPOOL_EXPANSION` times its size (at least :data:`SPOOL_FLOOR`), and never
+    more than nine tenths of the room left where the file is (often a tmpfs, that is memory)."""
+    st = os.fstatvfs(fd)
+    room = st.f_bavail * st.f_frsize * 9 // 10
+    return min(room, max(SPOOL_EXPANSION * compressed, SPOOL_FLOOR))
+
+
 def _open_archive(stack: ExitStack, source: IO[bytes], name: str) -> tarfile.TarFile:
     """A seekable, uncompressed tar of ``source``. An unseekable input (a pipe) or a gzipped
     one is copied to a temporary file first: members are read out of order, and a compressed
@@ -526,9 +578,21 @@ def _open_archive(stack: ExitStack, source: IO[bytes], name: str) -> tarfile.Tar
     source.seek(0)
     if head.startswith(_GZIP_MAGIC):
         plain = stack.enter_context(tempfile.TemporaryFile(prefix="berth-load-"))  # noqa: SIM115
+        compressed = source.seek(0, 2)
+        source.seek(0)
+        limit = _spool_limit(plain.fileno(), compressed)
+        written = 0
         try:
             with gzip.GzipFile(fileobj=source, mode="rb") as z:
-                shutil.copyfileobj(z, plain, archive.CHUNK)
+                while chunk := z.read(archive.CHUNK):
+                    written += len(chunk)
+                    if written > limit:
+                        raise errdefs.ResourceExhausted(
+                            f"{name} decompresses to more than {limit} bytes, more than "
+                            f"{SPOOL_EXPANSION} times its size or than {tempfile.gettempdir()} "
+                            "has room for; decompress it yourself first (gunzip), or set "
+                            "TMPDIR to a larger file system")
+                    plain.write(chunk)
         except (OSError, EOFError) as err:
             raise errdefs.InvalidArgument(f"{name}: broken gzip data: {err}") from None
         plain.seek(0)

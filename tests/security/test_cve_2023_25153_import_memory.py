@@ -37,9 +37,10 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import images
 import pytest
@@ -48,6 +49,7 @@ from daemon import Berthd
 from hostile_layers import raw_header
 from registry import Registry, loopback_env
 
+from berth import errdefs
 from berth.cli import load as loading
 from berth.remotes.remotes import MAX_MANIFEST_SIZE
 
@@ -435,6 +437,95 @@ def test_repeated_references_are_read_once(module_berthd: Berthd, namespace: str
     assert loaded.seconds < 60, loaded.shown()
     assert loaded.max_rss < baseline_rss + HEADROOM, loaded.shown()
     assert Store.of(module_berthd, namespace).images == sorted(names)
+
+
+class _Spaces(io.RawIOBase):
+    """``size`` spaces, read in chunks: a big file's contents that the test never holds."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.left)
+        buffer[:n] = b" " * n
+        self.left -= n
+        return n
+
+
+def _big_layer(path: Path, size: int) -> str:
+    """Write an uncompressed layer tar holding one file of ``size`` spaces; its diff ID
+    (written and hashed in chunks: the test's own memory stays small, and with it the peak RSS
+    its children inherit)."""
+    with tarfile.open(path, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("big.txt")
+        info.size, info.mode = size, 0o644
+        tar.addfile(info, _Spaces(size))
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def test_many_names_for_one_layer_are_hashed_once(module_berthd: Berthd, namespace: str,
+                                                  tmp_path: Path, baseline_rss: int) -> None:
+    """A docker archive naming one 64 MiB layer 300 times, each time spelt differently
+    (``l.tar``, ``./l.tar``, ``//l.tar``...) or through a symlink: the layer is hashed once, so
+    the load is quick; hashed per name it would read 19 GB."""
+    diff_id = _big_layer(tmp_path / "l.tar", 64 * MiB)
+    w = ArchiveWriter(tmp_path / "a.tar")
+    w.add_file("l.tar", tmp_path / "l.tar")
+    w.raw(raw_header(b"link.tar", b"2", 0, b"l.tar"))
+    spellings = ["l.tar", "./l.tar", "/l.tar", "link.tar"]
+    names = [("/" * (n // len(spellings))) + spellings[n % len(spellings)] for n in range(300)]
+    config = json.dumps({"architecture": "mips", "os": "plan9", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id] * len(names)}})
+    w.add("config.json", config.encode())
+    w.add("manifest.json", json.dumps([{"Config": "config.json", "RepoTags": ["many:v1"],
+                                        "Layers": names}]).encode())
+    w.close()
+    loaded = berth_load(module_berthd, namespace, tmp_path / "a.tar", timeout=90)
+    assert loaded.returncode == 0 and "Traceback" not in loaded.stderr, loaded.shown()
+    assert loaded.seconds < 30, loaded.shown()
+    assert Store.of(module_berthd, namespace).images == ["docker.io/library/many:v1"]
+
+
+@pytest.mark.parametrize("links", [["a", "b"], [f"l{n}" for n in range(20)]],
+                         ids=["loop", "long-chain"])
+def test_link_loops_get_a_clear_error(module_berthd: Berthd, namespace: str, tmp_path: Path,
+                                      baseline_rss: int, links: list[str]) -> None:
+    """Symlinks that go round (a -> b -> a), or a chain longer than MAX_LINK_HOPS: one clear
+    line, not a Python RecursionError."""
+    w = ArchiveWriter(tmp_path / "a.tar")
+    for name, target in zip(links, links[1:] + links[:1], strict=True):
+        w.raw(raw_header(name.encode(), b"2", 0, target.encode()))
+    w.add("config.json", _config(_layer()))
+    w.add("manifest.json", json.dumps([{"Config": "config.json", "RepoTags": ["loop:v1"],
+                                        "Layers": [links[0]]}]).encode())
+    w.close()
+    loaded = berth_load(module_berthd, namespace, tmp_path / "a.tar")
+    assert_refused(module_berthd, namespace, loaded, baseline_rss,
+                   f"chain of more than {loading.MAX_LINK_HOPS} links, or a loop")
+
+
+def test_a_gzip_bomb_is_not_spooled_without_bound(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gzipped archive is inflated into a temporary file before it is read: at most
+    SPOOL_EXPANSION times its size (with a floor, made small here), never all of a bomb."""
+    bomb = tmp_path / "bomb.tar.gz"
+    with gzip.GzipFile(bomb, "wb", compresslevel=9) as z:
+        z.write(raw_header(b"zeros", b"0", 256 * MiB))
+        for _ in range(256):
+            z.write(bytes(MiB))
+    monkeypatch.setattr(loading, "SPOOL_FLOOR", MiB)
+    limit = loading.SPOOL_EXPANSION * bomb.stat().st_size
+    assert limit < 256 * MiB
+    with ExitStack() as stack, open(bomb, "rb") as f, \
+            pytest.raises(errdefs.ResourceExhausted, match="decompress it yourself first"):
+        loading._open_archive(stack, f, "bomb.tar.gz")
 
 
 def test_deeply_nested_json_gets_a_clear_error(module_berthd: Berthd, namespace: str,
