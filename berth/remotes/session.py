@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, Protocol, cast
+from urllib.parse import urlsplit
 
 import urllib3
 from urllib3.connectionpool import HTTPConnectionPool
@@ -408,6 +409,13 @@ class RegistrySession:
         """
         credentials = request.headers.get("Authorization")
         server = f"token server {authority(request.url)} (for {self._who(host, key)})"
+        carries_secret = credentials is not None or request.method == "POST"  # refresh token
+        if carries_secret and host.scheme == "https" and urlsplit(request.url).scheme != "https":
+            # As a redirect from HTTPS to HTTP is refused: the credentials given for a registry
+            # reached over TLS never travel in clear text, wherever its challenge points.
+            raise errdefs.FailedPrecondition(
+                f"{self._who(host, key)} names a token server over plain HTTP "
+                f"({authority(request.url)}); refusing to send credentials there in clear text")
 
         def authorization(hop: str) -> str | None:
             return credentials if same_origin(hop, request.url) else None

@@ -232,6 +232,31 @@ def test_https_registry_redirect_to_http_is_refused(tmp_path: Path) -> None:
     assert not (docker / "config.json").exists()
 
 
+def test_https_registry_naming_a_plain_http_token_realm_gets_no_credentials(
+        tmp_path: Path) -> None:
+    """``berth login A`` where A speaks HTTPS and its bearer challenge names a token realm over
+    plain HTTP: the credentials are not sent in clear text (refused with a clear error), and
+    the HTTP token server hears nothing."""
+    cert, key = self_signed_certificate(tmp_path, "registry-a")
+    with ScriptedServer(lambda req: Reply(200, {}, b'{"token":"t"}')) as plain:
+        challenge = f'Bearer realm="{plain.url}/token",service="registry-a"'
+
+        def handle(req: Request) -> Reply:
+            return Reply(401, {"WWW-Authenticate": challenge})
+
+        with TLSServer(handle, cert, key) as a:
+            docker = tmp_path / "docker"
+            result = berth_cli("--address", str(tmp_path / "no.sock"), "login", a.host, "-u",
+                               USER, "--password-stdin", stdin=PASSWORD + "\n",
+                               env={"DOCKER_CONFIG": str(docker), "SSL_CERT_FILE": str(cert)})
+            assert a.requests, result.stderr
+        assert plain.requests == []
+    assert result.returncode == 1, result
+    assert "plain HTTP" in result.stderr and "clear text" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (docker / "config.json").exists()
+
+
 # -- the sans-IO pieces -----------------------------------------------------------------------
 
 
