@@ -74,8 +74,10 @@ class ExecProcess:
             raise
         try:
             task.start(self.exec_id)
-        except errdefs.BerthError as err:
-            self.release()
+        except BaseException as err:
+            self.release()  # whatever failed (a shim gone mid-call too): nothing is left
+            if not isinstance(err, errdefs.BerthError):
+                raise
             raise errdefs.Unknown(f"failed to exec in container: failed to start exec "
                                   f"\"{self.exec_id}\": {err}") from None
 

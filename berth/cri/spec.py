@@ -91,6 +91,9 @@ def _namespaces(spec: Spec, options: pb.NamespaceOption, sandbox_pid: int = 0,
     of its own with CONTAINER, and its mount namespace."""
     if options.pid == pb.TARGET:
         raise errdefs.NotImplementedByBerth("the TARGET pid namespace mode is not supported")
+    if options.HasField("userns_options") and options.userns_options.mode != pb.NODE:
+        # Never run as the host's root a pod that asked not to (hostUsers: false).
+        raise errdefs.NotImplementedByBerth("user namespaces for pods are not supported")
     if sandbox_pid:
         def joined(kind: str, proc_name: str) -> dict[str, Any]:
             return {"type": kind, "path": f"/proc/{sandbox_pid}/ns/{proc_name}"}
@@ -479,11 +482,15 @@ def container_spec(container_id: str, config: pb.ContainerConfig,
         if not os.path.isabs(m.container_path):
             raise errdefs.InvalidArgument(
                 f"mount destination {m.container_path!r} must be an absolute path")
-        if not os.path.exists(m.host_path):
-            os.makedirs(m.host_path, mode=0o755, exist_ok=True)
+        if m.uidMappings or m.gidMappings or m.recursive_read_only or m.HasField("image"):
+            # Each changes what the container may do with the mount: refused, not dropped.
+            raise errdefs.NotImplementedByBerth(
+                f"mount {m.container_path!r}: id-mapped, recursively read-only and image "
+                "mounts are not supported")
+        source = _host_source(m.host_path)
         propagation = _PROPAGATION.get(m.propagation, "rprivate")
-        _check_propagation(m.host_path, propagation)
-        added.append(_bind(m.host_path, m.container_path, "rbind", propagation,
+        _check_propagation(source, propagation)
+        added.append(_bind(source, m.container_path, "rbind", propagation,
                            "ro" if m.readonly else "rw"))
     for dest in (ETC_HOSTNAME, ETC_HOSTS, RESOLV_CONF):
         if dest not in wanted and sandbox_files.get(dest):
@@ -559,6 +566,23 @@ def _mount_of(path: str) -> tuple[str, list[str]]:
                     and len(point) >= len(best[0]):
                 best = (point, fields[6:fields.index("-")])
     return best
+
+
+def _host_source(host_path: str) -> str:
+    """A mount's host path as containerd mounts it: made (0755) if missing, any other failure
+    to look at it an error, and then with its symlinks resolved, so that the path checked here
+    and the path mounted are the same."""
+    try:
+        os.stat(host_path)
+    except FileNotFoundError:
+        try:
+            os.makedirs(host_path, mode=0o755, exist_ok=True)
+        except OSError as err:
+            raise errdefs.Unknown(
+                f"failed to mkdir {host_path!r}: {err.strerror or err}") from None
+    except OSError as err:
+        raise errdefs.Unknown(f"failed to stat {host_path!r}: {err.strerror}") from None
+    return os.path.realpath(host_path)
 
 
 def _check_propagation(host_path: str, propagation: str) -> None:

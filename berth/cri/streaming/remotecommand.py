@@ -225,8 +225,9 @@ class RemoteCommand:
             if self.exec and code != 0:
                 error = CodeExit(f"error executing command [{' '.join(self.cmd)}], "
                                  f"exit code {code}", code)
-        except errdefs.BerthError as err:
-            # The kubelet's streaming library's words around the runtime's error.
+        except (errdefs.BerthError, OSError) as err:
+            # The kubelet's streaming library's words around the runtime's error (a host
+            # failure too: the client is told, not left without a status).
             what = "executing command in" if self.exec else "attaching to"
             error = errdefs.Unknown(f"error {what} container: {err}")
         finally:
