@@ -459,7 +459,7 @@ def test_stdin_without_a_reader_is_not_waited_for(tmp_path: Path) -> None:
         asyncio.run(run(str(fifo), b"x" * (1 << 20), False))  # fills the pipe, then waits
     finally:
         os.close(reader)
-    assert threading.active_count() == before
+    assert threading.active_count() <= before
 
 
 def test_streaming_over_tls(tmp_path: Path) -> None:
