@@ -385,10 +385,16 @@ def _cri_services(ctx: InitContext, config: CRIConfig) -> GRPCServices:
     from berth.cri.runtime import Runtime
     from berth.cri.sandboxes import Sandboxes
     from berth.cri.service import ImageServicer, RuntimeServicer
+    from berth.cri.spec import apparmor_supported
     from berth.cri.stats import Stats
     from berth.cri.streaming.server import StreamServer
     from berth.cri.streams import Streaming
 
+    if apparmor_supported() and not config.disable_apparmor:
+        logging.getLogger("berth.cri").error(
+            "cri: this host enforces AppArmor and Berth has no default profile to load: "
+            "containers that ask for no profile (most) are refused; give them a localhost/ "
+            "profile, or set disable_apparmor = true to run them without AppArmor")
     md = ctx.get(p.METADATA)
     fs_path = next((pl.exports.get("root", "") for pl in ctx.registry.plugins()
                     if pl.registration.type == p.SNAPSHOTTER

@@ -429,11 +429,12 @@ class LogFile:
 
 
 def _open_log_dir(path: str) -> int:
-    """The directory of the log ``path``, created (0755) if missing, opened."""
+    """The directory of the log ``path``, created (0755) if missing, opened: the kubelet
+    makes it a real directory, so one that is a symlink (swapped in since) is refused."""
     directory = os.path.dirname(path)
     try:
         os.makedirs(directory, mode=LOG_DIR_MODE, exist_ok=True)
-        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
         raise errdefs.BerthError(f"failed to create and open log file {path}: "
                                  f"{err.strerror or err}") from None
@@ -441,8 +442,9 @@ def _open_log_dir(path: str) -> int:
 
 def open_log_in(dir_fd: int, name: str) -> tuple[int, tuple[int, int]]:
     """Open (creating, mode :data:`LOG_FILE_MODE`) the log file ``name`` in the directory
-    ``dir_fd`` for appending: never through a symlink, never anything but a regular file (a FIFO
-    or device planted there is not written to; opening does not wait for a FIFO's reader).
+    ``dir_fd`` for appending: never through a symlink, never anything but a regular file of one
+    name (a FIFO, a device or a hard link to another file planted there is not written to;
+    opening does not wait for a FIFO's reader).
     Returns the descriptor and the file's (device, inode); OSError on failure."""
     fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
                  | os.O_CLOEXEC, LOG_FILE_MODE, dir_fd=dir_fd)
@@ -450,6 +452,8 @@ def open_log_in(dir_fd: int, name: str) -> tuple[int, tuple[int, int]]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_nlink > 1:  # a hard link planted to another file (rotation renames)
+            raise OSError(errno.EMLINK, "the file has other names (hard links)")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)

@@ -517,6 +517,34 @@ def test_log_file_stays_in_its_directory_when_the_directory_is_swapped(tmp_path:
     assert (tmp_path / "pod" / "moved" / "0.log").read_bytes() == b"two\n"
 
 
+def test_log_file_reopen_refuses_a_swapped_directory(tmp_path: Path) -> None:
+    """ReopenContainerLog after the container's log directory became a symlink: refused (the
+    old file stays in use), nothing is created in the symlink's target; nor is a hard link to
+    another file, planted at the log's name, ever written to."""
+    host_dir = tmp_path / "etc"
+    host_dir.mkdir()
+    logs = tmp_path / "pod" / "c"
+    path = logs / "0.log"
+    log = crilog.LogFile(str(path))
+    try:
+        log.write(b"one\n")
+        logs.rename(tmp_path / "pod" / "moved")
+        logs.symlink_to(host_dir)
+        with pytest.raises(errdefs.BerthError, match="failed to create and open log file"):
+            log.reopen()
+        log.write(b"two\n")
+    finally:
+        log.close()
+    assert list(host_dir.iterdir()) == []
+    other = tmp_path / "shadow"
+    other.write_bytes(b"secret\n")
+    (tmp_path / "real").mkdir()
+    os.link(other, tmp_path / "real" / "0.log")
+    with pytest.raises(errdefs.BerthError, match="other names"):
+        crilog.LogFile(str(tmp_path / "real" / "0.log"))
+    assert other.read_bytes() == b"secret\n"
+
+
 def test_log_file_writes_to_regular_files_only(tmp_path: Path) -> None:
     """A FIFO planted at the log's name is neither waited on (no reader) nor written to (with
     one); nor is a file already open for reading."""

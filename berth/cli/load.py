@@ -592,7 +592,12 @@ def _open_archive(stack: ExitStack, source: IO[bytes], name: str) -> tarfile.Tar
                             f"{SPOOL_EXPANSION} times its size or than {tempfile.gettempdir()} "
                             "has room for; decompress it yourself first (gunzip), or set "
                             "TMPDIR to a larger file system")
-                    plain.write(chunk)
+                    try:
+                        plain.write(chunk)
+                    except OSError as err:
+                        raise errdefs.ResourceExhausted(
+                            f"{name}: cannot inflate it into {tempfile.gettempdir()}: "
+                            f"{err.strerror or err}; set TMPDIR to a larger file system") from None
         except (OSError, EOFError) as err:
             raise errdefs.InvalidArgument(f"{name}: broken gzip data: {err}") from None
         plain.seek(0)

@@ -606,6 +606,8 @@ def _log_path(directory: str, name: str) -> str:
     with ``..`` is refused (InvalidArgument): the kubelet always names a file within it."""
     if not os.path.isabs(directory):
         raise errdefs.InvalidArgument(f"log directory {directory!r} must be absolute")
+    if "\0" in directory or "\0" in name:
+        raise errdefs.InvalidArgument(f"log path {name!r} holds a NUL byte")
     directory = os.path.normpath(directory)
     path = os.path.normpath(directory + "/" + name)
     if not path.startswith(directory.rstrip("/") + "/"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import signal
@@ -29,9 +30,11 @@ from berth.cri.base import Core, remove_tree
 from berth.cri.containers import PROCESS_TYPE_URL, Containers
 from berth.cri.netns import NetNS
 from berth.cri.store import Container, SandboxState
-from berth.runtime.runtime import IO, ExecOpts, Task
+from berth.runtime.runtime import IO, ExecOpts, Status, Task
 
 DIAL_TIMEOUT = 10.0
+
+log = logging.getLogger(__name__)
 
 
 def _mkfifo(path: str) -> str:
@@ -75,7 +78,11 @@ class ExecProcess:
         try:
             task.start(self.exec_id)
         except BaseException as err:
-            self.release()  # whatever failed (a shim gone mid-call too): nothing is left
+            try:
+                self.release()  # whatever failed (a shim gone mid-call too): nothing is left
+            except (errdefs.BerthError, OSError) as cleanup:
+                log.warning("cri: cleaning up exec %s after a failed start: %s", self.exec_id,
+                            cleanup)
             if not isinstance(err, errdefs.BerthError):
                 raise
             raise errdefs.Unknown(f"failed to exec in container: failed to start exec "
@@ -89,6 +96,9 @@ class ExecProcess:
 
     def wait(self) -> int:
         return self.task.wait(self.exec_id).status
+
+    def exited(self) -> bool:
+        return self.task.state(self.exec_id).status == Status.STOPPED
 
     def kill(self) -> None:
         with contextlib.suppress(errdefs.NotFound):
@@ -114,6 +124,7 @@ class AttachProcess:
                  request: pb.AttachRequest) -> None:
         self.outputs: dict[str, int] = {}
         self.task = task
+        self.container = container
         self.session: Session | None = session
         self.stdin = os.path.join(container.io_dir, "stdin") \
             if request.stdin and container.config.stdin else ""
@@ -127,6 +138,11 @@ class AttachProcess:
 
     def wait(self) -> int:
         return self.task.wait().status
+
+    def exited(self) -> bool:
+        """The container is no longer running (its exit is recorded by the CRI's exit
+        monitor on the container this attach holds)."""
+        return self.container.status.state != pb.CONTAINER_RUNNING
 
     def kill(self) -> None:
         """An attach never ends the container."""

@@ -160,10 +160,10 @@ def apparmor_profile(security: pb.LinuxContainerSecurityContext, *, enabled: boo
 
     * without AppArmor, asking for any profile but ``unconfined`` is an error (containerd:
       "apparmor is not supported"), never silently dropped;
-    * with it, ``localhost/NAME`` must be loaded (``loaded`` lists the kernel's profiles);
-      containerd applies a default profile of its own to the rest, which Berth does not make:
-      such a container is refused (Unknown) rather than run unconfined. Privileged containers
-      run unconfined."""
+    * with it, ``localhost/NAME`` must be loaded (``loaded`` lists the kernel's profiles), for
+      privileged containers too; containerd applies a default profile of its own to the rest
+      (but privileged ones), which Berth does not make: such a container is refused (Unknown)
+      rather than run unconfined."""
     requested: str | None = security.apparmor_profile or None
     if security.HasField("apparmor"):
         profile = security.apparmor
@@ -175,13 +175,19 @@ def apparmor_profile(security: pb.LinuxContainerSecurityContext, *, enabled: boo
             raise errdefs.Unknown(
                 f"apparmor is not supported: this host cannot apply profile {requested!r}")
         return None
-    if security.privileged or requested == PROFILE_UNCONFINED:
+    if requested == PROFILE_UNCONFINED:
         return None
     if requested is None or requested == PROFILE_RUNTIME_DEFAULT:
+        if security.privileged:
+            return None  # as containerd: a privileged container gets no default profile
+        if requested is None:
+            raise errdefs.Unknown(
+                "apparmor is enforced on this host, and Berth has no default profile to "
+                "apply: ask for a localhost/ profile, or set disable_apparmor = true in the "
+                "CRI configuration to run such containers without AppArmor")
         raise errdefs.Unknown(
-            "apparmor is enforced on this host, and Berth has no default profile to apply: "
-            "ask for a localhost/ profile, or set disable_apparmor = true in the CRI "
-            "configuration to run containers without AppArmor")
+            "apparmor is enforced on this host, and Berth has no runtime/default profile to "
+            "apply: ask for a localhost/ profile instead")
     if not requested.startswith(PROFILE_LOCALHOST):
         raise errdefs.Unknown(f"invalid apparmor profile {requested!r}")
     name = requested.removeprefix(PROFILE_LOCALHOST)

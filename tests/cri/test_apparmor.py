@@ -59,9 +59,20 @@ def test_with_apparmor_a_loaded_localhost_profile_is_applied(loaded: str) -> Non
 
 
 def test_with_apparmor_the_default_is_refused_not_dropped(loaded: str) -> None:
-    for asked in (context(), context(field=SP(profile_type=SP.RuntimeDefault)),
+    with pytest.raises(errdefs.Unknown, match="disable_apparmor = true"):
+        apparmor_profile(context(), enabled=True, loaded=loaded)
+    for asked in (context(field=SP(profile_type=SP.RuntimeDefault)),
                   context(old="runtime/default")):
-        with pytest.raises(errdefs.Unknown, match="disable_apparmor = true"):
+        with pytest.raises(errdefs.Unknown, match="no runtime/default profile"):
             apparmor_profile(asked, enabled=True, loaded=loaded)
     assert apparmor_profile(context(old="unconfined"), enabled=True, loaded=loaded) is None
+
+
+def test_privileged_containers_get_no_default_but_what_they_ask_for(loaded: str) -> None:
+    """As containerd: no default profile for a privileged container, but a localhost profile
+    it asks for is applied all the same."""
     assert apparmor_profile(context(privileged=True), enabled=True, loaded=loaded) is None
+    assert apparmor_profile(context(old="runtime/default", privileged=True), enabled=True,
+                            loaded=loaded) is None
+    assert apparmor_profile(context(old="localhost/berth-web", privileged=True), enabled=True,
+                            loaded=loaded) == "berth-web"

@@ -417,7 +417,9 @@ def test_resize_documents_are_bounded() -> None:
 
     burst = b"".join(b'{"Width":%d,"Height":24} ' % w for w in range(1, 2001))
     assert asyncio.run(feed(burst, b'{"Width":7,', b'"Height":8}', b"")) == [(2000, 24), (7, 8)]
-    assert asyncio.run(feed(b'{"Width":1,"Height":2}', b'"' + b"a" * 10000)) == [(1, 2)]
+    # Given up on, the channel is still read (and dropped) to its end.
+    assert asyncio.run(feed(b'{"Width":1,"Height":2}', b'"' + b"a" * 10000,
+                            b'{"Width":3,"Height":4}', b"")) == [(1, 2)]
     assert asyncio.run(feed(b"[" * 200000, b"")) == []
 
 
@@ -485,3 +487,46 @@ def test_streaming_over_tls(tmp_path: Path) -> None:
         server.close()
     with pytest.raises(errdefs.InvalidArgument, match="does not load"):
         StreamServer(LocalBackend(), tls=(str(key), str(cert)))
+
+
+def test_a_detached_attach_leaves_nothing_waiting() -> None:
+    """An attach whose client goes away detaches at once, and nothing is left waiting on the
+    container (its end is looked at, not waited for): attaching and detaching again and again
+    costs no thread."""
+    class Attached:
+        stdin = ""
+        session = None
+        stdin_once = False
+
+        def __init__(self) -> None:
+            self.outputs: dict[str, int] = {}
+            self.released = 0
+
+        def wait(self) -> int:
+            raise AssertionError("an attach's session must not wait on the container")
+
+        def exited(self) -> bool:
+            return False
+
+        def kill(self) -> None:
+            raise AssertionError("an attach never ends the container")
+
+        def release(self) -> None:
+            self.released += 1
+
+    async def attach_and_leave(process: Attached) -> None:
+        lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        session = RemoteCommand({}, "v4.channel.k8s.io", exec_=False, cmd=[],
+                                connection_lost=lost)
+        running = asyncio.ensure_future(session.run(lambda: cast(Any, process)))
+        await asyncio.sleep(0.05)
+        lost.set_result(None)
+        await asyncio.wait_for(running, 5)
+
+    before = {t for t in threading.enumerate() if t.name == "cri-stream-call"}
+    processes = [Attached() for _ in range(20)]
+    for process in processes:
+        asyncio.run(attach_and_leave(process))
+    time.sleep(0.2)  # the start and release calls' threads end with their calls
+    assert {t for t in threading.enumerate() if t.name == "cri-stream-call"} <= before
+    assert [p.released for p in processes] == [1] * 20

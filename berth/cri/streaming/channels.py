@@ -114,7 +114,12 @@ class SpdyConnection(_Sender):
     """A SPDY/3.1 connection on an asyncio stream (see the module)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 initial: bytes = b"") -> None:
+                 initial: bytes = b"", *, max_pending: int = MAX_PENDING_STREAMS) -> None:
+        """``max_pending``: streams opened and not yet taken that are kept; past it new
+        streams are refused (an exec takes its few at once). A port-forward takes streams as
+        they come, and a burst of connections must not be refused: it passes the SPDY layer's
+        own cap on live streams."""
+        self._max_pending = max_pending
         self._reader = reader
         self._writer = writer
         self._conn = spdy.ServerConnection()
@@ -137,16 +142,17 @@ class SpdyConnection(_Sender):
     async def accept(self, timeout: float) -> tuple[Channel, spdy.Headers] | None:
         """The next stream the client opens, with its headers; None when the connection ended
         or no stream came within ``timeout`` seconds."""
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except TimeoutError:
-            return None
-        if not self._opened:
-            return None  # the connection ended
-        opened = self._opened.popleft()
-        if not self._opened and not self._ended:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._opened:
+            if self._ended:
+                return None
             self._ready.clear()
-        return opened
+            try:
+                await asyncio.wait_for(self._ready.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return None
+        return self._opened.popleft()
 
     async def _flush(self) -> None:
         out = self._conn.data_to_send()
@@ -210,7 +216,7 @@ class SpdyConnection(_Sender):
 
     def _event(self, event: spdy.Event) -> None:
         if isinstance(event, spdy.StreamOpened):
-            if len(self._opened) >= MAX_PENDING_STREAMS:
+            if len(self._opened) >= self._max_pending:
                 # The session takes the streams it needs at once; a client opening more than
                 # it takes is refused rather than remembered.
                 self._conn.reset(event.stream_id, spdy.RstStatus.REFUSED_STREAM)
@@ -369,9 +375,14 @@ class WebSocketConnection(_Sender):
             self._message(bytes([number]) + data)
 
     async def _answer(self, event: Event) -> None:
-        """A reply of the protocol's own (pong, close), sent at the pace the client reads."""
+        """A reply of the protocol's own (pong, close), sent at the pace the client reads;
+        none once our side is closing (the client's close answered ours)."""
         async with self._lock:
-            self._writer.write(self._ws.send(event))
+            try:
+                out = self._ws.send(event)
+            except LocalProtocolError:
+                return
+            self._writer.write(out)
             await self._writer.drain()
 
     async def _refuse_message(self) -> None:
@@ -379,7 +390,7 @@ class WebSocketConnection(_Sender):
                  MAX_MESSAGE)
         self._fragments.clear()
         self._text = ""
-        with contextlib.suppress(ConnectionError, LocalProtocolError):  # closing already
+        with contextlib.suppress(ConnectionError):
             await self._answer(CloseConnection(code=1009, reason="message too big"))
 
     async def close(self) -> None:

@@ -86,8 +86,11 @@ class PortForward:
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
         finally:
-            for task in list(self._tasks):
+            tasks = list(self._tasks)
+            for task in tasks:
                 task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)  # their sockets closed before the session ends
 
     async def _fail(self, channel: Channel, message: str) -> None:
         await channel.write(message.encode())

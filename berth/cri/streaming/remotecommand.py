@@ -36,6 +36,7 @@ STREAM_CREATION_TIMEOUT = 30.0  # the kubelet's default: how long the client has
 OUTPUT_DRAIN_TIMEOUT = 2.0  # after the exit, for output still in the pipes
 READ_SIZE = 1 << 16
 MAX_RESIZE_DOCUMENT = 4096  # bytes of one terminal size document not yet complete
+EXIT_POLL = 0.2  # how often an attach session looks whether its container has ended
 _SPACE = re.compile(r"\s*")
 
 
@@ -83,7 +84,12 @@ class Process(Protocol):
     def close_stdin(self) -> None: ...
 
     def wait(self) -> int:
-        """Block until the process ends; its exit code."""
+        """Block until the process ends; its exit code (an exec's session waits so)."""
+        ...
+
+    def exited(self) -> bool:
+        """Whether it has ended, without blocking (an attach's session asks, so that a
+        detached attach leaves nothing waiting on the container)."""
         ...
 
     def kill(self) -> None: ...
@@ -194,7 +200,12 @@ class RemoteCommand:
         process: Process | None = None
         pumps: list[asyncio.Task[None]] = []
         try:
-            process = await self._blocking(start)
+            starting = self._blocking(start)
+            try:
+                process = await asyncio.shield(starting)
+            except asyncio.CancelledError:
+                starting.add_done_callback(self._abandon)
+                raise
             assert process is not None
             outputs = [self._loop.create_task(self._output_fifo(fd, self.channels.get(name)))
                        for name, fd in process.outputs.items()]
@@ -204,7 +215,8 @@ class RemoteCommand:
                 pumps.append(self._loop.create_task(self._stdin(process)))
             if "resize" in self.channels:
                 pumps.append(self._loop.create_task(self._resize(process)))
-            waiter: asyncio.Future[int] = self._blocking(process.wait)
+            waiter: asyncio.Future[int] = (self._blocking(process.wait) if self.exec else
+                                           self._loop.create_task(self._until_exited(process)))
             watch: list[asyncio.Future[Any]] = [waiter]
             if self.connection_lost is not None:
                 watch.append(self.connection_lost)
@@ -225,9 +237,17 @@ class RemoteCommand:
             if self.exec and code != 0:
                 error = CodeExit(f"error executing command [{' '.join(self.cmd)}], "
                                  f"exit code {code}", code)
-        except (errdefs.BerthError, OSError) as err:
-            # The kubelet's streaming library's words around the runtime's error (a host
-            # failure too: the client is told, not left without a status).
+        except asyncio.CancelledError:
+            # The server is closing: an exec's process ends as with a client that went away.
+            if self.exec and process is not None:
+                with contextlib.suppress(errdefs.BerthError, OSError):
+                    await self._blocking(process.kill)
+            raise
+        except Exception as err:
+            # The kubelet's streaming library's words around the runtime's error (any failure:
+            # the client is told, not left without a status).
+            if not isinstance(err, (errdefs.BerthError, OSError)):
+                log.exception("cri streaming: a session of %s failed", self.cmd or "attach")
             what = "executing command in" if self.exec else "attaching to"
             error = errdefs.Unknown(f"error {what} container: {err}")
         finally:
@@ -239,6 +259,32 @@ class RemoteCommand:
                 with contextlib.suppress(errdefs.BerthError):
                     await self._blocking(process.release)
         await self._report(error)
+
+    async def _until_exited(self, process: Process) -> int:
+        while not process.exited():
+            await asyncio.sleep(EXIT_POLL)
+        return 0
+
+    def _abandon(self, starting: asyncio.Future[Any]) -> None:
+        """A start that finished after its session was cancelled: nobody drives that process,
+        so it is ended (an exec) and released."""
+        if starting.cancelled() or starting.exception() is not None:
+            return
+        process = starting.result()
+
+        def end() -> None:
+            with contextlib.suppress(errdefs.BerthError, OSError):
+                if self.exec:
+                    process.kill()
+                process.release()
+
+        threading.Thread(target=end, name="cri-stream-call", daemon=True).start()
+
+    async def _drain(self, name: str) -> None:
+        """Read and drop what the client still sends on ``name``: a channel nobody reads
+        would stop the whole connection being read (and its end being seen)."""
+        while await self.channels[name].read():
+            pass
 
     async def _report(self, error: BaseException | None) -> None:
         for name in ("stdout", "stderr"):
@@ -312,6 +358,7 @@ class RemoteCommand:
                         await self._writable(fd)
         except OSError as err:
             log.info("cri streaming: stdin of %s: %s", self.cmd or "attach", err)
+            await self._drain("stdin")
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -343,6 +390,7 @@ class RemoteCommand:
             if len(pending) > MAX_RESIZE_DOCUMENT:
                 log.info("cri streaming: a terminal size of %s is over %d bytes; resizing ends",
                          self.cmd or "attach", MAX_RESIZE_DOCUMENT)
+                await self._drain("resize")
                 return
             if size is not None:
                 with contextlib.suppress(errdefs.BerthError, TypeError, ValueError):

@@ -35,8 +35,13 @@ import h11
 
 from berth import errdefs
 from berth.api.cri.runtime.v1 import api_pb2 as pb
-from berth.cri.streaming import portforward, remotecommand
-from berth.cri.streaming.channels import Channel, SpdyConnection, WebSocketConnection
+from berth.cri.streaming import portforward, remotecommand, spdy
+from berth.cri.streaming.channels import (
+    MAX_PENDING_STREAMS,
+    Channel,
+    SpdyConnection,
+    WebSocketConnection,
+)
 from berth.cri.streaming.remotecommand import Process, RemoteCommand
 from berth.cri.streaming.tokens import Tokens
 
@@ -251,7 +256,8 @@ class StreamServer:
         writer.write(_response(101, "Switching Protocols", reply))
         await writer.drain()
         # What the client sent after its head is still in the reader: it is SPDY.
-        conn = SpdyConnection(reader, writer)
+        conn = SpdyConnection(reader, writer, max_pending=spdy.MAX_CONCURRENT_STREAMS
+                              if kind == "portforward" else MAX_PENDING_STREAMS)
         conn.start()
         try:
             if kind == "portforward":
