@@ -530,3 +530,43 @@ def test_a_detached_attach_leaves_nothing_waiting() -> None:
     time.sleep(0.2)  # the start and release calls' threads end with their calls
     assert {t for t in threading.enumerate() if t.name == "cri-stream-call"} <= before
     assert [p.released for p in processes] == [1] * 20
+
+
+def test_accept_waits_again_after_a_pending_stream_is_reset() -> None:
+    """A stream opened, then reset before its session took it: accept() waits for the next
+    stream (it does not return at once, over and over), and takes it when it comes. A
+    port-forward's connection takes a burst of streams without refusing any."""
+    async def run() -> tuple[float, str, int]:
+        server_sock, client_sock = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=server_sock)
+        conn = SpdyConnection(reader, writer, max_pending=spdy.MAX_CONCURRENT_STREAMS)
+        conn.start()
+        codec = spdy.FrameWriter()
+        loop = asyncio.get_running_loop()
+        client_sock.setblocking(False)
+
+        async def send(*frames: spdy.Frame) -> None:
+            await loop.sock_sendall(client_sock, b"".join(codec.encode(f) for f in frames))
+            await asyncio.sleep(0.05)  # read by the connection apart from what follows
+
+        await send(spdy.SynStreamFrame(1, spdy.Headers([("streamtype", "gone")])))
+        await send(spdy.RstStreamFrame(1, spdy.RstStatus.CANCEL))
+        started = loop.time()
+        assert await conn.accept(0.3) is None
+        waited = loop.time() - started
+        await send(spdy.SynStreamFrame(3, spdy.Headers([("streamtype", "data")])))
+        opened = await conn.accept(5)
+        assert opened is not None
+        await send(*(spdy.SynStreamFrame(5 + 2 * n, spdy.Headers([("streamtype", "data")]))
+                     for n in range(100)))
+        taken = 0
+        while await conn.accept(0.5) is not None:
+            taken += 1
+        client_sock.close()
+        await conn.lost
+        await conn.close()
+        return waited, opened[0].name, taken
+
+    waited, name, taken = asyncio.run(run())
+    assert waited >= 0.25
+    assert (name, taken) == ("data", 100)
