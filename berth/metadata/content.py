@@ -154,13 +154,14 @@ class NamespacedContentStore(Store):
         with self.db.tx() as c:
             self.db.ensure_namespace(c, ns)
             add_to_current_lease(c, ns, Resource(ref, "ingests"))
-        try:
-            inner = self.local.writer(f"{ns}/{ref}", total=total, expected=expected)
-        except errdefs.AlreadyExists:
-            # Committed by someone else since the check above: shared content all the same.
-            with self.db.gc_lock.shared():
+        with self.db.gc_lock.shared():
+            try:
+                inner = self.local.writer(f"{ns}/{ref}", total=total, expected=expected)
+            except errdefs.AlreadyExists:
+                # Committed by someone else since the check above: shared content all the
+                # same, recorded before a collection can take it.
                 self._record(ns, expected, {}, must_be_new=False)
-            raise
+                raise
         return NamespacedWriter(self, ns, ref, inner)
 
     # -- Manager -----------------------------------------------------------------------------
