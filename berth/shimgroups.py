@@ -91,7 +91,11 @@ def _pod(bundle: str) -> str | None:
         return None
     for label in POD_LABELS:
         if annotations.get(label):
-            return str(annotations[label])
+            pod = str(annotations[label])
+            # One path component naming a bundle of this namespace, never another place: a
+            # value like "../other-namespace/id" would join another namespace's shim. (Checked
+            # by hand: ``start`` keeps out the imports berth.identifiers would bring.)
+            return None if "/" in pod or "\0" in pod or pod in (".", "..") else pod
     return None
 
 

@@ -36,6 +36,8 @@ class Exit:
     status: int
     #: wall-clock seconds (time.time()) when the shim collected the exit
     at: float
+    #: the same moment on the monotonic clock (to tell an exit from before a pid was reused)
+    seen: float = 0.0
 
 
 def exit_status(wait_status: int) -> int:
@@ -84,7 +86,7 @@ class Reaper:
                 return
             if pid == 0:
                 return
-            self._deliver(Exit(pid, exit_status(wait_status), time.time()))
+            self._deliver(Exit(pid, exit_status(wait_status), time.time(), time.monotonic()))
 
     def _deliver(self, exit_: Exit) -> None:
         waiter = self._waiters.pop(exit_.pid, None)
@@ -95,14 +97,16 @@ class Reaper:
         while len(self._unclaimed) > UNCLAIMED_LIMIT:
             self._unclaimed.popitem(last=False)
 
-    def watch(self, pid: int, callback: Callable[[Exit], None]) -> None:
+    def watch(self, pid: int, callback: Callable[[Exit], None], *, since: float) -> None:
         """Call ``callback`` once ``pid`` (a child of ours) exits, or now if it already has.
 
-        The caller must know that ``pid`` was our child and has not been waited for elsewhere;
-        a pid of a process that exited long ago may have been reused.
+        ``since`` (time.monotonic()) is when the process came to be, at the latest (before the
+        runc command that started it): an exit collected earlier is of another process that
+        had the pid before (orphans a container leaves to the shim exit unclaimed, and pids
+        are reused), and is dropped rather than taken for this one's.
         """
         exit_ = self._unclaimed.pop(pid, None)
-        if exit_ is not None:
+        if exit_ is not None and exit_.seen >= since:
             callback(exit_)
         else:
             self._waiters[pid] = callback
@@ -128,11 +132,12 @@ class Reaper:
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Exit] = loop.create_future()
+        started = time.monotonic()
         pid = spawn_process(argv, stdin=stdin, stdout=stdout, stderr=stderr, fds=fds, env=env)
 
         def finished(exit_: Exit) -> None:
             if not done.done():
                 done.set_result(exit_)
 
-        self.watch(pid, finished)
+        self.watch(pid, finished, since=started)
         return pid, done

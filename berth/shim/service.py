@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -112,8 +113,11 @@ class TaskService:
     def _publish(self, event: Message) -> None:
         self.publisher.publish(event)
 
-    def _watch(self, container: Container, process: Process) -> None:
-        self.reaper.watch(process.pid, lambda exit_: self._exited(container, process, exit_))
+    def _watch(self, container: Container, process: Process, since: float) -> None:
+        """Follow ``process`` (its pid read from runc's pid file) to its exit; ``since``:
+        before the runc command that started it (see :meth:`Reaper.watch`)."""
+        self.reaper.watch(process.pid, lambda exit_: self._exited(container, process, exit_),
+                          since=since)
 
     def _exited(self, container: Container, process: Process, exit_: Exit) -> None:
         log.debug("%s/%s (pid %d) exited with %d", container.id, process.id, exit_.pid,
@@ -210,12 +214,13 @@ class TaskService:
             raise errdefs.AlreadyExists(f"container {request.id} already exists in this shim")
         self._creating.add(request.id)
         self._served[request.id] = (request.bundle, bundle_inode(request.bundle))
+        started = time.monotonic()
         try:
             container = await Container.create(request, self.namespace, self.reaper)
         finally:
             self._creating.discard(request.id)
         self.containers[request.id] = container
-        self._watch(container, container.init)
+        self._watch(container, container.init, started)
         if self.log_owner not in self.containers:  # its task failed or went while we created
             self._hand_over_log()
         event = events.TaskCreate(
@@ -232,10 +237,11 @@ class TaskService:
         process = container.process(request.exec_id)
         held: list[Message] = []
         self._starting[process] = held
+        started = time.monotonic()
         try:
             await process.start()
             if request.exec_id:
-                self._watch(container, process)
+                self._watch(container, process, started)
                 self._publish(events.TaskExecStarted(container_id=container.id,
                                                      exec_id=request.exec_id, pid=process.pid))
             else:
