@@ -30,12 +30,13 @@ log = logging.getLogger("berth.shim")
 
 EVENTS_SERVICE = "containerd.services.events.ttrpc.v1.Events"
 MAX_ATTEMPTS = 5
+OOM_TOPIC = "/tasks/oom"
 SEND_TIMEOUT = 5.0
 
 TOPICS = {
     "containerd.events.TaskCreate": "/tasks/create",
     "containerd.events.TaskStart": "/tasks/start",
-    "containerd.events.TaskOOM": "/tasks/oom",
+    "containerd.events.TaskOOM": OOM_TOPIC,
     "containerd.events.TaskExit": "/tasks/exit",
     "containerd.events.TaskDelete": "/tasks/delete",
     "containerd.events.TaskExecAdded": "/tasks/exec-added",
@@ -68,25 +69,38 @@ class Publisher:
     """Forwards events to ``address`` (a unix socket path; empty: events are dropped).
 
     :meth:`publish` never blocks; :meth:`close` sends what is queued (up to a deadline).
+    A container's TaskOOM is queued once while one is still waiting to be sent: the kernel
+    reports OOM kills as fast as a container can cause them, and a shim serving several
+    containers must not let one bury the others' exits under them (the daemon only needs to
+    know that the container ran out of memory).
     """
 
     def __init__(self, address: str, namespace: str) -> None:
         self.address = address.removeprefix("unix://")
         self.namespace = namespace
-        self._queue: asyncio.Queue[ForwardRequest] = asyncio.Queue()
+        # Each request with the container of its TaskOOM ("" for any other event).
+        self._queue: asyncio.Queue[tuple[ForwardRequest, str]] = asyncio.Queue()
         self._client: Client | None = None
         self._task: asyncio.Task[None] | None = None
+        self._oom_queued: set[str] = set()  # containers with a TaskOOM waiting in the queue
 
     def publish(self, event: Message) -> None:
         if not self.address:
             return
-        self._queue.put_nowait(envelope(event, self.namespace))
+        oom = ""
+        if topic(event) == OOM_TOPIC:
+            oom = str(getattr(event, "container_id", ""))
+            if oom in self._oom_queued:
+                return
+            self._oom_queued.add(oom)
+        self._queue.put_nowait((envelope(event, self.namespace), oom))
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
         while True:
-            request = await self._queue.get()
+            request, oom = await self._queue.get()
+            self._oom_queued.discard(oom)
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 try:
                     await self._send(request)
