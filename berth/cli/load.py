@@ -199,21 +199,20 @@ class ArchiveReader:
         name = _normalize(path)
         if name in self._resolved:
             return self._resolved[name]
-        current: str | None = name
+        current = name
         for _ in range(MAX_LINK_HOPS + 1):
-            member = self.members.get(current) if current is not None else None
+            member = self.members.get(current)
             if member is None or member.isfile():
                 break
             target = member.linkname
             if member.issym() and not target.startswith("/"):
-                target = posixpath.join(posixpath.dirname(current or ""), target)
-            target = posixpath.normpath("/" + target).lstrip("/")  # never above the archive
-            current = _normalize(target)
+                target = posixpath.join(posixpath.dirname(current), target)
+            current = posixpath.normpath("/" + target).lstrip("/")  # never above the archive
         else:
             raise errdefs.InvalidArgument(
                 f"{self.source}: {path} is a chain of more than {MAX_LINK_HOPS} links, or a "
                 "loop; refused")
-        found = current if current is not None and current in self.members else None
+        found = current if current in self.members else None
         self._resolved[name] = found
         return found
 

@@ -133,33 +133,34 @@ class NamespacedContentStore(Store):
 
     # -- Ingester ----------------------------------------------------------------------------
 
+    def _on_disk(self, digest: str) -> bool:
+        try:
+            self.local.info(digest)
+        except errdefs.NotFound:
+            return False
+        return True
+
     def writer(self, ref: str, *, total: int = 0, expected: str = "") -> NamespacedWriter:
         if not ref:
             raise errdefs.InvalidArgument("ref must not be empty: name the upload")
         ns = namespaces.current()
         if expected:
             validate_digest(expected)
-            # Seeing the blob on disk and recording it here is one step for the collector (the
-            # shared GC lock): it cannot remove the blob in between and leave a record (and a
-            # lease, an image) naming bytes that are gone.
-            with self.db.gc_lock.shared():
-                try:
-                    self.local.info(expected)
-                except errdefs.NotFound:
-                    pass
-                else:
-                    # Shared content: the blob is on disk already; make it visible here.
-                    self._record(ns, expected, {}, must_be_new=False)
-                    raise errdefs.AlreadyExists(f"content {expected} already exists")
-        with self.db.tx() as c:
-            self.db.ensure_namespace(c, ns)
-            add_to_current_lease(c, ns, Resource(ref, "ingests"))
+        # Seeing the blob on disk and recording it here is one step for the collector (the
+        # shared GC lock): it cannot remove the blob in between and leave a record (and a
+        # lease, an image) naming bytes that are gone.
         with self.db.gc_lock.shared():
+            if expected and self._on_disk(expected):
+                # Shared content: the blob is on disk already; make it visible here.
+                self._record(ns, expected, {}, must_be_new=False)
+                raise errdefs.AlreadyExists(f"content {expected} already exists")
+            with self.db.tx() as c:
+                self.db.ensure_namespace(c, ns)
+                add_to_current_lease(c, ns, Resource(ref, "ingests"))
             try:
                 inner = self.local.writer(f"{ns}/{ref}", total=total, expected=expected)
             except errdefs.AlreadyExists:
-                # Committed by someone else since the check above: shared content all the
-                # same, recorded before a collection can take it.
+                # Committed by someone else since the check above: shared content all the same.
                 self._record(ns, expected, {}, must_be_new=False)
                 raise
         return NamespacedWriter(self, ns, ref, inner)

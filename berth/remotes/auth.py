@@ -173,6 +173,11 @@ class TokenRequest:
     headers: dict[str, str]
     body: bytes | None = None
 
+    @property
+    def carries_credentials(self) -> bool:
+        """Whether it sends a secret: Basic credentials, or a refresh token in its body."""
+        return "Authorization" in self.headers or self.body is not None
+
 
 @dataclass(frozen=True)
 class Token:

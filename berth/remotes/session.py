@@ -409,9 +409,8 @@ class RegistrySession:
         """
         credentials = request.headers.get("Authorization")
         server = f"token server {authority(request.url)} (for {self._who(host, key)})"
-        carries_secret = credentials is not None or request.method == "POST"  # refresh token
         over_tls = urlsplit(self.base_url(host)).scheme == "https"
-        if carries_secret and over_tls and urlsplit(request.url).scheme != "https":
+        if request.carries_credentials and over_tls and urlsplit(request.url).scheme != "https":
             # As a redirect from HTTPS to HTTP is refused: the credentials given for a registry
             # reached over TLS never travel in clear text, wherever its challenge points.
             raise errdefs.FailedPrecondition(

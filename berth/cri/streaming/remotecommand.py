@@ -278,7 +278,7 @@ class RemoteCommand:
                     process.kill()
                 process.release()
 
-        threading.Thread(target=end, name="cri-stream-call", daemon=True).start()
+        self._blocking(end)
 
     async def _drain(self, name: str) -> None:
         """Read and drop what the client still sends on ``name``: a channel nobody reads
