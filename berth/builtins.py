@@ -420,7 +420,8 @@ def _cri_services(ctx: InitContext, config: CRIConfig) -> GRPCServices:
     containers.recover(found_containers)
     core.start_monitor()
     stream_server = StreamServer(StreamBackend(core, containers), config.stream_server_address,
-                                 config.stream_server_port, tls=config.stream_tls)
+                                 config.stream_server_port, tls=config.stream_tls,
+                                 idle_timeout=config.stream_idle_timeout)
     stream_server.start()
     streaming = Streaming(stream_server, sandboxes, containers)
     runtime = Runtime(network.error)

@@ -9,6 +9,7 @@ default). A value of the wrong type is an InvalidArgument naming the key.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,10 +23,11 @@ DEFAULT_CNI_BIN_DIR = "/opt/cni/bin"
 DEFAULT_CNI_CONF_DIR = "/etc/cni/net.d"
 DEFAULT_MAX_LOG_LINE = 16 * 1024
 DEFAULT_NETNS_DIR = "/var/run/netns"
+DEFAULT_STREAM_IDLE_TIMEOUT = 4 * 3600.0  # containerd's "4h0m0s"
 
 # Keys containerd 1.6.20 reads that Berth accepts without acting on them (yet).
 _IGNORED_TOP = {
-    "disable_tcp_service", "stream_idle_timeout", "selinux_category_range",
+    "disable_tcp_service", "selinux_category_range",
     "max_concurrent_downloads", "disable_proc_mount", "unset_seccomp_profile",
     "tolerate_missing_hugetlb_controller", "disable_hugetlb_controller",
     "device_ownership_from_security_context", "ignore_image_defined_volumes",
@@ -39,7 +41,7 @@ _KNOWN_TOP = {
     "enable_unprivileged_ports", "enable_unprivileged_icmp", "netns_mounts_under_state_dir",
     "cni", "containerd", "registry", "stream_server_address", "stream_server_port",
     "enable_tls_streaming", "x509_key_pair_streaming", "disable_apparmor", "enable_selinux",
-    *_IGNORED_TOP,
+    "stream_idle_timeout", *_IGNORED_TOP,
 }
 _KNOWN_CNI = {"bin_dir", "conf_dir", "max_conf_num", "conf_template", "ip_pref"}
 _KNOWN_CONTAINERD = {
@@ -96,6 +98,9 @@ class Config:
     stream_tls: tuple[str, str] | None = None
     """The streaming server's certificate and key files (``enable_tls_streaming`` with
     ``x509_key_pair_streaming``); None: plain HTTP."""
+    stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT
+    """Seconds a streaming connection may carry nothing either way before it is closed (0: no
+    limit)."""
     ignored: tuple[str, ...] = ()
     """Keys containerd reads that were set but Berth does not act on."""
     unknown: tuple[str, ...] = ()
@@ -163,6 +168,30 @@ def _port(value: object) -> int:
         raise errdefs.InvalidArgument(
             f"cri config: stream_server_port {value!r} must be a port number (\"0\": any)")
     return port
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3,
+                   "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+
+
+def _duration(value: object, key: str) -> float:
+    """A Go duration string (``"4h0m0s"``, ``"90s"``, ``"1.5h"``; ``"0"``) in seconds, as
+    containerd parses durations in its CRI config. Negative durations are refused."""
+    text = value if isinstance(value, str) else ""
+    seconds, pos = 0.0, 0
+    if text == "0":
+        pos = 1
+    while pos < len(text):
+        part = _DURATION_PART.match(text, pos)
+        if part is None:
+            break
+        seconds += float(part.group(1)) * _DURATION_UNITS[part.group(2)]
+        pos = part.end()
+    if not text or pos != len(text):
+        raise errdefs.InvalidArgument(
+            f"cri config: {key} {value!r} is not a duration (like \"4h0m0s\", \"30m\", \"0\")")
+    return seconds
 
 
 def _stream_tls(enabled: bool, cert: str, key: str) -> tuple[str, str] | None:
@@ -247,6 +276,8 @@ def load(table: Mapping[str, Any]) -> Config:
                                     "x509_key_pair_streaming."),
                                _get(key_pair, "tls_key_file", str, "",
                                     "x509_key_pair_streaming.")),
+        stream_idle_timeout=_duration(table.get("stream_idle_timeout", "4h0m0s"),
+                                      "stream_idle_timeout"),
         ignored=tuple(sorted(k for k in table if k in _IGNORED_TOP)),
         unknown=tuple(unknown),
     )

@@ -97,8 +97,22 @@ def _open_output(path: str) -> int:
     except FileNotFoundError:
         raise errdefs.NotFound(f"stdio {path} does not exist") from None
     if is_fifo:
-        return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    return _at_end(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+        return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    return _at_end(_open_writer(path, 0))
+
+
+def _open_writer(path: str, flags: int, mode: int = 0o777) -> int:
+    """``path`` opened for writing without ever blocking the shim's loop (a FIFO that has no
+    reader is refused, not waited for) and never as the shim's controlling terminal."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | flags,
+                       mode)
+    except OSError as err:
+        if err.errno == errno.ENXIO:
+            raise errdefs.FailedPrecondition(
+                f"stdio {path} is a FIFO that nobody reads: open it for reading first, or "
+                "give a regular file") from None
+        raise
 
 
 def _at_end(fd: int) -> int:
@@ -117,7 +131,7 @@ def _open_stdin(path: str) -> tuple[int, int | None]:
     """(non-blocking read fd, keeper writer or None) for a stdin path. The keeper is opened
     first thing after the reader, so the FIFO has a writer from the start: the process cannot
     read a premature EOF before the client's writer arrives."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     keeper = None
     try:
         if stat.S_ISFIFO(os.fstat(fd).st_mode):
@@ -135,7 +149,7 @@ def _open_log_file(uri: str) -> int:
 
     path = urlsplit(uri).path
     os.makedirs(os.path.dirname(path), mode=LOG_DIR_MODE, exist_ok=True)
-    return _at_end(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE))
+    return _at_end(_open_writer(path, os.O_CREAT, LOG_FILE_MODE))
 
 
 def _close(fd: int | None) -> None:
@@ -220,7 +234,8 @@ class ProcessIO:
                 pio._handed.remove(out)  # the console writes to it, not the runtime's process
             elif scheme == "fifo":
                 if req.stdout:
-                    out = os.open(req.stdout, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+                    out = os.open(req.stdout,
+                                  os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
             else:
                 raise errdefs.InvalidArgument(f"unknown STDIO scheme {scheme}")
             if out is not None:

@@ -82,10 +82,12 @@ class LocalProcess:
 class LocalBackend:
     def __init__(self) -> None:
         self.started = 0
+        self.processes: list[LocalProcess] = []
 
     def exec_process(self, request: pb.ExecRequest) -> LocalProcess:
         self.started += 1
-        return LocalProcess(request)
+        self.processes.append(LocalProcess(request))
+        return self.processes[-1]
 
     def attach_process(self, request: pb.AttachRequest) -> Any:
         raise errdefs.NotImplementedByBerth("attach")
@@ -571,3 +573,87 @@ def test_accept_waits_again_after_a_pending_stream_is_reset() -> None:
     waited, name, taken = asyncio.run(run())
     assert waited >= 0.25
     assert (name, taken) == ("data", 100)
+
+
+# -- stream_idle_timeout --------------------------------------------------------------------------
+
+
+IDLE = 1.0
+
+
+@pytest.fixture
+def idle_server() -> Iterator[StreamServer]:
+    s = StreamServer(LocalBackend(), head_timeout=TIMEOUT, stream_timeout=TIMEOUT,
+                     idle_timeout=IDLE)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> float:
+    """Read until the server closes ``sock``; how long that took (fails after ``seconds``)."""
+    started = time.monotonic()
+    sock.settimeout(seconds)
+    while sock.recv(65536):
+        pass
+    return time.monotonic() - started
+
+
+def _tasks_left(server: StreamServer) -> list[str]:
+    """The server loop's tasks (by coroutine name), once they settle (up to 5 s)."""
+    async def names() -> list[str]:
+        return sorted(t.get_coro().__qualname__ for t in asyncio.all_tasks()
+                      if t is not asyncio.current_task())
+    loop = server._loop
+    assert loop is not None
+    deadline = time.monotonic() + 5
+    left = asyncio.run_coroutine_threadsafe(names(), loop).result(5)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = asyncio.run_coroutine_threadsafe(names(), loop).result(5)
+    return left
+
+
+def test_an_idle_connection_is_closed_and_its_exec_ended(idle_server: StreamServer) -> None:
+    """Nothing either way for stream_idle_timeout: the server closes the connection and the
+    session ends as if the client had gone (the exec is killed), over SPDY and WebSocket; the
+    session's output copies end with it (none is left to the loop's close)."""
+    backend = idle_server.backend
+    assert isinstance(backend, LocalBackend)
+    sock, _, _ = _spdy_session(_exec_url(idle_server, "sleep", "60"))
+    with sock:
+        assert _closed_within(sock, 10 * IDLE) >= IDLE * 0.5
+    sock, _ = _ws_exec(idle_server, "sleep", "60")
+    with sock:
+        assert _closed_within(sock, 10 * IDLE) >= IDLE * 0.5
+    _sessions_ended()
+    assert [p.proc.wait(10) for p in backend.processes] == [-9, -9]
+    left = _tasks_left(idle_server)
+    assert left == []
+
+
+def test_a_connection_that_carries_output_is_not_idle(idle_server: StreamServer) -> None:
+    """Output every IDLE/4 for 3 IDLE keeps the connection: the whole output and the exit
+    status arrive."""
+    script = f"for i in $(seq 12); do echo $i; sleep {IDLE / 4}; done; exit 3"
+    sock, client, streams = _spdy_session(_exec_url(idle_server, "sh", "-c", script))
+    with sock:
+        sock.settimeout(10)
+        got = client.read_all()
+    assert got[streams["stdout"]] == b"".join(b"%d\n" % i for i in range(1, 13))
+    assert json.loads(got[streams["error"]])["details"]["causes"][0]["message"] == "3"
+
+
+def test_no_idle_limit_with_zero() -> None:
+    server = StreamServer(LocalBackend(), idle_timeout=0)
+    server.start()
+    try:
+        sock, client, streams = _spdy_session(
+            _exec_url(server, "sh", "-c", "sleep 1.5; echo done"))
+        with sock:
+            sock.settimeout(10)
+            assert client.read_all()[streams["stdout"]] == b"done\n"
+    finally:
+        server.close()

@@ -130,3 +130,27 @@ def test_regular_file_as_stdout_path_is_copied(daemon: Berthd, busybox_image: Im
     assert "probed" in out, out
     assert fd_targets(out)["fd1"].startswith("pipe:")
     assert_private(target)
+
+
+def test_a_log_fifo_nobody_reads_is_refused_without_stalling_the_shim(
+        daemon: Berthd, busybox_image: ImageInfo, tmp_path: Path) -> None:
+    """``file://`` naming a FIFO with no reader: opening it for writing would wait for a
+    reader, and a group shim serves other containers from the same loop. It is refused at
+    once, and the namespace's shim still runs containers."""
+    c = Ctr(daemon.address, timeout=30)
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo, 0o600)
+    cid = f"stdio-{uuid.uuid4().hex[:10]}"
+    other = f"stdio-{uuid.uuid4().hex[:10]}"
+    try:
+        c("run", "-d", busybox_image.ref, other, "sleep", "60")  # a task in the same shim
+        r = c("run", "--log-uri", f"file://{fifo}", busybox_image.ref, cid, "true", check=False)
+        assert r.returncode != 0 and "FIFO that nobody reads" in r.stderr, r.stderr
+        r = c("run", "--rm", busybox_image.ref, f"{cid}-after", "echo", "still-serving")
+        assert "still-serving" in r.stdout
+        assert c("tasks", "ls").stdout.count(other) == 1
+    finally:
+        for name in (cid, other):
+            c("tasks", "kill", "-s", "KILL", name, check=False)
+            c("tasks", "rm", "-f", name, check=False)
+            c("containers", "rm", name, check=False)

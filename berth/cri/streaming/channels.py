@@ -106,6 +106,14 @@ async def _shut(writer: asyncio.StreamWriter, pump: asyncio.Task[None] | None) -
 
 
 class _Sender:
+    """What a connection shares: sending on a channel, and when it last carried anything."""
+
+    active_at = 0.0
+    """The loop's time of the last bytes the client sent or a session sent it."""
+
+    def _active(self) -> None:
+        self.active_at = asyncio.get_running_loop().time()
+
     async def send(self, channel: Channel, data: bytes, *, fin: bool) -> None:
         raise NotImplementedError
 
@@ -135,21 +143,23 @@ class SpdyConnection(_Sender):
         self._lock = asyncio.Lock()
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         """Done once the client's side of the connection ended."""
+        self._active()
 
     def start(self) -> None:
         self._pump = asyncio.get_running_loop().create_task(self._run())
 
-    async def accept(self, timeout: float) -> tuple[Channel, spdy.Headers] | None:
+    async def accept(self, timeout: float | None) -> tuple[Channel, spdy.Headers] | None:
         """The next stream the client opens, with its headers; None when the connection ended
-        or no stream came within ``timeout`` seconds."""
+        or no stream came within ``timeout`` seconds (None: no limit)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = None if timeout is None else loop.time() + timeout
         while not self._opened:
             if self._ended:
                 return None
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), max(0.0, deadline - loop.time()))
+                await asyncio.wait_for(self._ready.wait(), None if deadline is None
+                                       else max(0.0, deadline - loop.time()))
             except TimeoutError:
                 return None
         return self._opened.popleft()
@@ -164,6 +174,7 @@ class SpdyConnection(_Sender):
         stream_id = self._ids.get(channel)
         if stream_id is None:
             return
+        self._active()
         async with self._lock:
             try:
                 self._conn.send_data(stream_id, data, fin=fin)
@@ -201,6 +212,7 @@ class SpdyConnection(_Sender):
                 data = await self._reader.read(READ_SIZE)
                 if not data:
                     break
+                self._active()
         except ConnectionError:
             pass
         finally:
@@ -273,6 +285,7 @@ class WebSocketConnection(_Sender):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._fragments = bytearray()
         self._text = ""
+        self._active()
 
     @staticmethod
     def handshake(head: bytes, offered: Sequence[str]) -> tuple[WSConnection, str, bytes]:
@@ -298,6 +311,7 @@ class WebSocketConnection(_Sender):
         if fin:
             return  # a channel's end is the client's to signal (v5); the server's is the close
         payload = bytes([self.channels.index(channel)]) + data
+        self._active()
         async with self._lock:
             if self._base64:
                 text = chr(ord("0") + payload[0]) + base64.b64encode(payload[1:]).decode()
@@ -327,6 +341,7 @@ class WebSocketConnection(_Sender):
                 data = await self._reader.read(READ_SIZE)
                 if not data:
                     break
+                self._active()
                 self._ws.receive_data(data)
                 for event in self._ws.events():
                     if isinstance(event, BytesMessage):

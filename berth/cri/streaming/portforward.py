@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = "portforward.k8s.io"
 STREAM_CREATION_TIMEOUT = 30.0
-# containerd's stream_idle_timeout: a port-forward with nothing open for so long ends.
-STREAM_IDLE_TIMEOUT = 4 * 3600.0
 READ_SIZE = 1 << 16
 
 
@@ -53,11 +51,10 @@ class PortForward:
         pairs: dict[str, _Pair] = {}
         try:
             while True:
-                opened = await self.conn.accept(timeout=STREAM_IDLE_TIMEOUT)
+                # An idle connection is the server's to close (stream_idle_timeout).
+                opened = await self.conn.accept(timeout=None)
                 if opened is None:
-                    if self.conn.lost.done() or not self._tasks:
-                        break  # the client left, or nothing was forwarded for the whole time
-                    continue  # no new stream, but data still flows on the open ones
+                    break  # the client left
                 channel, headers = opened
                 request = headers.first("requestid", "") or ""
                 try:

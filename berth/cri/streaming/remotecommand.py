@@ -211,6 +211,7 @@ class RemoteCommand:
                        for name, fd in process.outputs.items()]
             if process.session is not None:
                 outputs.append(self._loop.create_task(self._output_session(process.session)))
+            pumps += outputs  # ended below in every case, a cancelled session's too
             if "stdin" in self.channels and process.stdin:
                 pumps.append(self._loop.create_task(self._stdin(process)))
             if "resize" in self.channels:
@@ -233,7 +234,6 @@ class RemoteCommand:
             code = waiter.result()
             if outputs:
                 await asyncio.wait(outputs, timeout=OUTPUT_DRAIN_TIMEOUT)
-            pumps += outputs
             if self.exec and code != 0:
                 error = CodeExit(f"error executing command [{' '.join(self.cmd)}], "
                                  f"exit code {code}", code)

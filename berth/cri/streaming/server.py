@@ -16,8 +16,10 @@ an unknown, used or expired token is 404. The client upgrades the connection:
   subprotocols (``v5.``, ``v4.``, ``base64.``), through wsproto.
 
 Everything runs on one asyncio loop in a thread of its own; the runtime's blocking calls run in
-worker threads. Bounds: a request head of at most 64 KiB read within 30 s, and the token cache's
-limit on requests waiting.
+worker threads. Bounds: a request head of at most 64 KiB read within 30 s, the token cache's
+limit on requests waiting, and containerd's ``stream_idle_timeout``: a connection that carries
+nothing either way for so long (4 h by default) is closed, its session ended as if the client
+had gone (an exec is killed, an attach detaches, port-forward tunnels close).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import h11
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 64 << 10
 HEAD_TIMEOUT = 30.0
 CLIENT_CLOSE_TIMEOUT = 5.0  # after the outcome is sent, for the client to hang up first
+DEFAULT_IDLE_TIMEOUT = 4 * 3600.0  # containerd's stream_idle_timeout
 SPDY = "spdy/3.1"
 VERSION_HEADER = "x-stream-protocol-version"
 ACCEPTED_HEADER = "X-Stream-Protocol-Versions"
@@ -104,10 +107,13 @@ class StreamServer:
     def __init__(self, backend: Backend, address: str = "127.0.0.1", port: int = 0,
                  tokens: Tokens | None = None, *, head_timeout: float = HEAD_TIMEOUT,
                  stream_timeout: float = remotecommand.STREAM_CREATION_TIMEOUT,
-                 tls: tuple[str, str] | None = None) -> None:
+                 tls: tuple[str, str] | None = None,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
         """``tls``: the certificate and key files to serve HTTPS with (see
-        :func:`tls_context`)."""
+        :func:`tls_context`). ``idle_timeout``: seconds a connection may carry nothing before
+        it is closed (0: no limit)."""
         self.backend = backend
+        self.idle_timeout = idle_timeout
         self._tls = tls_context(*tls) if tls is not None else None
         self.head_timeout = head_timeout
         self.stream_timeout = stream_timeout
@@ -259,7 +265,8 @@ class StreamServer:
         conn = SpdyConnection(reader, writer, max_pending=spdy.MAX_CONCURRENT_STREAMS
                               if kind == "portforward" else MAX_PENDING_STREAMS)
         conn.start()
-        try:
+
+        async def session() -> None:
             if kind == "portforward":
                 await portforward.PortForward(
                     conn, request.pod_sandbox_id,
@@ -270,6 +277,9 @@ class StreamServer:
                     await self._remotecommand(kind, request, channels, protocol, conn.lost)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(conn.lost), CLIENT_CLOSE_TIMEOUT)
+
+        try:
+            await self._until_idle(conn, kind, session())
         finally:
             await conn.close()
 
@@ -315,9 +325,32 @@ class StreamServer:
                 request.stdin, request.stdout, request.stderr, request.tty,
                 remotecommand.version_of(protocol))
             channels = {c.name: c for c in conn.channels if c.name in wanted}
-            await self._remotecommand(kind, request, channels, protocol, conn.lost)
+            await self._until_idle(
+                conn, kind, self._remotecommand(kind, request, channels, protocol, conn.lost))
         finally:
             await conn.close()
+
+    async def _until_idle(self, conn: SpdyConnection | WebSocketConnection, kind: str,
+                          session: Awaitable[None]) -> None:
+        """Run ``session`` until it ends, or until ``conn`` has carried nothing either way for
+        ``idle_timeout`` seconds: then the session is cancelled, as when its client goes."""
+        task = asyncio.ensure_future(session)
+        loop = asyncio.get_running_loop()
+        try:
+            while self.idle_timeout > 0:
+                left = conn.active_at + self.idle_timeout - loop.time()
+                if left <= 0:
+                    log.info("cri streaming: closing a %s connection idle for %gs "
+                             "(stream_idle_timeout)", kind, self.idle_timeout)
+                    return
+                await asyncio.wait((task,), timeout=left)
+                if task.done():
+                    break
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def _remotecommand(self, kind: str, request: Any, channels: dict[str, Channel],
                              protocol: str, lost: asyncio.Future[None]) -> None:
