@@ -6,12 +6,13 @@ import argparse
 import logging
 import sys
 
-from berth import __version__, errdefs
+from berth import __version__, errdefs, heap
 from berth.logfmt import setup_logging
 from berth.plugin import config as configmod
 
 
 def main(argv: list[str] | None = None) -> int:
+    heap.use_one_arena()  # before any thread starts: see berth.heap
     parser = argparse.ArgumentParser(
         prog="berthd", description="Berth: a container runtime daemon that speaks containerd's API")
     parser.add_argument("--config", "-c", default=None,
