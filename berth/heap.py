@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import time
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,9 @@ if _mallopt is not None:
 
 def use_one_arena() -> bool:
     """Make every thread allocate from the main arena. Call it first thing, before threads
-    start (an arena a thread already has stays). False where the C library cannot (not
-    glibc)."""
-    if _mallopt is None:
+    start (an arena a thread already has stays). False where the C library cannot (not glibc)
+    or the operator chose otherwise (``MALLOC_ARENA_MAX`` or ``GLIBC_TUNABLES`` set)."""
+    if _mallopt is None or "MALLOC_ARENA_MAX" in os.environ or "GLIBC_TUNABLES" in os.environ:
         return False
     return bool(_mallopt(M_ARENA_MAX, 1))
 

@@ -6,6 +6,7 @@ berthd uses it."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,8 @@ import sys, threading
 from berth import heap
 if sys.argv[1] == "one":
     assert heap.use_one_arena()
+elif "MALLOC_ARENA_MAX" in __import__("os").environ:
+    assert not heap.use_one_arena()
 kept = []
 def work():
     kept.extend(bytearray(300 << 10) for _ in range(8))
@@ -78,13 +81,21 @@ print(arena_heaps("self"))
 """
 
 
+def _env_without_malloc_settings() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
+
+
 def test_one_arena_for_all_threads() -> None:
-    def heaps(mode: str) -> int:
+    def heaps(mode: str, **env: str) -> int:
         return int(subprocess.run(
             [sys.executable, "-c", THREADS, mode, str(Path(__file__).parent)],
-            capture_output=True, text=True, check=True, timeout=60).stdout)
+            capture_output=True, text=True, check=True, timeout=60,
+            env={**_env_without_malloc_settings(), **env}).stdout)
     assert heaps("default") > 0  # glibc's default: an arena per allocating thread
     assert heaps("one") == 0
+    # An operator's own setting is left alone.
+    assert heaps("default", MALLOC_ARENA_MAX="4") > 0
 
 
 def test_berthd_keeps_one_arena(tmp_path: Path) -> None:

@@ -172,13 +172,16 @@ def _port(value: object) -> int:
 
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3,
                    "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_DURATION_PART = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 
 
-def _duration(value: object, key: str) -> float:
-    """A Go duration string (``"4h0m0s"``, ``"90s"``, ``"1.5h"``; ``"0"``) in seconds, as
-    containerd parses durations in its CRI config. Negative durations are refused."""
-    text = value if isinstance(value, str) else ""
+def _duration(value: object, key: str, default: str) -> float:
+    """A Go duration string (``"4h0m0s"``, ``"90s"``, ``"1.5h"``, ``"+5s"``; ``"0"``) in
+    seconds, as containerd parses durations in its CRI config; ``""`` is ``default``, as
+    containerd leaves an empty value unparsed. A negative duration is refused (containerd would
+    take it as already expired)."""
+    text = value if isinstance(value, str) else "?"
+    text = (text or default).removeprefix("+")
     seconds, pos = 0.0, 0
     if text == "0":
         pos = 1
@@ -276,8 +279,8 @@ def load(table: Mapping[str, Any]) -> Config:
                                     "x509_key_pair_streaming."),
                                _get(key_pair, "tls_key_file", str, "",
                                     "x509_key_pair_streaming.")),
-        stream_idle_timeout=_duration(table.get("stream_idle_timeout", "4h0m0s"),
-                                      "stream_idle_timeout"),
+        stream_idle_timeout=_duration(table.get("stream_idle_timeout", ""),
+                                      "stream_idle_timeout", "4h0m0s"),
         ignored=tuple(sorted(k for k in table if k in _IGNORED_TOP)),
         unknown=tuple(unknown),
     )

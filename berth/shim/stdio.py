@@ -108,11 +108,16 @@ def _open_writer(path: str, flags: int, mode: int = 0o777) -> int:
         return os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | flags,
                        mode)
     except OSError as err:
-        if err.errno == errno.ENXIO:
-            raise errdefs.FailedPrecondition(
-                f"stdio {path} is a FIFO that nobody reads: open it for reading first, or "
-                "give a regular file") from None
-        raise
+        if err.errno != errno.ENXIO:
+            raise
+        with contextlib.suppress(OSError):
+            if stat.S_ISFIFO(os.stat(path).st_mode):
+                raise errdefs.FailedPrecondition(
+                    f"stdio {path} is a FIFO that nobody reads: open it for reading first "
+                    "(containerd's shim would wait for a reader), or give a regular file"
+                    ) from None
+        raise errdefs.FailedPrecondition(
+            f"stdio {path} cannot be written to: {err.strerror}") from None
 
 
 def _at_end(fd: int) -> int:

@@ -101,7 +101,8 @@ def test_streaming_tls_and_address() -> None:
 
 @pytest.mark.parametrize(("value", "seconds"), [
     ("4h0m0s", 4 * 3600.0), ("90s", 90.0), ("1.5h", 5400.0), ("1h30m", 5400.0),
-    ("500ms", 0.5), ("0", 0.0), ("0s", 0.0), ("2m3.5s", 123.5),
+    ("500ms", 0.5), ("0", 0.0), ("0s", 0.0), ("2m3.5s", 123.5), (".5s", 0.5), ("+5s", 5.0),
+    ("", 4 * 3600.0),  # containerd parses only a value that is not empty
 ])
 def test_stream_idle_timeout(value: str, seconds: float) -> None:
     """containerd's Go durations; its default is 4 h, and 0 turns the limit off."""
@@ -110,7 +111,8 @@ def test_stream_idle_timeout(value: str, seconds: float) -> None:
         pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("value", ["", "4 hours", "10", "-1s", "1d", "h", 30, "1h 30m"])
+@pytest.mark.parametrize("value", ["4 hours", "10", "-1s", "1d", "h", 30, "1h 30m", "+",
+                                   "\u0663s"])
 def test_stream_idle_timeout_that_is_no_duration(value: object) -> None:
     with pytest.raises(errdefs.InvalidArgument, match=r"stream_idle_timeout .* is not a duration"):
         config.load({"stream_idle_timeout": value})

@@ -53,7 +53,8 @@ class LocalProcess:
 
     def __init__(self, request: pb.ExecRequest) -> None:
         self.proc = subprocess.Popen(list(request.cmd), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     start_new_session=True)
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self.outputs = {"stdout": self.proc.stdout.fileno(),
                         "stderr": self.proc.stderr.fileno()}
@@ -583,13 +584,16 @@ IDLE = 1.0
 
 @pytest.fixture
 def idle_server() -> Iterator[StreamServer]:
-    s = StreamServer(LocalBackend(), head_timeout=TIMEOUT, stream_timeout=TIMEOUT,
-                     idle_timeout=IDLE)
+    backend = LocalBackend()
+    s = StreamServer(backend, head_timeout=TIMEOUT, stream_timeout=TIMEOUT, idle_timeout=IDLE)
     s.start()
     try:
         yield s
     finally:
         s.close()
+        for process in backend.processes:  # with what they left running in the background
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.proc.pid, 9)
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> float:
@@ -622,10 +626,13 @@ def test_an_idle_connection_is_closed_and_its_exec_ended(idle_server: StreamServ
     session's output copies end with it (none is left to the loop's close)."""
     backend = idle_server.backend
     assert isinstance(backend, LocalBackend)
-    sock, _, _ = _spdy_session(_exec_url(idle_server, "sleep", "60"))
+    # A child in the background keeps the outputs open after the exec is killed: the
+    # session's copies of them must end with it all the same.
+    script = "sleep 60 & exec sleep 60"
+    sock, _, _ = _spdy_session(_exec_url(idle_server, "sh", "-c", script))
     with sock:
         assert _closed_within(sock, 10 * IDLE) >= IDLE * 0.5
-    sock, _ = _ws_exec(idle_server, "sleep", "60")
+    sock, _ = _ws_exec(idle_server, "sh", "-c", script)
     with sock:
         assert _closed_within(sock, 10 * IDLE) >= IDLE * 0.5
     _sessions_ended()
@@ -657,3 +664,29 @@ def test_no_idle_limit_with_zero() -> None:
             assert client.read_all()[streams["stdout"]] == b"done\n"
     finally:
         server.close()
+
+
+def test_a_client_that_stops_reading_is_dropped_when_idle(idle_server: StreamServer) -> None:
+    """Output the client never reads fills the connection: nothing moves any more, and once
+    idle the server drops it rather than waiting on the client to send its session's end."""
+    backend = idle_server.backend
+    assert isinstance(backend, LocalBackend)
+    sock, _, _ = _spdy_session(_exec_url(idle_server, "yes"))
+    with sock:
+        time.sleep(3 * IDLE)
+        left = _tasks_left(idle_server)
+        assert left == []
+    assert backend.processes[0].proc.wait(10) == -9
+
+
+def test_client_pings_keep_a_connection(idle_server: StreamServer) -> None:
+    """kubectl keeps a quiet session (an idle shell) with SPDY PINGs: they are traffic."""
+    backend = idle_server.backend
+    assert isinstance(backend, LocalBackend)
+    sock, client, _ = _spdy_session(_exec_url(idle_server, "sleep", "60"))
+    with sock:
+        for n in range(12):
+            sock.sendall(client.writer.encode(spdy.PingFrame(2 * n + 1)))
+            time.sleep(IDLE / 4)
+        assert backend.processes[0].proc.poll() is None  # 3 IDLE later, still served
+    assert backend.processes[0].proc.wait(10) == -9  # the client went: the exec ends

@@ -111,8 +111,15 @@ class _Sender:
     active_at = 0.0
     """The loop's time of the last bytes the client sent or a session sent it."""
 
+    _writer: asyncio.StreamWriter
+
     def _active(self) -> None:
         self.active_at = asyncio.get_running_loop().time()
+
+    def abort(self) -> None:
+        """Drop the connection at once, unsent bytes and all: a write waiting for a client that
+        stopped reading fails instead of waiting on."""
+        self._writer.transport.abort()
 
     async def send(self, channel: Channel, data: bytes, *, fin: bool) -> None:
         raise NotImplementedError

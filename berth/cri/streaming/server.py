@@ -342,6 +342,9 @@ class StreamServer:
                 if left <= 0:
                     log.info("cri streaming: closing a %s connection idle for %gs "
                              "(stream_idle_timeout)", kind, self.idle_timeout)
+                    # Dropped before the session is cancelled: what it still sends on its way
+                    # out must not wait for a client that stopped reading.
+                    conn.abort()
                     return
                 await asyncio.wait((task,), timeout=left)
                 if task.done():
@@ -350,7 +353,10 @@ class StreamServer:
         finally:
             if not task.done():
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                (outcome,) = await asyncio.gather(task, return_exceptions=True)
+                if isinstance(outcome, Exception):
+                    log.error("cri streaming: a %s session failed as it ended: %s", kind,
+                              outcome)
 
     async def _remotecommand(self, kind: str, request: Any, channels: dict[str, Channel],
                              protocol: str, lost: asyncio.Future[None]) -> None:
