@@ -21,6 +21,7 @@ import os
 import queue
 import select
 import threading
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +31,29 @@ _CHUNK = 1 << 16
 
 class Session:
     """One attach session's view of the output: :meth:`get` returns ``(stream, data)``;
-    ``data`` empty at a stream's end."""
+    ``data`` empty at a stream's end. :meth:`on_chunk` names a function the publishing thread
+    calls after each chunk it queues, so that a reader can wait without a thread."""
 
     def __init__(self, output: Output) -> None:
         self._output = output
         self.chunks: queue.Queue[tuple[str, bytes]] = queue.Queue(SESSION_CHUNKS)
         self.dropped = 0
+        self._notify: Callable[[], None] | None = None
 
     def get(self, timeout: float | None = None) -> tuple[str, bytes] | None:
+        """The next chunk, waiting up to ``timeout`` seconds (0: not at all); None if none."""
         try:
-            return self.chunks.get(timeout=timeout)
+            return self.chunks.get(block=timeout != 0, timeout=timeout or None)
         except queue.Empty:
             return None
+
+    def on_chunk(self, notify: Callable[[], None] | None) -> None:
+        self._notify = notify
+
+    def _queued(self) -> None:
+        notify = self._notify
+        if notify is not None:
+            notify()
 
     def close(self) -> None:
         self._output.unsubscribe(self)
@@ -91,6 +103,7 @@ class Output:
                 session.chunks.put_nowait((stream, data))
             except queue.Full:
                 session.dropped += len(data)
+            session._queued()
 
     def _start_readers(self) -> None:
         self._wake = os.pipe()

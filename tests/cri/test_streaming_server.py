@@ -31,6 +31,7 @@ from wsproto.events import Request as WsRequest
 
 from berth import errdefs
 from berth.api.cri.runtime.v1 import api_pb2 as pb
+from berth.cri import attach
 from berth.cri.streaming import spdy
 from berth.cri.streaming.channels import (
     MAX_MESSAGE,
@@ -534,6 +535,65 @@ def test_a_detached_attach_leaves_nothing_waiting() -> None:
     time.sleep(0.2)  # the start and release calls' threads end with their calls
     assert {t for t in threading.enumerate() if t.name == "cri-stream-call"} <= before
     assert [p.released for p in processes] == [1] * 20
+
+
+def test_attach_output_is_carried_without_a_waiting_thread() -> None:
+    """An attach session's output comes from the container's fan-out, published by another
+    thread: the session waits on the loop for it (no thread of its own, however long it
+    waits), carries every chunk in order, and ends with the streams."""
+    class Collect:
+        def __init__(self) -> None:
+            self.got: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+
+        async def send(self, channel: Channel, data: bytes, *, fin: bool) -> None:
+            self.got[channel.name].append(b"<end>" if fin else data)
+
+    class Attached:
+        stdin = ""
+        stdin_once = False
+
+        def __init__(self, session: attach.Session) -> None:
+            self.session = session
+            self.outputs: dict[str, int] = {}
+            self.done = False
+
+        def exited(self) -> bool:
+            return self.done
+
+        def release(self) -> None:
+            assert self.session is not None
+            self.session.close()
+
+    output = attach.Output()
+    process = Attached(output.subscribe())
+    sender = Collect()
+    waiting: list[int] = []
+
+    def publish() -> None:
+        for i in range(50):
+            output.publish("stdout" if i % 2 else "stderr", b"%d;" % i)
+            if i == 25:
+                time.sleep(1.0)  # the session waits here
+                waiting.append(sum(t.name == "cri-stream-call" for t in threading.enumerate()))
+        output.end()
+        process.done = True
+
+    async def run() -> None:
+        channels = {name: Channel(name, cast(Any, sender)) for name in ("stdout", "stderr")}
+        session = RemoteCommand(channels, "v4.channel.k8s.io", exec_=False, cmd=[])
+        publisher = threading.Thread(target=publish)
+        running = asyncio.ensure_future(session.run(lambda: cast(Any, process)))
+        await asyncio.sleep(0.1)
+        publisher.start()
+        await asyncio.wait_for(running, 10)
+        publisher.join()
+
+    asyncio.run(run())
+    assert waiting == [0]
+    assert b"".join(sender.got["stdout"]) == b"".join(b"%d;" % i for i in range(1, 50, 2)) \
+        + b"<end>"
+    assert b"".join(sender.got["stderr"]) == b"".join(b"%d;" % i for i in range(0, 50, 2)) \
+        + b"<end>"
 
 
 def test_accept_waits_again_after_a_pending_stream_is_reset() -> None:

@@ -323,20 +323,40 @@ class RemoteCommand:
                 await channel.close()
 
     async def _output_session(self, session: Session) -> None:
+        """Copy an attach session's output to its channels until both streams end. The
+        publishing thread wakes the loop after each chunk; no thread waits here."""
         ended: set[str] = set()
         streams = {name for name in ("stdout", "stderr") if name in self.channels}
-        while not streams <= ended:
-            item = await self._blocking(session.get, 0.5)
-            if item is None:
-                continue
-            stream, data = item
-            channel = self.channels.get(stream)
-            if not data:
-                ended.add(stream)
-                if channel is not None:
-                    await channel.close()
-            elif channel is not None:
-                await channel.write(data)
+        ready = asyncio.Event()
+        loop = self._loop
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody reads any more
+                loop.call_soon_threadsafe(ready.set)
+
+        session.on_chunk(wake)
+        try:
+            while not streams <= ended:
+                item = session.get(0)
+                if item is None:
+                    ready.clear()
+                    item = session.get(0)  # queued before the clear: its wake is gone
+                    if item is None:
+                        await ready.wait()
+                        continue
+                await self._output_item(item, ended)
+        finally:
+            session.on_chunk(None)
+
+    async def _output_item(self, item: tuple[str, bytes], ended: set[str]) -> None:
+        stream, data = item
+        channel = self.channels.get(stream)
+        if not data:
+            ended.add(stream)
+            if channel is not None:
+                await channel.close()
+        elif channel is not None:
+            await channel.write(data)
 
     async def _stdin(self, process: Process) -> None:
         """The client's stdin into the process's stdin FIFO. Nothing here waits in a thread:
