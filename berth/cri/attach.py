@@ -40,10 +40,10 @@ class Session:
         self.dropped = 0
         self._notify: Callable[[], None] | None = None
 
-    def get(self, timeout: float | None = None) -> tuple[str, bytes] | None:
-        """The next chunk, waiting up to ``timeout`` seconds (0: not at all); None if none."""
+    def get(self) -> tuple[str, bytes] | None:
+        """The next chunk waiting, or None (it does not wait: see :meth:`on_chunk`)."""
         try:
-            return self.chunks.get(block=timeout != 0, timeout=timeout or None)
+            return self.chunks.get_nowait()
         except queue.Empty:
             return None
 

@@ -175,13 +175,14 @@ _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms
 _DURATION_PART = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 
 
-def _duration(value: object, key: str, default: str) -> float:
+def _duration(value: object, key: str, default: float) -> float:
     """A Go duration string (``"4h0m0s"``, ``"90s"``, ``"1.5h"``, ``"+5s"``; ``"0"``) in
     seconds, as containerd parses durations in its CRI config; ``""`` is ``default``, as
     containerd leaves an empty value unparsed. A negative duration is refused (containerd would
     take it as already expired)."""
-    text = value if isinstance(value, str) else "?"
-    text = (text or default).removeprefix("+")
+    if value == "":
+        return default
+    text = value.removeprefix("+") if isinstance(value, str) else ""
     seconds, pos = 0.0, 0
     if text == "0":
         pos = 1
@@ -280,7 +281,7 @@ def load(table: Mapping[str, Any]) -> Config:
                                _get(key_pair, "tls_key_file", str, "",
                                     "x509_key_pair_streaming.")),
         stream_idle_timeout=_duration(table.get("stream_idle_timeout", ""),
-                                      "stream_idle_timeout", "4h0m0s"),
+                                      "stream_idle_timeout", DEFAULT_STREAM_IDLE_TIMEOUT),
         ignored=tuple(sorted(k for k in table if k in _IGNORED_TOP)),
         unknown=tuple(unknown),
     )

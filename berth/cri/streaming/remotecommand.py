@@ -337,10 +337,10 @@ class RemoteCommand:
         session.on_chunk(wake)
         try:
             while not streams <= ended:
-                item = session.get(0)
+                item = session.get()
                 if item is None:
                     ready.clear()
-                    item = session.get(0)  # queued before the clear: its wake is gone
+                    item = session.get()  # queued before the clear: its wake is gone
                     if item is None:
                         await ready.wait()
                         continue

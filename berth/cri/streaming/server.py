@@ -37,6 +37,7 @@ import h11
 
 from berth import errdefs
 from berth.api.cri.runtime.v1 import api_pb2 as pb
+from berth.cri.config import DEFAULT_STREAM_IDLE_TIMEOUT
 from berth.cri.streaming import portforward, remotecommand, spdy
 from berth.cri.streaming.channels import (
     MAX_PENDING_STREAMS,
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 64 << 10
 HEAD_TIMEOUT = 30.0
 CLIENT_CLOSE_TIMEOUT = 5.0  # after the outcome is sent, for the client to hang up first
-DEFAULT_IDLE_TIMEOUT = 4 * 3600.0  # containerd's stream_idle_timeout
 SPDY = "spdy/3.1"
 VERSION_HEADER = "x-stream-protocol-version"
 ACCEPTED_HEADER = "X-Stream-Protocol-Versions"
@@ -108,7 +108,7 @@ class StreamServer:
                  tokens: Tokens | None = None, *, head_timeout: float = HEAD_TIMEOUT,
                  stream_timeout: float = remotecommand.STREAM_CREATION_TIMEOUT,
                  tls: tuple[str, str] | None = None,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT) -> None:
         """``tls``: the certificate and key files to serve HTTPS with (see
         :func:`tls_context`). ``idle_timeout``: seconds a connection may carry nothing before
         it is closed (0: no limit)."""
